@@ -1,0 +1,3 @@
+from kvmctl.cli import main
+
+raise SystemExit(main())

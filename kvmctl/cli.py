@@ -1,0 +1,68 @@
+"""Thin entry point: registers subcommands and turns errors into one line.
+
+Each subcommand is a module with ``set_argparser(parser)`` and
+``main(args) -> int`` (the damo shape). Modules are imported only when their
+command runs, so ``kvmctl info`` works on a host without BCC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+from kvmctl import __version__
+from kvmctl.errors import ExitCode, Interrupted, KvmctlError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("kvmctl.host_cmd", "what this host offers for aging work (KVM, MMU, BPF, agers)"),
+    "run": ("kvmctl.guest.run_cmd", "run a touch payload in a fresh VM and print its figures"),
+    "experiment": ("kvmctl.experiment.cmd", "run an aging experiment: VM + agers + probes -> report"),
+    "report": ("kvmctl.report.cmd", "show, render, compare or export experiment reports"),
+    "lab": ("kvmctl.lab.cmd", "run a kvmctl command on a chosen kernel in an emulated SVM+NPT machine"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in our one-line style."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(int(ExitCode.USAGE), f"kvmctl: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = _Parser(prog="kvmctl", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"kvmctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # import only the module that will run
+            mod = importlib.import_module(module)
+            mod.set_argparser(p)
+            p.set_defaults(_main=mod.main)
+    return parser
+
+
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if not getattr(args, "_main", None):
+            parser.print_help()
+            return int(ExitCode.USAGE)
+        return int(args._main(args) or 0)
+    except KvmctlError as err:
+        print(f"kvmctl: error: {err.one_line()}", file=sys.stderr)
+        return int(err.exit_code)
+    except BrokenPipeError:
+        return int(ExitCode.OK)

@@ -1,0 +1,215 @@
+/* Aging calls of KVM's mmu notifiers on the experiment VM's memory.
+ *
+ * kvm:kvm_age_hva (clear_young / clear_flush_young), kvm:kvm_test_age_hva
+ * (test_young) and kvm:kvm_unmap_hva_range (invalidate_range_start) are
+ * filtered to the VM's memslot hva ranges, converted to guest frames and
+ * aggregated here: calls and pages per (kind, task class), per-gfn counts,
+ * a time series per BUCKET_NS and calls per (task, kind). Python copies the
+ * maps out; nothing is streamed per event.
+ *
+ * Options (-D): MAX_RANGES, NR_PAGES (per-gfn array length: the guest's
+ * page count, capped), BUCKET_NS, NR_BUCKETS, MAX_TASKS,
+ * MAX_PAGES_PER_EVENT (per-gfn loop bound; pages beyond it are counted as
+ * LOST_GFN_CLIPPED, never silently dropped).
+ *
+ * Enum values are mirrored in kvmctl/trace/records.py (a unit test checks).
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+
+#include "ranges.h"
+
+#ifndef NR_PAGES
+#define NR_PAGES 1
+#endif
+#ifndef BUCKET_NS
+#define BUCKET_NS 100000000ULL
+#endif
+#ifndef NR_BUCKETS
+#define NR_BUCKETS 600
+#endif
+#ifndef MAX_TASKS
+#define MAX_TASKS 1024
+#endif
+#ifndef MAX_AGER_TIDS
+#define MAX_AGER_TIDS 256
+#endif
+#ifndef MAX_PAGES_PER_EVENT
+#define MAX_PAGES_PER_EVENT 512
+#endif
+
+enum event_kind {
+	KIND_AGE = 0,
+	KIND_TEST_AGE = 1,
+	KIND_UNMAP = 2,
+	NR_KINDS = 3,
+};
+
+enum task_class {
+	CLASS_OURS = 0,
+	CLASS_KSWAPD = 1,
+	CLASS_KDAMOND = 2,
+	CLASS_VM = 3,
+	CLASS_OTHER = 4,
+	NR_CLASSES = 5,
+};
+
+enum aging_lost {
+	LOST_TASKS_FULL = 0,      /* by_task map full: call counted in totals only */
+	LOST_BUCKET_OVERFLOW = 1, /* event after NR_BUCKETS * BUCKET_NS */
+	LOST_GFN_CLIPPED = 2,     /* pages past MAX_PAGES_PER_EVENT in one event */
+	LOST_GFN_INDEX = 3,       /* gfn index past NR_PAGES (array capped) */
+	NR_AGING_LOST = 4,
+};
+
+struct counter {
+	u64 calls;
+	u64 pages;
+};
+
+struct task_key {
+	u32 pid;
+	u32 tgid;
+	u32 kind;
+	char comm[TASK_COMM_LEN];
+};
+
+BPF_ARRAY(config, u64, NR_CFG);
+BPF_ARRAY(ranges, struct slot_range, MAX_RANGES);
+BPF_HASH(ager_tids, u32, u8, MAX_AGER_TIDS);
+BPF_ARRAY(totals, struct counter, NR_KINDS * NR_CLASSES);
+BPF_ARRAY(series, struct counter, NR_BUCKETS * NR_KINDS * NR_CLASSES);
+/* mmap()ed by Python: copying millions of entries one syscall each is too slow */
+BPF_F_TABLE("array", u32, u32, per_gfn, NR_KINDS * NR_PAGES, BPF_F_MMAPABLE);
+BPF_HASH(by_task, struct task_key, struct counter, MAX_TASKS);
+BPF_ARRAY(lost, u64, NR_AGING_LOST);
+
+static __always_inline u64 cfg_get(int which)
+{
+	u64 *v = config.lookup(&which);
+	return v ? *v : 0;
+}
+
+static __always_inline void lost_inc(int which, u64 n)
+{
+	u64 *v = lost.lookup(&which);
+	if (v)
+		__sync_fetch_and_add(v, n);
+}
+
+static __always_inline void counter_add(struct counter *c, u64 pages)
+{
+	__sync_fetch_and_add(&c->calls, 1);
+	__sync_fetch_and_add(&c->pages, pages);
+}
+
+static __always_inline u32 classify(u32 tid, u32 tgid, const char *comm)
+{
+	if (ager_tids.lookup(&tid))
+		return CLASS_OURS;
+	if (comm_is_kswapd(comm))
+		return CLASS_KSWAPD;
+	if (comm_is_kdamond(comm))
+		return CLASS_KDAMOND;
+	if (tgid == cfg_get(CFG_VM_TGID))
+		return CLASS_VM;
+	return CLASS_OTHER;
+}
+
+static __always_inline void count_gfns(u32 kind, u64 index, u64 n)
+{
+	u64 done = 0;
+	for (u32 i = 0; i < MAX_PAGES_PER_EVENT; i++) {
+		if (i >= n)
+			break;
+		if (index + i >= NR_PAGES) {
+			lost_inc(LOST_GFN_INDEX, n - i);
+			return;
+		}
+		u32 idx = kind * NR_PAGES + index + i;
+		u32 *v = per_gfn.lookup(&idx);
+		if (v)
+			__sync_fetch_and_add(v, 1);
+		done++;
+	}
+	if (n > done)
+		lost_inc(LOST_GFN_CLIPPED, n - done);
+}
+
+/* Count the pages of [start, end) inside our memslots; 0 = not our VM. */
+static __always_inline u64 our_pages(u32 kind, u64 start, u64 end)
+{
+	u64 nr = cfg_get(CFG_NR_RANGES);
+	u64 pages = 0;
+	for (int i = 0; i < MAX_RANGES; i++) {
+		if (i >= nr)
+			break;
+		int k = i;
+		struct slot_range *r = ranges.lookup(&k);
+		if (!r)
+			break;
+		u64 lo = start > r->hva_start ? start : r->hva_start;
+		u64 hi = end < r->hva_end ? end : r->hva_end;
+		if (lo >= hi)
+			continue;
+		u64 first = (lo - r->hva_start) >> KVMCTL_PAGE_SHIFT;
+		u64 n = ((hi - r->hva_start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT) - first;
+		count_gfns(kind, r->index_base + first, n);
+		pages += n;
+	}
+	return pages;
+}
+
+static __always_inline int on_range(u32 kind, u64 start, u64 end)
+{
+	u64 now = bpf_ktime_get_ns(), t0 = cfg_get(CFG_START_NS);
+	if (now < t0 || now >= cfg_get(CFG_END_NS))
+		return 0;
+	u64 pages = our_pages(kind, start, end);
+	if (!pages)
+		return 0;
+
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id, tgid = id >> 32;
+	struct task_key tk = {.pid = tid, .tgid = tgid, .kind = kind};
+	bpf_get_current_comm(&tk.comm, sizeof(tk.comm));
+	u32 cls = classify(tid, tgid, tk.comm);
+
+	int slot = kind * NR_CLASSES + cls;
+	struct counter *c = totals.lookup(&slot);
+	if (c)
+		counter_add(c, pages);
+
+	u64 bucket = (now - t0) / BUCKET_NS;
+	if (bucket < NR_BUCKETS) {
+		int b = (bucket * NR_KINDS + kind) * NR_CLASSES + cls;
+		c = series.lookup(&b);
+		if (c)
+			counter_add(c, pages);
+	} else {
+		lost_inc(LOST_BUCKET_OVERFLOW, 1);
+	}
+
+	struct counter zero = {};
+	c = by_task.lookup_or_try_init(&tk, &zero);
+	if (c)
+		counter_add(c, pages);
+	else
+		lost_inc(LOST_TASKS_FULL, 1);
+	return 0;
+}
+
+TRACEPOINT_PROBE(kvm, kvm_age_hva)
+{
+	return on_range(KIND_AGE, args->start, args->end);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
+{
+	return on_range(KIND_TEST_AGE, args->hva, args->hva + 1);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
+{
+	return on_range(KIND_UNMAP, args->start, args->end);
+}

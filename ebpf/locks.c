@@ -1,0 +1,166 @@
+/* Lock contention in the shape of `perf lock contention`.
+ *
+ * lock:contention_begin stores (timestamp, kernel stack id, lock address,
+ * flags) per thread; lock:contention_end adds the wait to a
+ * {stack id, waiter class, lock address} key with total/max/count and to a
+ * log2 wait histogram per waiter class. Python symbolizes the stacks and
+ * recognizes mmu_lock waits by their KVM MMU frames.
+ *
+ * Waiter classes: this VM's threads (tgid == CFG_VM_TGID: its vCPUs), agers
+ * (our ager tids, kswapd, kdamond), other.
+ *
+ * Options (-D): MAX_THREADS, MAX_ENTRIES, MAX_STACKS, MAX_AGER_TIDS.
+ * Enum values are mirrored in kvmctl/trace/records.py.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+
+#include "ranges.h"
+
+#ifndef MAX_THREADS
+#define MAX_THREADS 16384
+#endif
+#ifndef MAX_ENTRIES
+#define MAX_ENTRIES 16384
+#endif
+#ifndef MAX_STACKS
+#define MAX_STACKS 16384
+#endif
+#ifndef MAX_AGER_TIDS
+#define MAX_AGER_TIDS 256
+#endif
+#define NR_SLOTS 64
+
+enum waiter_class {
+	WAITER_VM = 0,
+	WAITER_AGER = 1,
+	WAITER_OTHER = 2,
+	NR_WAITERS = 3,
+};
+
+enum locks_lost {
+	LOST_THREADS_FULL = 0,   /* begin not stored: per-thread map full */
+	LOST_NO_BEGIN = 1,       /* end in the window without a stored begin (includes
+				    waits that began before the window opened) */
+	LOST_STACK = 2,          /* stack id not stored (stack map full or collision) */
+	LOST_ENTRIES_FULL = 3,   /* contention key not stored: map full */
+	LOST_NESTED = 4,         /* begin on another lock while one was pending */
+	NR_LOCKS_LOST = 5,
+};
+
+struct tstamp {
+	u64 ts;
+	u64 lock;
+	s32 stack_id;
+	u32 flags;
+};
+
+struct contention_key {
+	s32 stack_id;
+	u32 waiter;
+	u64 lock;
+};
+
+struct contention_val {
+	u64 total_ns;
+	u64 max_ns;
+	u64 count;
+	u32 flags;
+	u32 pad;
+};
+
+BPF_ARRAY(config, u64, NR_CFG);
+BPF_HASH(ager_tids, u32, u8, MAX_AGER_TIDS);
+BPF_HASH(starts, u32, struct tstamp, MAX_THREADS);
+BPF_HASH(contended, struct contention_key, struct contention_val, MAX_ENTRIES);
+BPF_STACK_TRACE(stacks, MAX_STACKS);
+BPF_ARRAY(wait_hist, u64, NR_WAITERS * NR_SLOTS);
+BPF_ARRAY(lost, u64, NR_LOCKS_LOST);
+
+static __always_inline u64 cfg_get(int which)
+{
+	u64 *v = config.lookup(&which);
+	return v ? *v : 0;
+}
+
+static __always_inline void lost_inc(int which)
+{
+	u64 *v = lost.lookup(&which);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline u32 waiter_class(u32 tid, u32 tgid)
+{
+	if (tgid == cfg_get(CFG_VM_TGID))
+		return WAITER_VM;
+	if (ager_tids.lookup(&tid))
+		return WAITER_AGER;
+	char comm[TASK_COMM_LEN];
+	bpf_get_current_comm(&comm, sizeof(comm));
+	if (comm_is_kswapd(comm) || comm_is_kdamond(comm))
+		return WAITER_AGER;
+	return WAITER_OTHER;
+}
+
+TRACEPOINT_PROBE(lock, contention_begin)
+{
+	u64 now = bpf_ktime_get_ns();
+	if (now < cfg_get(CFG_START_NS) || now >= cfg_get(CFG_END_NS))
+		return 0;
+	u32 tid = bpf_get_current_pid_tgid();
+	u64 lock = (u64)args->lock_addr;
+	struct tstamp *pending = starts.lookup(&tid);
+	if (pending) {
+		/* a mutex spins, then sleeps: two begins, one end; keep the first */
+		if (pending->lock == lock)
+			return 0;
+		lost_inc(LOST_NESTED);
+	}
+	struct tstamp t = {.ts = now, .lock = lock, .flags = args->flags};
+	t.stack_id = stacks.get_stackid(args, 0);
+	if (t.stack_id < 0)
+		lost_inc(LOST_STACK);
+	if (starts.update(&tid, &t))
+		lost_inc(LOST_THREADS_FULL);
+	return 0;
+}
+
+TRACEPOINT_PROBE(lock, contention_end)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = id, tgid = id >> 32;
+	struct tstamp *t = starts.lookup(&tid);
+	if (!t) {
+		u64 now = bpf_ktime_get_ns();
+		if (now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS))
+			lost_inc(LOST_NO_BEGIN);
+		return 0;
+	}
+	u64 wait = bpf_ktime_get_ns() - t->ts;
+	struct contention_key key = {.stack_id = t->stack_id, .lock = t->lock};
+	u32 flags = t->flags;
+	starts.delete(&tid);
+	key.waiter = waiter_class(tid, tgid);
+
+	struct contention_val zero = {};
+	struct contention_val *v = contended.lookup_or_try_init(&key, &zero);
+	if (v) {
+		__sync_fetch_and_add(&v->total_ns, wait);
+		__sync_fetch_and_add(&v->count, 1);
+		if (wait > v->max_ns)
+			v->max_ns = wait; /* racy max, as in perf: a lost update only lowers it */
+		v->flags = flags;
+	} else {
+		lost_inc(LOST_ENTRIES_FULL);
+	}
+
+	u32 l2 = bpf_log2l(wait); /* slot i holds [2^(i-1), 2^i) ns, as BCC's log2 hists */
+	if (l2 >= NR_SLOTS)
+		l2 = NR_SLOTS - 1;
+	int slot = key.waiter * NR_SLOTS + l2;
+	u64 *h = wait_hist.lookup(&slot);
+	if (h)
+		__sync_fetch_and_add(h, 1);
+	return 0;
+}

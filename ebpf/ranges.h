@@ -1,0 +1,56 @@
+/* Types shared by the aging, spte and funcs programs: the experiment VM's
+ * memslot ranges and the configuration words Python writes before attaching.
+ *
+ * Only types and map-free helpers live here: BCC rewrites map accesses
+ * (map.lookup()) in the main file only, so each program declares its own
+ * `config` and `ranges` maps and the small helpers that read them.
+ *
+ * An hva is only meaningful inside the VM process, and the aging
+ * tracepoints fire in the ager's context (kswapd, kdamond, a reclaiming
+ * task) and carry no mm: another process with a KVM mmu notifier and an
+ * overlapping hva range would pass this filter. ASLR makes that unlikely;
+ * the report states the filter is by address range.
+ */
+#ifndef KVMCTL_RANGES_H
+#define KVMCTL_RANGES_H
+
+#ifndef MAX_RANGES
+#define MAX_RANGES 8
+#endif
+#define KVMCTL_PAGE_SHIFT 12
+#define KVMCTL_PAGE_SIZE (1ULL << KVMCTL_PAGE_SHIFT)
+
+/* Page i of the range [hva_start, hva_end) is guest frame gfn_start + i and
+ * per-gfn array index index_base + i. */
+struct slot_range {
+	u64 hva_start;
+	u64 hva_end;
+	u64 gfn_start;
+	u64 index_base;
+};
+
+/* Configuration words, written from Python. Events count only while
+ * CFG_START_NS <= bpf_ktime_get_ns() < CFG_END_NS, so the trace window is
+ * exact on the CLOCK_MONOTONIC scale whatever the attach/detach latency. */
+enum cfg {
+	CFG_NR_RANGES = 0,
+	CFG_VM_TGID = 1,
+	CFG_START_NS = 2,
+	CFG_END_NS = 3,
+	NR_CFG = 4,
+};
+
+/* comm prefixes of the kernel's own agers; compared char by char because
+ * BCC cannot load programs that reference string literals. */
+static __always_inline bool comm_is_kswapd(const char *c)
+{
+	return c[0] == 'k' && c[1] == 's' && c[2] == 'w' && c[3] == 'a' && c[4] == 'p' && c[5] == 'd';
+}
+
+static __always_inline bool comm_is_kdamond(const char *c)
+{
+	return c[0] == 'k' && c[1] == 'd' && c[2] == 'a' && c[3] == 'm' && c[4] == 'o' && c[5] == 'n' &&
+	       c[6] == 'd';
+}
+
+#endif

@@ -1,0 +1,227 @@
+/* SPTE activity of the experiment VM.
+ *
+ * kvmmmu:kvm_mmu_set_spte: one per leaf SPTE installed by a vCPU of our VM
+ * (tgid == CFG_VM_TGID) for a gfn of our memslots: per-gfn mapping counts
+ * (a second mapping of a gfn is counted as a re-fault) and a level histogram.
+ * kvmmmu:kvm_mmu_get_page: shadow pages created or reused by our vCPUs,
+ * evidence that the VM runs on the shadow MMU (no TDP, or nested).
+ * kvmmmu:kvm_tdp_mmu_spte_changed (TDP MMU only): SPTE changes whose old and
+ * new value differ exactly in ACCESSED_MASK, with the bit set before, are
+ * accessed-bit clears by aging ("bits cleared"), per gfn.
+ *
+ * spte_changed carries no VM identity and fires in the ager's context, so a
+ * change counts as ours when it runs in a VM thread or in a task whose
+ * latest aging notifier call (kvm_age_hva and friends, traced just before
+ * KVM walks the range) touched our hva ranges.
+ *
+ * Options (-D): MAX_RANGES, NR_PAGES, WITH_TDP_SPTE_CHANGED (the catalogue
+ * chose the tracepoint), ACCESSED_MASK (bit 8 on EPT with A/D bits, bit 5 on
+ * NPT and legacy paging; chosen from the host by Python).
+ */
+#include <uapi/linux/ptrace.h>
+
+#include "ranges.h"
+
+#ifndef NR_PAGES
+#define NR_PAGES 1
+#endif
+#ifndef ACCESSED_MASK
+#define ACCESSED_MASK (1ULL << 5)
+#endif
+#ifndef MAX_AGING_TIDS
+#define MAX_AGING_TIDS 4096
+#endif
+#define NR_LEVELS 8
+
+enum spte_count {
+	CNT_SET_SPTE = 0,        /* leaf SPTEs installed for our gfns */
+	CNT_REFAULT = 1,         /* ... for a gfn already mapped in the window */
+	CNT_SP_CREATED = 2,      /* shadow pages created by our vCPUs */
+	CNT_SP_EXISTING = 3,     /* shadow pages looked up and reused */
+	CNT_SPTE_CHANGED = 4,    /* TDP SPTE changes attributed to our VM */
+	CNT_BITS_CLEARED = 5,    /* ... that cleared only the accessed bit */
+	NR_SPTE_COUNTS = 6,
+};
+
+enum spte_lost {
+	LOST_GFN_INDEX = 0,      /* gfn of our memslot past NR_PAGES (array capped) */
+	LOST_AGING_TIDS_FULL = 1,
+	NR_SPTE_LOST = 2,
+};
+
+BPF_ARRAY(config, u64, NR_CFG);
+BPF_ARRAY(ranges, struct slot_range, MAX_RANGES);
+BPF_ARRAY(counts, u64, NR_SPTE_COUNTS);
+BPF_ARRAY(set_levels, u64, NR_LEVELS);
+BPF_ARRAY(sp_levels, u64, NR_LEVELS);
+BPF_F_TABLE("array", u32, u32, mappings, NR_PAGES, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, u32, cleared, NR_PAGES, BPF_F_MMAPABLE);
+BPF_HASH(aging_tids, u32, u8, MAX_AGING_TIDS);
+BPF_ARRAY(lost, u64, NR_SPTE_LOST);
+
+static __always_inline u64 cfg_get(int which)
+{
+	u64 *v = config.lookup(&which);
+	return v ? *v : 0;
+}
+
+static __always_inline void inc(int which)
+{
+	u64 *v = counts.lookup(&which);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void lost_inc(int which)
+{
+	u64 *v = lost.lookup(&which);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline bool in_window(void)
+{
+	u64 now = bpf_ktime_get_ns();
+	return now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);
+}
+
+/* Per-gfn index of gfn in our memslots, or -1. */
+static __always_inline s64 gfn_index(u64 gfn)
+{
+	u64 nr = cfg_get(CFG_NR_RANGES);
+	for (int i = 0; i < MAX_RANGES; i++) {
+		if (i >= nr)
+			break;
+		int k = i;
+		struct slot_range *r = ranges.lookup(&k);
+		if (!r)
+			break;
+		u64 pages = (r->hva_end - r->hva_start) >> KVMCTL_PAGE_SHIFT;
+		if (gfn >= r->gfn_start && gfn < r->gfn_start + pages)
+			return r->index_base + (gfn - r->gfn_start);
+	}
+	return -1;
+}
+
+static __always_inline bool hva_overlaps(u64 start, u64 end)
+{
+	u64 nr = cfg_get(CFG_NR_RANGES);
+	for (int i = 0; i < MAX_RANGES; i++) {
+		if (i >= nr)
+			break;
+		int k = i;
+		struct slot_range *r = ranges.lookup(&k);
+		if (!r)
+			break;
+		if (start < r->hva_end && end > r->hva_start)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool from_our_vm(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == cfg_get(CFG_VM_TGID);
+}
+
+static __always_inline u32 *per_gfn_slot(u64 gfn, bool mapping)
+{
+	s64 index = gfn_index(gfn);
+	if (index < 0)
+		return 0;
+	if (index >= NR_PAGES) {
+		lost_inc(LOST_GFN_INDEX);
+		return 0;
+	}
+	u32 idx = index;
+	return mapping ? mappings.lookup(&idx) : cleared.lookup(&idx);
+}
+
+/* Remember whether this task's current aging notifier call is about us. */
+static __always_inline int mark_aging(u64 start, u64 end)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	if (hva_overlaps(start, end)) {
+		u8 one = 1;
+		if (aging_tids.update(&tid, &one))
+			lost_inc(LOST_AGING_TIDS_FULL);
+	} else {
+		aging_tids.delete(&tid);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(kvm, kvm_age_hva)
+{
+	return mark_aging(args->start, args->end);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
+{
+	return mark_aging(args->hva, args->hva + 1);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
+{
+	return mark_aging(args->start, args->end);
+}
+
+TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
+{
+	if (!in_window() || !from_our_vm())
+		return 0;
+	u32 *n = per_gfn_slot(args->gfn, true);
+	if (!n)
+		return 0;
+	/* read-then-add: BCC's LLVM cannot use the old value of an atomic add;
+	 * two vCPUs mapping the same gfn at the same instant may both read 0 */
+	if (*n > 0)
+		inc(CNT_REFAULT);
+	__sync_fetch_and_add(n, 1);
+	inc(CNT_SET_SPTE);
+	int level = args->level & (NR_LEVELS - 1);
+	u64 *l = set_levels.lookup(&level);
+	if (l)
+		__sync_fetch_and_add(l, 1);
+	return 0;
+}
+
+TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
+{
+	if (!in_window() || !from_our_vm())
+		return 0;
+	if (!args->created) {
+		inc(CNT_SP_EXISTING);
+		return 0;
+	}
+	inc(CNT_SP_CREATED);
+	int level = args->role & 0xf; /* union kvm_mmu_page_role: level is bits 0-3 */
+	level &= NR_LEVELS - 1;
+	u64 *l = sp_levels.lookup(&level);
+	if (l)
+		__sync_fetch_and_add(l, 1);
+	return 0;
+}
+
+#ifdef WITH_TDP_SPTE_CHANGED
+TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
+{
+	if (!in_window())
+		return 0;
+	u32 tid = bpf_get_current_pid_tgid();
+	if (!from_our_vm() && !aging_tids.lookup(&tid))
+		return 0;
+	s64 index = gfn_index(args->gfn);
+	if (index < 0)
+		return 0;
+	inc(CNT_SPTE_CHANGED);
+	u64 old = args->old_spte, new = args->new_spte;
+	if ((old ^ new) == ACCESSED_MASK && (old & ACCESSED_MASK)) {
+		inc(CNT_BITS_CLEARED);
+		u32 *n = per_gfn_slot(args->gfn, false);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
+	return 0;
+}
+#endif

@@ -346,7 +346,7 @@ class Report:
         if reason is not None:
             return reason
         if not self.complete:
-            return "run cut short before it was measured"
+            return "the run was cut short first"
         return "no reason recorded"
 
     def unexplained_nulls(self) -> list[str]:

@@ -1,0 +1,461 @@
+"""An 80-column text summary of a report, fit to paste into an email.
+
+Histograms follow BCC's ``print_log2_hist`` layout and the contention table
+follows ``perf lock contention``, so reviewers read them without a legend.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import textwrap
+from collections import defaultdict
+
+from kvmctl.report.model import HEADLINE, Bucket, ContentionRow, Report, Unit, get_figure
+from kvmctl.units import format_size
+
+WIDTH = 80
+_STARS_MAX = 40
+_CALLER_WIDTH = WIDTH - 54
+_LIST_HEAD = 6  # long tables show this many rows at each end
+
+
+# ---------------------------------------------------------------------------
+# Number formatting shared with the other renderers
+
+
+def fmt_count(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    if isinstance(n, float) and not n.is_integer():
+        return f"{n:,.1f}"
+    return f"{int(n):,}"
+
+
+def fmt_fraction(x: float | None) -> str:
+    return "-" if x is None else f"{100.0 * x:.2f}%"
+
+
+def fmt_ns(ns: float | int | None) -> str:
+    """perf's time style: '714.73 us', '13.58 ms'."""
+    if ns is None:
+        return "-"
+    if abs(ns) < 1000:
+        return f"{ns:.0f} ns"
+    for unit, div in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(ns) >= div:
+            return f"{ns / div:.2f} {unit}"
+    return f"{ns:.0f} ns"  # unreachable for |ns| >= 1000, kept for type checkers
+
+
+def fmt_value(value: float | None, unit: Unit) -> str:
+    if unit is Unit.FRACTION:
+        return fmt_fraction(value)
+    if unit is Unit.NS:
+        return fmt_ns(value)
+    return fmt_count(value)
+
+
+def null_text(report: Report, key: str) -> str:
+    """What to print for a null figure: the recorded reason, or why unmeasured."""
+    reason = report.reason_for(key)
+    top = key.split(".", 1)[0]
+    if key in report.probes.not_observable or top in report.probes.not_observable:
+        return f"not observable here: {reason}"
+    return f"not measured: {reason}"
+
+
+# ---------------------------------------------------------------------------
+# BCC's print_log2_hist
+
+
+def _stars(val: int, val_max: int, width: int) -> str:
+    if val_max <= 0:
+        return ""
+    n = min(width, width * val // val_max)  # BCC's loop draws floor(width*val/max) stars
+    text = "*" * n
+    if val > val_max:
+        text = text[:-1] + "+"
+    return text
+
+
+def hist_unit_label(name: str) -> str:
+    """'aging_latency_ns:kvm_age_gfn' -> 'nsecs' (the unit is the metric's suffix)."""
+    metric = name.split(":", 1)[0]
+    for suffix, label in (("_ns", "nsecs"), ("_us", "usecs"), ("_pages", "pages"), ("_bytes", "bytes")):
+        if metric.endswith(suffix):
+            return label
+    return "value"
+
+
+def log2_hist_lines(buckets: list[Bucket], val_type: str) -> list[str]:
+    if not buckets or not any(b.count for b in buckets):
+        return ["     (no samples)"]
+    val_max = max(b.count for b in buckets)
+    if max(b.high for b in buckets) < (1 << 32):
+        header, body, stars = "     %-19s : count     distribution", "%10d -> %-10d : %-8d |%-*s|", _STARS_MAX
+    else:
+        header, body = "               %-29s : count     distribution", "%20d -> %-20d : %-8d |%-*s|"
+        stars = _STARS_MAX // 2
+    lines = [header % val_type]
+    for b in buckets:
+        lines.append(body % (b.low, b.high, b.count, stars, _stars(b.count, val_max, stars)))
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# perf lock contention
+
+
+def contention_lines(rows: list[ContentionRow], limit: int = 15) -> list[str]:
+    fmt = "%9s %10s %10s %10s %9s  %s"
+    lines = [fmt % ("contended", "total wait", "max wait", "avg wait", "type", "caller"), ""]
+    ordered = sorted(rows, key=lambda r: (-r.total_wait_ns, r.caller))
+    for r in ordered[:limit]:
+        kind = r.lock_type + ("*" if r.is_mmu_lock else "")
+        lines.append(
+            fmt
+            % (
+                fmt_count(r.contended),
+                fmt_ns(r.total_wait_ns),
+                fmt_ns(r.max_wait_ns),
+                fmt_ns(r.avg_wait_ns),
+                kind,
+                _clip(r.caller, _CALLER_WIDTH),
+            )
+        )
+    if len(ordered) > limit:
+        lines.append(f"  ... {len(ordered) - limit} more rows (see --json)")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# The summary
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 2] + ".."
+
+
+def _section(title: str) -> list[str]:
+    return ["", f"-- {title} ".ljust(WIDTH, "-")]
+
+
+def _field(label: str, value: str, label_width: int = 11) -> list[str]:
+    """'label      value', the value wrapped under itself."""
+    indent = " " * (label_width + 1)
+    wrapped = textwrap.wrap(value, WIDTH - label_width - 1, break_on_hyphens=False) or [""]
+    return [f"{label:<{label_width}} {wrapped[0]}".rstrip()] + [indent + w for w in wrapped[1:]]
+
+
+def _bullets(items: list[str], prefix: str = "  - ") -> list[str]:
+    out = []
+    for item in items:
+        out += textwrap.wrap(item, WIDTH, initial_indent=prefix, subsequent_indent=" " * len(prefix)) or [prefix]
+    return out
+
+
+def _head(report: Report) -> list[str]:
+    h = report.host
+    status = "complete" if report.complete else "INCOMPLETE"
+    if not report.complete and report.incomplete_reason:
+        status += f": {report.incomplete_reason}"
+    lines = [f"== kvmctl experiment report (schema {report.schema_version}) ".ljust(WIDTH, "=")]
+    lines += _field("status", status)
+    lines += _field("created", f"{report.created} by kvmctl {report.kvmctl_version}")
+    if report.command_line:
+        lines += _field("command", " ".join(report.command_line))
+    host = [f"Linux {h.kernel_release or '?'}"]
+    if h.machine:
+        host[0] += f" {h.machine}"
+    if h.kvm_module:
+        host.append(h.kvm_module)
+    mmu = h.mmu.value if h.mmu else null_text(report, "host.mmu")
+    if h.tdp_mmu is not None:
+        mmu += f" (tdp_mmu {'Y' if h.tdp_mmu else 'N'})"
+    host.append(f"MMU {mmu}")
+    if h.lockless_aging is not None:
+        host.append(f"lockless aging {'yes' if h.lockless_aging else 'no'}")
+    lines += _field("host", ", ".join(host))
+    if h.headers:
+        headers = h.headers.value + (f" ({h.headers_version})" if h.headers_version else "")
+        lines += _field("headers", headers)
+    w = report.trace_window
+    if w.duration_ns is not None:
+        lines += _field("traced", f"{w.duration_ns / 1e9:.3f} s (CLOCK_MONOTONIC {w.start_ns} .. {w.end_ns})")
+    else:
+        lines += _field("traced", null_text(report, "trace_window.start_ns"))
+    lost = report.lost_events
+    lines += _field("lost", null_text(report, "lost_events") if lost is None else f"{lost:,} events")
+    return lines
+
+
+def _headline(report: Report) -> list[str]:
+    lines = _section("Headline")
+    width = max(len(f.label) for f in HEADLINE) + 2
+    for fig in HEADLINE:
+        value = get_figure(report, fig.key)
+        text = fmt_value(value, fig.unit) if value is not None else null_text(report, fig.key)
+        lines += _field(fig.label, text, width)
+    return lines
+
+
+def _fallback(report: Report) -> list[str]:
+    f = report.fallback
+    lines = _section("Fallback verdict (which aging path the VM took)")
+    lines += _field("verdict", f.verdict.value if f.verdict else null_text(report, "fallback.verdict"))
+    if f.tdp_share is not None or f.rmap_share is not None:
+        lines += _field("paths", f"tdp {fmt_fraction(f.tdp_share)}, rmap {fmt_fraction(f.rmap_share)} of aging calls")
+    if f.evidence:
+        lines += ["evidence"] + _bullets(f.evidence)
+    return lines
+
+
+def _ground_truth(report: Report) -> list[str]:
+    g = report.ground_truth
+    lines = _section("Ground truth (what the guest touched vs what the host decided)")
+
+    def frac(key: str, value: float | None) -> str:
+        return fmt_fraction(value) if value is not None else null_text(report, key)
+
+    if g.scored_by:
+        lines += _field("scored ager", g.scored_by, 16)
+    if g.hot_pages is not None or g.cold_pages is not None:
+        lines += _field("pages", f"{fmt_count(g.hot_pages)} hot, {fmt_count(g.cold_pages)} cold", 16)
+    lines += _field("hot resident", frac("ground_truth.hot_resident_fraction", g.hot_resident_fraction), 16)
+    if g.cold_resident_fraction is not None:
+        lines += _field("cold resident", fmt_fraction(g.cold_resident_fraction), 16)
+    if g.evicted_pages is not None:
+        lines += _field("evicted", f"{fmt_count(g.evicted_pages)} pages", 16)
+    lines += _field("evicted cold", frac("ground_truth.evicted_cold_fraction", g.evicted_cold_fraction), 16)
+    refaults = fmt_count(g.refaults) if g.refaults is not None else null_text(report, "ground_truth.refaults")
+    lines += _field("re-faults", refaults, 16)
+    lines += _field("precision", frac("ground_truth.precision", g.precision), 16)
+    lines += _field("recall", frac("ground_truth.recall", g.recall), 16)
+    return lines
+
+
+def _elide(rows: list, head: int = _LIST_HEAD) -> tuple[list, int, list]:
+    if len(rows) <= 2 * head:
+        return rows, 0, []
+    return rows[:head], len(rows) - 2 * head, rows[-head:]
+
+
+def _passes(report: Report) -> list[str]:
+    if not report.passes:
+        return []
+    fmt = "%4s %-7s %7s %6s %6s %8s %8s %8s %9s %8s"
+    lines = _section("Ager passes")
+    lines.append(fmt % ("pass", "ager", "ms", "hot%", "cold%", "evicted", "refaults", "calls", "pages", "bg calls"))
+    first, skipped, last = _elide(report.passes)
+    for chunk in (first, last):
+        for p in chunk:
+            lines.append(
+                fmt
+                % (
+                    p.pass_no,
+                    _clip(p.ager, 7),
+                    f"{(p.end_ns - p.start_ns) / 1e6:.1f}",
+                    fmt_fraction(p.hot_resident_fraction).replace("%", ""),
+                    fmt_fraction(p.cold_resident_fraction).replace("%", ""),
+                    fmt_count(p.evicted_pages),
+                    fmt_count(p.refaults),
+                    fmt_count(p.aging_calls),
+                    fmt_count(p.aging_pages),
+                    fmt_count(p.background_calls),
+                )
+            )
+        if chunk is first and skipped:
+            lines.append(f"  ... {skipped} passes omitted")
+    lines.append("  (hot%/cold% resident after the pass; refaults since the previous pass;")
+    lines.append("   calls/pages: all aging during the pass; - = not measured)")
+    return lines
+
+
+def _epochs(report: Report) -> list[str]:
+    if not report.epochs:
+        return []
+    by_epoch: dict[int, list] = defaultdict(list)
+    for row in report.epochs:
+        by_epoch[row.epoch].append(row)
+    fmt = "%5s %5s %-22s %14s %10s %10s"
+    lines = _section("Guest epochs")
+    lines.append(fmt % ("epoch", "vcpus", "pattern", "pages touched", "guest s", "wall s"))
+    first, skipped, last = _elide(sorted(by_epoch))
+    for chunk in (first, last):
+        for e in chunk:
+            rows = by_epoch[e]
+            patterns = sorted({r.pattern for r in rows})
+            lines.append(
+                fmt
+                % (
+                    e,
+                    len(rows),
+                    _clip(",".join(patterns), 22),
+                    fmt_count(sum(r.pages_touched for r in rows)),
+                    f"{max(r.guest_seconds for r in rows):.3f}",
+                    f"{max(r.wall_seconds for r in rows):.3f}",
+                )
+            )
+        if chunk is first and skipped:
+            lines.append(f"  ... {skipped} epochs omitted")
+    lines.append("  (pages summed over vCPUs; seconds of the slowest vCPU)")
+    return lines
+
+
+def _aging(report: Report) -> list[str]:
+    a = report.aging
+    if not a.by_task and not a.series:
+        return []
+    lines = _section("Aging by task")
+    if a.by_task:
+        fmt = "%8s %-16s %-8s %12s %14s"
+        lines.append(fmt % ("pid", "comm", "class", "calls", "pages"))
+        ordered = sorted(a.by_task, key=lambda t: (-t.calls, t.pid))
+        for t in ordered[:10]:
+            lines.append(fmt % (t.pid, _clip(t.comm, 16), t.task_class.value, fmt_count(t.calls), fmt_count(t.pages)))
+        if len(ordered) > 10:
+            lines.append(f"  ... {len(ordered) - 10} more tasks")
+    if a.series and a.interval_ns:
+        peak = max(a.series, key=lambda s: s.calls)
+        lines += _field(
+            "series",
+            f"{len(a.series)} samples of {a.interval_ns / 1e9:g} s; peak {fmt_count(peak.calls)} calls "
+            f"({fmt_count(peak.pages)} pages) at +{peak.t_offset_ns / 1e9:.1f} s",
+        )
+    return lines
+
+
+def _histograms(report: Report) -> list[str]:
+    lines: list[str] = []
+    for name, buckets in report.histograms.items():
+        lines += _section(f"Histogram {name}")
+        lines += log2_hist_lines(buckets, hist_unit_label(name))
+    return lines
+
+
+def _contention(report: Report) -> list[str]:
+    c = report.contention
+    lines = _section("Lock contention (perf lock contention style)")
+    wait = c.mmu_lock_wait_ns
+    text = fmt_ns(wait) if wait is not None else null_text(report, "contention.mmu_lock_wait_ns")
+    if wait is not None and c.mmu_lock_contended is not None:
+        text += f" in {fmt_count(c.mmu_lock_contended)} contended acquisitions"
+    lines += _field("mmu_lock", text)
+    per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in c.rows:
+        if r.is_mmu_lock:
+            per_class[r.waiter_class.value][0] += r.contended
+            per_class[r.waiter_class.value][1] += r.total_wait_ns
+    if per_class:
+        parts = [f"{k} {fmt_ns(v[1])} ({fmt_count(v[0])})" for k, v in sorted(per_class.items())]
+        lines += _field("waiters", "; ".join(parts))
+    if c.rows:
+        lines.append("")
+        lines += contention_lines(c.rows)
+        lines.append("  (* = this VM's mmu_lock)")
+    return lines
+
+
+def _memslots(report: Report) -> list[str]:
+    if not report.memslots:
+        return _section("Memslots") + ["  none recorded"]
+    fmt = "%4s  %-18s  %-18s  %7s  %s"
+    lines = _section("Memslots")
+    lines.append(fmt % ("slot", "gpa", "hva", "size", "backing"))
+    for m in report.memslots:
+        backing = m.backing + (f" {m.path}" if m.path else "")
+        lines.append(fmt % (m.slot, hex(m.gpa_start), hex(m.hva_start), format_size(m.size), _clip(backing, WIDTH - 55)))
+    return lines
+
+
+def _probes(report: Report) -> list[str]:
+    p = report.probes
+    lines = _section("Probes")
+    width = max((len(k) for k in p.chosen), default=10) + 1
+    for measurement, point in p.chosen.items():
+        lines += _field(measurement, point, min(width, 30))
+    if p.not_observable:
+        lines.append("not observable here:")
+        lines += _bullets([f"{k}: {v}" for k, v in p.not_observable.items()])
+    return lines
+
+
+def _spec(report: Report) -> list[str]:
+    if not report.spec:
+        return []
+    lines = _section("Experiment spec")
+    for key, value in report.spec.items():
+        lines += _field(str(key), value if isinstance(value, str) else json.dumps(value), 16)
+    return lines
+
+
+def _vm_stats(report: Report) -> list[str]:
+    if not report.vm_stats:
+        return []
+    lines = _section("VM stats")
+    cells = []
+    for name, value in report.vm_stats.items():
+        shown = fmt_count(value) if isinstance(value, int) else f"[{len(value)} buckets, sum {fmt_count(sum(value))}]"
+        cells.append(f"{_clip(name, 22):<22} {shown:>15}")
+    for i in range(0, len(cells), 2):
+        lines.append("  ".join(cells[i : i + 2]))
+    return lines
+
+
+def _repeats(report: Report) -> list[str]:
+    if not report.repeats:
+        return []
+    lines = _section(f"Repeats ({len(report.repeats)} runs: mean +- stddev, min .. max)")
+    width = max(len(f.label) for f in HEADLINE) + 2
+    for fig in HEADLINE:
+        values = [r[fig.key] for r in report.repeats if r.get(fig.key) is not None]
+        if not values:
+            continue
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        text = (
+            f"{fmt_value(statistics.fmean(values), fig.unit)} +- {fmt_value(sd, fig.unit)}, "
+            f"{fmt_value(min(values), fig.unit)} .. {fmt_value(max(values), fig.unit)}"
+        )
+        lines += _field(fig.label, text, width)
+    return lines
+
+
+def _fault(report: Report) -> list[str]:
+    if report.guest_fault is None:
+        return []
+    lines = _section("Guest fault")
+    lines += _field("fault", report.guest_fault.message)
+    regs = [f"{k}={v:#x}" for k, v in report.guest_fault.registers.items()]
+    lines += _bullets([" ".join(regs)], prefix="  ") if regs else []
+    return lines
+
+
+def _notes(report: Report) -> list[str]:
+    if not report.notes:
+        return []
+    return _section("Notes") + _bullets(report.notes)
+
+
+def render_text(report: Report) -> str:
+    lines: list[str] = []
+    for part in (
+        _head,
+        _headline,
+        _fallback,
+        _ground_truth,
+        _passes,
+        _aging,
+        _histograms,
+        _contention,
+        _epochs,
+        _memslots,
+        _probes,
+        _spec,
+        _vm_stats,
+        _repeats,
+        _fault,
+        _notes,
+    ):
+        lines += part(report)
+    return "\n".join(line.rstrip() for line in lines) + "\n"

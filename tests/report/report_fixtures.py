@@ -1,0 +1,167 @@
+"""Synthetic but realistic reports: test inputs for the (pure) renderers.
+
+Shapes follow what an experiment on the development host produces: a 512 MiB
+file-backed guest, 2 vCPUs, hotcold:0.25, memcg reclaim passes, DAMON's
+background aging, shadow paging (PVM) — plus a TDP-host variant where bits
+cleared and the TDP path are observable. Everything is derived from a seeded
+generator so golden files stay stable.
+"""
+
+from __future__ import annotations
+
+import random
+
+from kvmctl.report.model import (
+    Aging,
+    AgingSample,
+    Bucket,
+    Contention,
+    ContentionRow,
+    EpochRow,
+    Fallback,
+    GroundTruth,
+    HeatMap,
+    Headers,
+    HostFacts,
+    Memslot,
+    Mmu,
+    PassRow,
+    Probes,
+    Report,
+    TaskAging,
+    TaskClass,
+    TraceWindow,
+    Verdict,
+    WaiterClass,
+    buckets_from_bcc_slots,
+    headline_figures,
+)
+
+MIB = 1 << 20
+T0 = 1_000_000_000_000  # CLOCK_MONOTONIC at probe attach
+
+
+def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes: int = 4, epochs: int = 8) -> Report:
+    rng = random.Random(seed)
+    size = 512 * MIB
+    pages = size // 4096
+    hot = pages // 4
+    slot = Memslot(0, 0x100000000, 0x100000000 + size, 0x7F3A40000000, 0x7F3A40000000 + size, size, "file",
+                   "/var/tmp/kvmctl-guest.mem")
+    interval = 1_000_000_000
+    n_samples = 12
+    series = []
+    for i in range(n_samples):
+        bg = int(1400 * scale) + rng.randint(-40, 40)
+        ours = int(4200 * scale) + rng.randint(-200, 200) if i % 3 == 1 else rng.randint(0, 20)
+        series.append(AgingSample(i * interval, bg + ours, (bg + ours) * 3, bg, bg * 3))
+    calls = sum(s.calls for s in series)
+    bg_calls = sum(s.background_calls for s in series)
+    window = TraceWindow(T0, T0 + n_samples * interval)
+
+    pass_rows = []
+    for p in range(1, passes + 1):
+        start = T0 + (3 * p - 2) * interval
+        evicted = int(pages * 0.5 / passes)
+        pass_rows.append(PassRow(p, "memcg", start, start + 400_000_000 + rng.randint(0, 50_000_000),
+                                 hot_resident_fraction=1.0 - rng.randint(0, 3) / hot,
+                                 cold_resident_fraction=1.0 - 0.5 * p / passes * (pages / (pages - hot)),
+                                 evicted_pages=evicted, refaults=rng.randint(0, 3),
+                                 aging_calls=int(4200 * scale), aging_pages=int(12600 * scale),
+                                 background_calls=560 + rng.randint(-20, 20)))
+    epoch_rows = []
+    t = T0
+    for e in range(epochs):
+        for v in range(2):
+            guest = 0.180 + rng.random() * 0.01
+            epoch_rows.append(EpochRow(e, v, "hotcold:0.25", hot // 2 + (pages - hot) // 2 // 8, guest, guest + 0.004,
+                                       start_ns=t, end_ns=t + int((guest + 0.004) * 1e9)))
+        t += interval + interval // 2
+
+    aged = {slot.gpa_start // 4096 + g: (3 if g < hot else 1) for g in range(0, pages, 7)}
+    touched = {slot.gpa_start // 4096 + g: epochs for g in range(hot)}
+    heat = HeatMap.from_gfn_counts(slot, aged, touched)
+
+    lat = buckets_from_bcc_slots([0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 340, 2210, 1830, 410, 35, 4, 1])
+    wait_vcpu = [Bucket(0, 1, 0), Bucket(2, 3, 0), Bucket(4, 7, 0), Bucket(8, 15, 0), Bucket(16, 31, 0),
+                 Bucket(32, 63, 0), Bucket(64, 127, 0), Bucket(128, 255, 2), Bucket(256, 511, 9),
+                 Bucket(512, 1023, 31), Bucket(1024, 2047, 18), Bucket(2048, 4095, 5)]
+    rows = [
+        ContentionRow(65, 812_440, 3_920, 12_499, "rwlock:W", "kvm_mmu_page_fault+0x1b7", WaiterClass.VCPU, True,
+                      "0xffff8f2a41c0a148"),
+        ContentionRow(19, 13_580_000, 1_170_000, 714_736, "spinlock", "__lock_task_sighand+0x3e", WaiterClass.OTHER,
+                      False),
+        ContentionRow(7, 41_200, 9_900, 5_885, "rwlock:W", "kvm_mmu_notifier_invalidate_range_start+0x91",
+                      WaiterClass.AGER, True, "0xffff8f2a41c0a148"),
+        ContentionRow(3, 2_950, 1_400, 983, "spinlock", "try_to_wake_up+0x62", WaiterClass.OTHER, False),
+    ]
+    not_obs: dict[str, str] = {
+        "ground_truth.precision": "the memcg ager reports no young/idle bits (needs MGLRU or idle page tracking)",
+        "ground_truth.recall": "the memcg ager reports no young/idle bits (needs MGLRU or idle page tracking)",
+        "function_latency": "kprobes and fentry are unavailable (lockdown=confidentiality, CONFIG_KPROBES off)",
+    }
+    if not tdp:
+        not_obs["aging.bits_cleared"] = (
+            "no TDP MMU (shadow paging): kvmmmu:kvm_tdp_mmu_spte_changed never fires"
+        )
+    report = Report(
+        complete=True,
+        created="2026-11-25T15:00:00+00:00",
+        command_line=["kvmctl", "experiment", "--size", "512M", "--backing", "file", "--pattern", "hotcold:0.25",
+                      "--ager", "memcg", "--output", "report.json"],
+        host=HostFacts("6.18.0" if not tdp else "6.18.0-tdp", "x86_64", "kvm_intel" if tdp else "kvm_pvm",
+                       Mmu.TDP if tdp else Mmu.SHADOW, tdp, True, Headers.MISMATCHED, "6.1.0-28-amd64", 2,
+                       24 << 30),
+        spec={"size": "512M", "vcpus": 2, "backing": "file", "pattern": "hotcold:0.25", "epochs": epochs,
+              "ager": "memcg", "passes": passes, "squeeze": 0.5},
+        probes=Probes(
+            chosen={"aging_calls": "tracepoint:kvm:kvm_age_hva", "test_age": "tracepoint:kvm:kvm_test_age_hva",
+                    "spte_map": "tracepoint:kvmmmu:kvm_mmu_set_spte",
+                    "lock_contention": "tracepoint:lock:contention_begin/end"}
+            | ({"bits_cleared": "tracepoint:kvmmmu:kvm_tdp_mmu_spte_changed"} if tdp else {}),
+            not_observable=not_obs,
+        ),
+        trace_window=window,
+        memslots=[slot],
+        aging=Aging(calls, calls * 3, bg_calls, bg_calls * 3, int(calls * 2.1) if tdp else None, interval,
+                    [TaskAging(4242, "python3", TaskClass.OURS, calls - bg_calls, (calls - bg_calls) * 3),
+                     TaskAging(88, "kdamond.0", TaskClass.KDAMOND, bg_calls - 31, (bg_calls - 31) * 3),
+                     TaskAging(71, "kswapd0", TaskClass.KSWAPD, 31, 93)],
+                    series),
+        histograms={"aging_latency_ns:kvm_age_hva": lat, "mmu_lock_wait_ns:vcpu": wait_vcpu},
+        contention=Contention(812_440 + 41_200, 72, rows),
+        ground_truth=GroundTruth(hot, pages - hot, 0.99994, 0.3333, pages // 2, 0.99987, 3, None, None, "memcg"),
+        fallback=Fallback(
+            Verdict.TDP if tdp else Verdict.RMAP_SHADOW, 1.0 if tdp else 0.0, 0.0 if tdp else 1.0,
+            ["kvm.tdp_mmu=Y, kvm_tdp_mmu_spte_changed fired 51,230 times"] if tdp else
+            ["kvm.tdp_mmu=N (module kvm_pvm: shadow paging)",
+             "VM stat max_mmu_rmap_size=3 > 0: rmaps are in use",
+             "kvmmmu:kvm_mmu_get_page fired 1,046 times (shadow pages created)"],
+        ),
+        lost_events=0,
+        epochs=epoch_rows,
+        passes=pass_rows,
+        heatmaps=[heat],
+        vm_stats={"pages_4k": 131072, "pages_2m": 0, "mmu_cache_miss": 1046, "mmu_shadow_zapped": 12,
+                  "max_mmu_rmap_size": 3, "mmu_pte_write": 0},
+        notes=["DAMON's foreign kdamond aged guest memory throughout; counted as background, never stopped.",
+               "BCC compiled against mismatched headers (6.1.0-28-amd64); tracepoint programs only."],
+    )
+    return report
+
+
+def with_repeats(report: Report, n: int, seed: int, spread: float = 0.02) -> Report:
+    """Attach ``n`` repeats jittered around the report's headline figures."""
+    rng = random.Random(seed)
+    base = headline_figures(report)
+    for _ in range(n):
+        rep = {}
+        for key, value in base.items():
+            if value is None:
+                rep[key] = None
+            elif key.endswith("fraction") or key.endswith("share"):
+                rep[key] = min(1.0, value * (1 + rng.uniform(-spread, spread) / 100))
+            else:
+                rep[key] = round(value * (1 + rng.uniform(-spread, spread)))
+        report.repeats.append(rep)
+    return report

@@ -1,0 +1,186 @@
+"""The common shape of a host-side ager.
+
+An ager makes the host age (or observe the age of) the experiment VM's memory
+between or during payload epochs. The experiment drives every ager the same way::
+
+    ager = get_ager("memcg")
+    avail = ager.availability()          # ok / one-line reason / remedy
+    ager.prepare(ctx)                    # raises UnsupportedError when not ok
+    try:
+        for i in range(passes):
+            ... run an epoch ...
+            record = ager.run_pass(i)     # PassRecord
+    finally:
+        ager.restore()                   # idempotent; also runs from kvmctl.cleanup
+
+Per-page results index the VM's data memory as the concatenation of
+``ctx.memslots`` in the order given, 4 KiB pages; :func:`page_gfns` maps an
+index to its guest frame number.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from kvmctl import cleanup
+from kvmctl.cgroup import ExperimentCgroup
+from kvmctl.errors import UnsupportedError, UsageError
+
+GUEST_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str
+    remedy: str = ""
+
+    def require(self, name: str) -> None:
+        """Raise UnsupportedError unless ok."""
+        if not self.ok:
+            raise UnsupportedError(f"ager {name} is not available: {self.reason}", self.remedy or None)
+
+
+class MemslotRef(NamedTuple):
+    """A data memslot as the ager sees it (plain tuples of the same shape work too)."""
+
+    slot: int
+    hva_start: int
+    size: int
+    gpa_start: int
+    backing_path: Path | str | None
+
+
+@dataclass
+class AgerContext:
+    cgroup: ExperimentCgroup | None
+    vm_pid: int
+    memslots: list[MemslotRef]
+    guest_pages: int = 0  # 0: derived from the memslots
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.memslots = [MemslotRef(*m) for m in self.memslots]
+        total = sum(m.size // GUEST_PAGE for m in self.memslots)
+        if not self.guest_pages:
+            self.guest_pages = total
+        elif self.guest_pages != total:
+            raise UsageError(f"guest page count {self.guest_pages} does not match the memslots ({total} pages)",
+                             "pass the data memslots' total size in 4 KiB pages")
+
+
+def page_gfns(memslots: list[MemslotRef]) -> np.ndarray:
+    """Guest frame number of every per-page index, memslots concatenated in order."""
+    parts = [np.arange(m.gpa_start // GUEST_PAGE, (m.gpa_start + m.size) // GUEST_PAGE, dtype=np.uint64)
+             for m in memslots]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def page_hvas(memslots: list[MemslotRef]) -> np.ndarray:
+    """Host virtual address of every per-page index, memslots concatenated in order."""
+    parts = [np.arange(m.hva_start, m.hva_start + m.size, GUEST_PAGE, dtype=np.uint64) for m in memslots]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+@dataclass
+class PassRecord:
+    """What one ager pass did and saw. Times are time.monotonic_ns()."""
+
+    ager: str
+    index: int
+    start_ns: int = 0
+    end_ns: int = 0
+    thread_ids: list[int] = field(default_factory=list)  # native tids that did the aging (for the tracer)
+    bytes_requested: int = 0
+    bytes_reclaimed: int = 0
+    usage_before: int | None = None
+    usage_after: int | None = None
+    limit_steps: list[dict[str, Any]] = field(default_factory=list)
+    pages_marked_idle: int = 0
+    pages_found_idle: int = 0
+    lru_gen_commands: list[str] = field(default_factory=list)
+    generations: list[dict[str, int]] = field(default_factory=list)  # MGLRU per-gen counts after the pass
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Per guest page (see module doc): True = idle (not accessed since marked).
+    # None when this ager cannot observe single pages. ``observed`` is False
+    # where the page could not be tracked (not present in the host page tables).
+    idle: np.ndarray | None = None
+    observed: np.ndarray | None = None
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; bitmaps become counts (the experiment scores the arrays themselves)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("idle", "observed")}
+        out["duration_ns"] = self.duration_ns
+        out["bitmap_pages"] = None if self.idle is None else int(self.idle.size)
+        out["observed_pages"] = None if self.observed is None else int(self.observed.sum())
+        return out
+
+
+class Ager(abc.ABC):
+    """Base class: availability probe, prepare/run_pass/restore, cleanup registration."""
+
+    name: ClassVar[str]
+    # One line for `kvmctl info` and --help.
+    summary: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.ctx: AgerContext | None = None
+        self._restore_handle: cleanup.Handle | None = None
+
+    @abc.abstractmethod
+    def availability(self) -> Availability:
+        """Whether this host can run the ager, and if not, why and how to fix it."""
+
+    def prepare(self, ctx: AgerContext) -> None:
+        """Check availability, keep the context, register restore() with cleanup."""
+        self.availability().require(self.name)
+        self.ctx = ctx
+        self._restore_handle = cleanup.register(f"restore ager {self.name}", self._restore)
+        try:
+            self._prepare(ctx)
+        except BaseException:
+            self.restore()
+            raise
+
+    def _prepare(self, ctx: AgerContext) -> None:
+        """Ager-specific setup; host changes made here are undone by _restore()."""
+
+    @abc.abstractmethod
+    def _run_pass(self, record: PassRecord) -> None:
+        """Do one pass, filling ``record``."""
+
+    def run_pass(self, index: int) -> PassRecord:
+        if self.ctx is None:
+            raise UsageError(f"ager {self.name} was not prepared", "call prepare(ctx) before run_pass()")
+        record = PassRecord(ager=self.name, index=index, thread_ids=[threading.get_native_id()])
+        record.start_ns = time.monotonic_ns()
+        try:
+            self._run_pass(record)
+        finally:
+            record.end_ns = time.monotonic_ns()
+        return record
+
+    def restore(self) -> None:
+        """Undo every host change of this ager; safe to call more than once."""
+        if self._restore_handle is not None:
+            handle, self._restore_handle = self._restore_handle, None
+            handle.release()
+
+    def _restore(self) -> None:
+        """Ager-specific undo; the default has nothing to undo."""
+
+    def _option(self, key: str, default: Any) -> Any:
+        assert self.ctx is not None
+        return self.ctx.options.get(key, default)

@@ -1,0 +1,101 @@
+"""memcg reclaim: squeeze the VM's experiment cgroup and let the kernel pick victims.
+
+The kernel's reclaim walks the cgroup's LRU lists and, for every mapped page,
+calls folio_referenced() -> the MMU notifier -> kvm_age_hva on the guest's
+pages: the aging path this ager exists to exercise. Without swap only
+file-backed (page cache) guest memory is reclaimable; anonymous guest memory
+is skipped and a squeeze that needs it stops short (recorded, not an error).
+
+Options (``ctx.options``):
+  squeeze       fraction of the cgroup's current usage to take away (default 0.5)
+  target_bytes  squeeze down to this usage instead
+  steps         reclaim in this many steps (v1: limit steps; default 8)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
+from kvmctl.cgroup import PAGE_SIZE, CgroupVersion, ExperimentCgroup, own_memcg
+from kvmctl.errors import KvmctlError, UsageError
+
+_SWAPS = Path("/proc/swaps")
+
+
+def swap_total_bytes(swaps: Path = _SWAPS) -> int:
+    """Sum of active swap sizes (0 when /proc/swaps lists none)."""
+    try:
+        lines = swaps.read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    return sum(int(line.split()[2]) * 1024 for line in lines if len(line.split()) >= 3)
+
+
+def squeeze_target(usage: int, squeeze: float | None, target_bytes: int | None) -> int:
+    """Usage to squeeze down to, page aligned."""
+    if target_bytes is not None:
+        if target_bytes < 0:
+            raise UsageError(f"target_bytes must not be negative, got {target_bytes}", "give a size like 256M")
+        return target_bytes // PAGE_SIZE * PAGE_SIZE
+    frac = 0.5 if squeeze is None else float(squeeze)
+    if not 0.0 < frac < 1.0:
+        raise UsageError(f"squeeze must be between 0 and 1 (exclusive), got {squeeze}",
+                         "give the fraction of usage to reclaim, e.g. --squeeze 0.5")
+    return int(usage * (1.0 - frac)) // PAGE_SIZE * PAGE_SIZE
+
+
+class MemcgAger(Ager):
+    name = "memcg"
+    summary = "memory cgroup reclaim (v2 memory.reclaim, v1 stepped memory.limit_in_bytes)"
+
+    def availability(self) -> Availability:
+        try:
+            memcg = own_memcg()
+        except KvmctlError as err:
+            return Availability(False, err.message, err.hint or "")
+        if not os.access(memcg.path, os.W_OK):
+            return Availability(False, f"cannot create cgroups below {memcg.rel}", "run kvmctl as root")
+        if memcg.version is CgroupVersion.V2 and not (memcg.path / "memory.reclaim").exists():
+            return Availability(False, "cgroup v2 has no memory.reclaim (kernel before 5.19)", "use a kernel >= 5.19")
+        how = "memory.reclaim" if memcg.version is CgroupVersion.V2 else "stepped memory.limit_in_bytes"
+        note = "" if swap_total_bytes() else "; no swap: only file-backed guest memory is reclaimable"
+        return Availability(True, f"cgroup v{int(memcg.version)} below {memcg.rel} via {how}{note}")
+
+    def _prepare(self, ctx: AgerContext) -> None:
+        if ctx.cgroup is None:
+            raise UsageError("the memcg ager needs the VM in an experiment cgroup", "create one with ExperimentCgroup.create()")
+        squeeze_target(1 << 30, ctx.options.get("squeeze"), ctx.options.get("target_bytes"))  # validate early
+
+    @property
+    def cgroup(self) -> ExperimentCgroup:
+        assert self.ctx is not None and self.ctx.cgroup is not None
+        return self.ctx.cgroup
+
+    def _run_pass(self, record: PassRecord) -> None:
+        cg = self.cgroup
+        usage = cg.usage_bytes()
+        target = squeeze_target(usage, self._option("squeeze", None), self._option("target_bytes", None))
+        nbytes = usage - target
+        record.usage_before = usage
+        record.bytes_requested = max(0, nbytes)
+        if nbytes < PAGE_SIZE:
+            record.usage_after = usage
+            record.notes.append(f"usage {usage} is already at or below the target {target}: nothing to reclaim")
+            return
+        stat = cg.stat()
+        file_bytes = stat.get("total_inactive_file", stat.get("inactive_file", 0)) + \
+            stat.get("total_active_file", stat.get("active_file", 0))
+        if not swap_total_bytes() and file_bytes < nbytes:
+            record.notes.append(f"no swap and only {file_bytes} bytes of page cache: the squeeze will stop short")
+        result = cg.reclaim(nbytes, steps=int(self._option("steps", 8)))
+        record.usage_after = result.usage_after
+        record.bytes_reclaimed = result.reclaimed
+        record.limit_steps = [{"method": result.method, "value": s.value, "usage_after": s.usage_after, "error": s.error}
+                              for s in result.steps]
+        record.errors.extend(f"{result.method} {s.value}: {s.error}" for s in result.steps if s.error)
+
+    def _restore(self) -> None:
+        if self.ctx is not None and self.ctx.cgroup is not None:
+            self.ctx.cgroup.restore_limit()

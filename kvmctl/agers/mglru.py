@@ -1,0 +1,202 @@
+"""MGLRU: age and evict the VM's memcg through /sys/kernel/debug/lru_gen.
+
+Drives the debugfs interface the way the KVM selftest access_tracking_perf_test
+(tools/testing/selftests/kvm/lib/lru_gen_util.c) does: find our memcg's id and
+each node's generations in the debugfs file, then write
+  aging     ``+ memcg_id node_id max_gen_nr [can_swap [force_scan]]``
+  eviction  ``- memcg_id node_id min_gen_nr [swappiness [nr_to_reclaim]]``
+Aging with force_scan walks the mm's page tables and, for KVM, the MMU
+notifier's test/clear-young path. Pages accessed since the last aging land in
+the youngest generation, so its size after a pass estimates the hot set; MGLRU
+gives no per-page answer, so the PassRecord carries no bitmap.
+
+Options: ``enable`` (default True: turn MGLRU features on if needed, restored
+afterwards), ``can_swap`` (1), ``force_scan`` (1), ``evict`` (False),
+``swappiness`` (0 without swap, else 60), ``evict_pages`` (nr_to_reclaim, 0 =
+unbounded).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
+from kvmctl.agers.memcg import swap_total_bytes
+from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError, UsageError
+
+ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
+DEBUGFS = Path("/sys/kernel/debug/lru_gen")
+# Feature bits of /sys/kernel/mm/lru_gen/enabled (include/linux/mmzone.h).
+LRU_GEN_CORE = 0x1
+LRU_GEN_MM_WALK = 0x2
+REQUIRED_FEATURES = LRU_GEN_CORE | LRU_GEN_MM_WALK  # what the selftest requires
+
+
+@dataclass(frozen=True)
+class Generation:
+    gen: int
+    age_ms: int
+    nr_anon: int
+    nr_file: int
+
+
+@dataclass
+class MemcgGens:
+    memcg_id: int
+    path: str
+    nodes: dict[int, list[Generation]] = field(default_factory=dict)
+
+    def pages(self) -> int:
+        return sum(g.nr_anon + g.nr_file for gens in self.nodes.values() for g in gens)
+
+    def youngest_pages(self) -> int:
+        return sum(max(gens, key=lambda g: g.gen).nr_anon + max(gens, key=lambda g: g.gen).nr_file
+                   for gens in self.nodes.values() if gens)
+
+
+def parse_lru_gen(text: str) -> dict[str, MemcgGens]:
+    """The debugfs lru_gen file -> {memcg path: MemcgGens}.
+
+    Format: ``memcg <id> <path>`` / ``node <id>`` / ``<gen> <age_ms> <nr_anon>
+    <nr_file>`` (lru_gen_full adds columns; only the first four are used).
+    """
+    out: dict[str, MemcgGens] = {}
+    cur: MemcgGens | None = None
+    node: int | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        tok = line.split()
+        if not tok:
+            continue
+        try:
+            if tok[0] == "memcg":
+                cur = MemcgGens(int(tok[1]), tok[2] if len(tok) > 2 else "")
+                node = None
+                # id 0: a memcg being removed; it cannot be addressed
+                if cur.memcg_id:
+                    out[cur.path] = cur
+            elif tok[0] == "node":
+                if cur is None:
+                    raise ValueError("node before memcg")
+                node = int(tok[1])
+                cur.nodes[node] = []
+            elif cur is not None and node is not None and tok[0].lstrip("-").isdigit():
+                cur.nodes[node].append(Generation(int(tok[0]), int(tok[1]), int(tok[2]), int(tok[3])))
+        except (ValueError, IndexError):
+            raise KvmctlError(f"cannot parse line {lineno} of the lru_gen debugfs file: {line.strip()!r}",
+                              "this kernel's lru_gen format is not supported; please report it") from None
+    return out
+
+
+def parse_enabled(text: str) -> int:
+    return int(text.strip(), 0)
+
+
+def aging_command(memcg_id: int, node: int, max_gen: int, can_swap: int = 1, force_scan: int = 1) -> str:
+    return f"+ {memcg_id} {node} {max_gen} {can_swap} {force_scan}"
+
+
+def eviction_command(memcg_id: int, node: int, min_gen: int, swappiness: int, nr_to_reclaim: int = 0) -> str:
+    cmd = f"- {memcg_id} {node} {min_gen} {swappiness}"
+    return f"{cmd} {nr_to_reclaim}" if nr_to_reclaim else cmd
+
+
+class MglruAger(Ager):
+    name = "mglru"
+    summary = "multi-gen LRU aging/eviction of the VM's memcg via /sys/kernel/debug/lru_gen"
+
+    def __init__(self, enabled: Path = ENABLED, debugfs: Path = DEBUGFS):
+        super().__init__()
+        self.enabled_path = enabled
+        self.debugfs = debugfs
+        self._original_enabled: str | None = None
+
+    def availability(self) -> Availability:
+        if not self.enabled_path.exists():
+            return Availability(False, f"MGLRU is not in this kernel ({self.enabled_path} is absent: CONFIG_LRU_GEN off)",
+                                "boot a kernel with CONFIG_LRU_GEN=y, e.g. with `kvmctl lab`")
+        if not self.debugfs.exists():
+            return Availability(False, f"{self.debugfs} is absent",
+                                "mount debugfs: mount -t debugfs nodev /sys/kernel/debug")
+        if os.geteuid() != 0:
+            return Availability(False, "the lru_gen debugfs file is root-only", "run kvmctl as root")
+        return Availability(True, f"{self.debugfs} (features {self.enabled_path.read_text().strip()})")
+
+    # knob handling
+
+    def _write(self, path: Path, text: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except PermissionError:
+            raise PermissionDeniedError(f"cannot write {path}", "run kvmctl as root") from None
+        except OSError as err:
+            raise KvmctlError(f"writing {text.strip()!r} to {path} failed: {err.strerror}",
+                              "see dmesg; the generation numbers may have moved on") from None
+
+    def _prepare(self, ctx: AgerContext) -> None:
+        if ctx.cgroup is None:
+            raise UsageError("the mglru ager needs the VM in an experiment cgroup", "create one with ExperimentCgroup.create()")
+        current = self.enabled_path.read_text().strip()
+        if parse_enabled(current) & REQUIRED_FEATURES != REQUIRED_FEATURES:
+            if not ctx.options.get("enable", True):
+                raise UnsupportedError(f"MGLRU features are {current}, aging needs {REQUIRED_FEATURES:#x}",
+                                       f"echo {REQUIRED_FEATURES:#x} > {self.enabled_path}, or allow enable")
+            self._original_enabled = current
+            self._write(self.enabled_path, f"{parse_enabled(current) | REQUIRED_FEATURES:#x}")
+        self._gens()  # fail early if our memcg is not listed
+
+    def _restore(self) -> None:
+        if self._original_enabled is not None:
+            original, self._original_enabled = self._original_enabled, None
+            self._write(self.enabled_path, original)
+
+    def _gens(self) -> MemcgGens:
+        assert self.ctx is not None and self.ctx.cgroup is not None
+        try:
+            text = self.debugfs.read_text()
+        except PermissionError:
+            raise PermissionDeniedError(f"cannot read {self.debugfs}", "run kvmctl as root") from None
+        found = parse_lru_gen(text).get(self.ctx.cgroup.rel)
+        if found is None:
+            raise UnsupportedError(f"memcg {self.ctx.cgroup.rel} is not listed in {self.debugfs}",
+                                   "the experiment cgroup must be in the hierarchy MGLRU manages (cgroup memory controller)")
+        return found
+
+    def _run_pass(self, record: PassRecord) -> None:
+        gens = self._gens()
+        for node, node_gens in sorted(gens.nodes.items()):
+            if not node_gens:
+                continue
+            cmd = aging_command(gens.memcg_id, node, max(g.gen for g in node_gens),
+                                int(self._option("can_swap", 1)), int(self._option("force_scan", 1)))
+            self._issue(record, cmd)
+        if self._option("evict", False):
+            assert self.ctx is not None and self.ctx.cgroup is not None
+            swappiness = int(self._option("swappiness", 60 if swap_total_bytes() else 0))
+            record.usage_before = self.ctx.cgroup.usage_bytes()
+            for node, node_gens in sorted(self._gens().nodes.items()):
+                if len(node_gens) < 3:  # eviction must leave MIN_NR_GENS (2) generations
+                    record.notes.append(f"node {node}: only {len(node_gens)} generations, nothing evictable")
+                    continue
+                cmd = eviction_command(gens.memcg_id, node, min(g.gen for g in node_gens), swappiness,
+                                       int(self._option("evict_pages", 0)))
+                self._issue(record, cmd)
+            record.usage_after = self.ctx.cgroup.usage_bytes()
+            record.bytes_reclaimed = max(0, record.usage_before - record.usage_after)
+        after = self._gens()
+        record.generations = [{"node": n, "gen": g.gen, "age_ms": g.age_ms, "nr_anon": g.nr_anon, "nr_file": g.nr_file}
+                              for n, gs in sorted(after.nodes.items()) for g in gs]
+        record.notes.append(f"youngest generation holds {after.youngest_pages()} of {after.pages()} pages")
+
+    def _issue(self, record: PassRecord, cmd: str) -> None:
+        record.lru_gen_commands.append(cmd)
+        try:
+            self._write(self.debugfs, cmd + "\n")
+        except KvmctlError as err:
+            # EINVAL when the generation moved on between read and write; the pass goes on.
+            record.errors.append(err.message)

@@ -1,0 +1,179 @@
+"""Idle page tracking: mark the guest's host pages idle, read back which stayed idle.
+
+/proc/<pid>/pagemap gives the PFN behind each guest page's hva (8 bytes per
+page: PFN in bits 0-54, present in bit 63; the PFN reads as 0 without
+CAP_SYS_ADMIN). /sys/kernel/mm/page_idle/bitmap holds one bit per PFN in
+64-bit words (word pfn // 64, bit pfn % 64): writing 1 marks a page idle,
+which clears the accessed bits in every mapping of it, KVM's through the MMU
+notifier (kvm_age_hva); reading returns 1 for pages that stayed idle.
+
+A pass reads back the marks of the previous pass (the ``idle`` bitmap of its
+PassRecord covers the interval between the two passes) and then marks again.
+Pass 0 has only marks. A page counts as observed in a pass when it was
+present with the same PFN at marking and at reading.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kvmctl.agers.base import GUEST_PAGE, Ager, AgerContext, Availability, PassRecord
+from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
+
+BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
+PFN_MASK = np.uint64((1 << 55) - 1)
+PRESENT_BIT = np.uint64(1 << 63)
+# Words read or written in one syscall; gaps up to this many words are bridged
+# (zero words written to the bitmap mark nothing, so bridging is harmless).
+_GAP_WORDS = 64
+
+
+def decode_pagemap(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pagemap entries -> (present bool array, pfn uint64 array; 0 where absent)."""
+    entries = entries.astype(np.uint64, copy=False)
+    present = (entries & PRESENT_BIT) != 0
+    pfns = np.where(present, entries & PFN_MASK, np.uint64(0))
+    return present, pfns
+
+
+def read_pagemap(pagemap: Path, hva_ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Raw pagemap entries for each page of each (hva_start, size) range, concatenated."""
+    parts = []
+    try:
+        fd = os.open(pagemap, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UnsupportedError(f"{pagemap} does not exist", "is the VM process still running?") from None
+    except PermissionError:
+        raise PermissionDeniedError(f"cannot read {pagemap}", "run kvmctl as root") from None
+    try:
+        for start, size in hva_ranges:
+            n = size // GUEST_PAGE
+            raw = os.pread(fd, n * 8, start // GUEST_PAGE * 8)
+            buf = np.zeros(n, dtype=np.uint64)
+            got = np.frombuffer(raw, dtype=np.uint64)
+            buf[: got.size] = got
+            parts.append(buf)
+    finally:
+        os.close(fd)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def word_runs(words: np.ndarray, gap: int = _GAP_WORDS) -> list[tuple[int, int]]:
+    """Sorted unique word indices -> [(first_word, nwords)] runs, bridging small gaps."""
+    if words.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(words) > gap)[0]
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [words.size - 1]))
+    return [(int(words[s]), int(words[e] - words[s]) + 1) for s, e in zip(starts, ends)]
+
+
+class IdleBitmap:
+    """The page_idle bitmap file, read and written only at the words of given PFNs."""
+
+    def __init__(self, path: Path = BITMAP):
+        self.path = path
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags)
+        except FileNotFoundError:
+            raise UnsupportedError(f"{self.path} does not exist", "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y") from None
+        except PermissionError:
+            raise PermissionDeniedError(f"cannot open {self.path}", "run kvmctl as root") from None
+
+    def mark(self, pfns: np.ndarray) -> int:
+        """Mark these PFNs idle; returns how many distinct PFNs were marked."""
+        pfns = np.unique(pfns.astype(np.uint64))
+        if pfns.size == 0:
+            return 0
+        words = pfns >> np.uint64(6)
+        bits = np.left_shift(np.uint64(1), pfns & np.uint64(63))
+        uwords, first = np.unique(words, return_index=True)
+        masks = np.bitwise_or.reduceat(bits, first)
+        fd = self._open(os.O_WRONLY)
+        try:
+            for w0, n in word_runs(uwords):
+                buf = np.zeros(n, dtype=np.uint64)
+                sel = (uwords >= w0) & (uwords < w0 + n)
+                buf[(uwords[sel] - np.uint64(w0)).astype(np.int64)] = masks[sel]
+                os.pwrite(fd, buf.tobytes(), w0 * 8)
+        except OSError as err:
+            raise KvmctlError(f"writing {self.path} failed: {err.strerror}", "the PFNs must be user pages on the LRU") from None
+        finally:
+            os.close(fd)
+        return int(pfns.size)
+
+    def read(self, pfns: np.ndarray) -> np.ndarray:
+        """Idle bit of each PFN (in the order given)."""
+        pfns = pfns.astype(np.uint64)
+        out = np.zeros(pfns.size, dtype=bool)
+        if pfns.size == 0:
+            return out
+        words = pfns >> np.uint64(6)
+        uwords = np.unique(words)
+        fd = self._open(os.O_RDONLY)
+        try:
+            for w0, n in word_runs(uwords):
+                got = np.frombuffer(os.pread(fd, n * 8, w0 * 8), dtype=np.uint64)
+                sel = (words >= np.uint64(w0)) & (words < np.uint64(w0 + n))
+                idx = (words[sel] - np.uint64(w0)).astype(np.int64)
+                valid = idx < got.size  # past max_pfn the kernel returns short reads
+                vals = np.zeros(idx.size, dtype=np.uint64)
+                vals[valid] = got[idx[valid]]
+                out[np.nonzero(sel)[0]] = ((vals >> (pfns[sel] & np.uint64(63))) & np.uint64(1)) == 1
+        finally:
+            os.close(fd)
+        return out
+
+
+class PageIdleAger(Ager):
+    name = "page_idle"
+    summary = "idle page tracking (/proc/<pid>/pagemap + /sys/kernel/mm/page_idle/bitmap)"
+
+    def __init__(self, bitmap: Path = BITMAP, proc: Path = Path("/proc")):
+        super().__init__()
+        self.bitmap = IdleBitmap(bitmap)
+        self.proc = proc
+        self._marked: np.ndarray | None = None  # pfn per guest page at the last mark, 0 = not marked
+
+    def availability(self) -> Availability:
+        if not self.bitmap.path.exists():
+            return Availability(False, f"idle page tracking is not in this kernel ({self.bitmap.path} is absent)",
+                                "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y")
+        if os.geteuid() != 0:
+            return Availability(False, "pagemap hides PFNs from processes without CAP_SYS_ADMIN", "run kvmctl as root")
+        return Availability(True, f"{self.bitmap.path} and /proc/<pid>/pagemap")
+
+    def _prepare(self, ctx: AgerContext) -> None:
+        self._marked = None
+
+    def _pfns(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.ctx is not None
+        ranges = [(m.hva_start, m.size) for m in self.ctx.memslots]
+        present, pfns = decode_pagemap(read_pagemap(self.proc / str(self.ctx.vm_pid) / "pagemap", ranges))
+        if present.any() and not pfns[present].any():
+            raise PermissionDeniedError("pagemap shows pages but no PFNs", "run kvmctl as root (CAP_SYS_ADMIN)")
+        return present, pfns
+
+    def _run_pass(self, record: PassRecord) -> None:
+        present, pfns = self._pfns()
+        if self._marked is not None:
+            observed = (self._marked != 0) & present & (pfns == self._marked)
+            idle = np.zeros(pfns.size, dtype=bool)
+            idle[observed] = self.bitmap.read(pfns[observed])
+            record.idle, record.observed = idle, observed
+            record.pages_found_idle = int(idle.sum())
+            moved = int(((self._marked != 0) & ~observed).sum())
+            if moved:
+                record.notes.append(f"{moved} marked pages were unmapped or moved before the read-back")
+        if self._option("remark", True):
+            record.pages_marked_idle = self.bitmap.mark(pfns[present])
+            self._marked = np.where(present, pfns, np.uint64(0))
+        else:
+            self._marked = None
+        if not present.any():
+            record.notes.append("no guest page is present in the host page tables yet")

@@ -1,0 +1,190 @@
+/* touch: walk a memory region one 4 KiB page at a time, epoch by epoch.
+ *
+ * Runs at CPL3 with IOPL=3. The host fills the mailbox (r15), the payload
+ * runs one pass over its region, records rdtsc before and after, and exits
+ * to the host with `out PORT_SYNC`. The host decides what comes next.
+ *
+ * Which pages a pass touches is a function of the mailbox fields only, so
+ * the host computes the exact touched set (kvmctl/guest/patterns.py):
+ *   seq      every page 0..pages-1
+ *   stride   pages 0, S, 2S, ...
+ *   random   draws d = 0..D-1: page = hi32(splitmix64(key + (d+1)*GOLDEN)) * pages >> 32
+ *   hotcold  pages 0..H-1 every epoch; pages H..pages-1 when cold_every != 0
+ *            and epoch % cold_every == 0
+ * A write stores epoch+1 in the page's first 8 bytes; a read adds that
+ * qword to the checksum.
+ */
+    .intel_syntax noprefix
+    .include "mailbox.inc"
+    .include "runtime.inc"
+
+    .section .text
+    .globl payload_start
+payload_start:
+    PAYLOAD_HEADER entry
+
+entry:
+    mov r15, rdi                      /* mailbox */
+    mov rax, MAILBOX_MAGIC
+    cmp [r15 + MB_MAGIC], rax
+    jne bad_magic
+    mov eax, -1                       /* ready for the first epoch */
+sync:
+    mov dx, PORT_SYNC
+    out dx, eax
+    cmp qword ptr [r15 + MB_COMMAND], CMD_EXIT
+    je finish
+
+    /* per-epoch constants held in registers */
+    mov r8, [r15 + MB_BASE]
+    mov r9, [r15 + MB_PAGES]
+    mov r10, [r15 + MB_EPOCH]
+    lea r11, [r10 + 1]                /* stamp */
+    xor r12, r12                      /* touches */
+    xor r13, r13                      /* checksum */
+    mov r14, [r15 + MB_PROGRESS_EVERY]
+    test r14, r14
+    jnz 1f
+    mov r14, -1                       /* never */
+1:
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r15 + MB_TSC_START], rax
+
+    mov rax, [r15 + MB_PATTERN]
+    cmp rax, PAT_SEQ
+    je pat_seq
+    cmp rax, PAT_STRIDE
+    je pat_stride
+    cmp rax, PAT_RANDOM
+    je pat_random
+    cmp rax, PAT_HOTCOLD
+    je pat_hotcold
+    mov eax, ERR_BAD_PATTERN
+    jmp error
+
+/* touch_page: rcx = page index. Clobbers rax, rdx, rdi. */
+touch_page:
+    mov rdi, rcx
+    shl rdi, 12
+    add rdi, r8
+    cmp qword ptr [r15 + MB_WRITE], 0
+    je 2f
+    mov [rdi], r11
+    jmp 3f
+2:  add r13, [rdi]
+3:  inc r12
+    cmp r12, r14
+    jb 4f
+    /* progress report: a multiple of progress_every touches */
+    xor edx, edx
+    mov rax, r12
+    div qword ptr [r15 + MB_PROGRESS_EVERY]
+    test rdx, rdx
+    jnz 4f
+    mov rax, r12
+    mov dx, PORT_PROGRESS
+    out dx, eax
+4:  ret
+
+pat_seq:
+    xor ecx, ecx
+    jmp 6f
+5:  call touch_page
+    inc rcx
+6:  cmp rcx, r9
+    jb 5b
+    jmp epoch_done
+
+pat_stride:
+    mov rsi, [r15 + MB_STRIDE]
+    xor ecx, ecx
+    jmp 6f
+5:  call touch_page
+    add rcx, rsi
+6:  cmp rcx, r9
+    jb 5b
+    jmp epoch_done
+
+pat_random:
+    mov rsi, [r15 + MB_KEY]
+    mov rbx, [r15 + MB_DRAWS]
+    test rbx, rbx
+    jz epoch_done
+5:  mov rax, 0x9E3779B97F4A7C15       /* splitmix64 */
+    add rsi, rax
+    mov rax, rsi
+    mov rdx, rax
+    shr rdx, 30
+    xor rax, rdx
+    mov rdx, 0xBF58476D1CE4E5B9
+    imul rax, rdx
+    mov rdx, rax
+    shr rdx, 27
+    xor rax, rdx
+    mov rdx, 0x94D049BB133111EB
+    imul rax, rdx
+    mov rdx, rax
+    shr rdx, 31
+    xor rax, rdx
+    shr rax, 32                       /* page = hi32 * pages >> 32 */
+    mul r9
+    shrd rax, rdx, 32
+    mov rcx, rax
+    call touch_page
+    dec rbx
+    jnz 5b
+    jmp epoch_done
+
+pat_hotcold:
+    mov rbx, [r15 + MB_HOT_PAGES]
+    cmp rbx, r9
+    jbe 1f
+    mov rbx, r9
+1:  xor ecx, ecx
+    jmp 6f
+5:  call touch_page
+    inc rcx
+6:  cmp rcx, rbx
+    jb 5b
+    /* cold pages this epoch? */
+    mov rsi, [r15 + MB_COLD_EVERY]
+    test rsi, rsi
+    jz epoch_done
+    xor edx, edx
+    mov rax, r10
+    div rsi
+    test rdx, rdx
+    jnz epoch_done
+    mov rcx, rbx
+    jmp 8f
+7:  call touch_page
+    inc rcx
+8:  cmp rcx, r9
+    jb 7b
+
+epoch_done:
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [r15 + MB_TSC_END], rax
+    mov [r15 + MB_TOUCHED], r12
+    add [r15 + MB_CHECKSUM], r13
+    mov rax, r10
+    jmp sync
+
+bad_magic:
+    mov eax, ERR_BAD_MAGIC
+error:
+    mov dx, PORT_ERROR
+    out dx, eax
+    jmp error
+
+finish:
+    mov dx, PORT_EXIT
+    xor eax, eax
+    out dx, eax
+    jmp finish
+
+    EXCEPTION_STUBS

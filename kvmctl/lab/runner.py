@@ -1,0 +1,182 @@
+"""Boot a lab kernel under QEMU TCG with SVM+NPT (via virtme-ng) and run a command in it.
+
+The host's root is shared read-only; the output dir and a scratch dir are
+shared read-write, so reports written inside land on the host. QEMU runs
+without acceleration (``--disable-kvm``): the host's own KVM cannot offer the
+lab an SVM CPU, and emulation is what lets the lab kernel see ``svm`` + ``npt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import psutil
+
+from kvmctl.errors import GuestError, KvmctlError, UsageError
+from kvmctl.lab.inside import FACTS_FILE, READY_MARKER
+from kvmctl.lab.kernel import KernelSource, LabKernel
+
+# qemu64 plus the two features the lab exists for; TCG implements both.
+LAB_CPU = "qemu64,+svm,+npt"
+_KILL_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    kernel: LabKernel
+    command: list[str]  # argv to exec inside the lab, already resolved
+    cpus: int = 2
+    memory: int = 2 << 30
+    timeout: float = 900.0
+    outdir: Path = field(default_factory=Path.cwd)
+    python: str = sys.executable
+    verbose: bool = False
+
+
+@dataclass
+class LabResult:
+    returncode: int
+    boot_s: float | None  # launch -> the lab's ready marker
+    wall_s: float
+    facts: dict  # LabFacts as written by kvmctl.lab.inside
+    timed_out: bool = False
+
+
+def resolve_command(command: list[str], python: str) -> list[str]:
+    """Map ``kvmctl``/``pytest``/``python`` to this interpreter so the lab runs our code."""
+    if not command:
+        return [python, "-m", "kvmctl.lab.check"]
+    head, rest = command[0], command[1:]
+    if head == "kvmctl":
+        return [python, "-m", "kvmctl", *rest]
+    if head in ("pytest", "py.test"):
+        return [python, "-m", "pytest", *rest]
+    if head in ("python", "python3"):
+        return [python, *rest]
+    return list(command)
+
+
+def inside_argv(spec: LabSpec, scratch: Path) -> list[str]:
+    argv = [spec.python, "-m", "kvmctl.lab.inside", "--scratch", str(scratch), "--release", spec.kernel.release]
+    if spec.kernel.headers is not None:
+        argv += ["--headers", str(spec.kernel.headers)]
+    if spec.kernel.headers_common is not None:
+        argv += ["--headers-common", str(spec.kernel.headers_common)]
+    return [*argv, "--", *spec.command]
+
+
+def vng_argv(spec: LabSpec, vng: Path, scratch: Path) -> list[str]:
+    """virtme-ng's command line for one lab run (pure, so it is unit-tested)."""
+    outdir = spec.outdir.resolve()
+    if outdir == Path("/"):
+        raise UsageError("the lab cannot share / read-write", "run from a project dir or pass --outdir DIR")
+    shell = f"cd {shlex.quote(str(outdir))} && exec {shlex.join(inside_argv(spec, scratch))}"
+    # A build tree is passed as a dir so virtme-ng links its freshly built modules.
+    run = spec.kernel.tree if spec.kernel.source is KernelSource.TREE else spec.kernel.image
+    argv = [
+        str(vng), "--run", str(run),
+        "--disable-kvm",
+        "--cpus", str(spec.cpus),
+        "--memory", f"{spec.memory >> 20}M",
+        f"--qemu-opts=-cpu {LAB_CPU}",
+        f"--rwdir={scratch}",
+        f"--rwdir={outdir}",
+        "--exec", shell,
+    ]
+    if spec.verbose:
+        argv.insert(1, "--verbose")
+    return argv
+
+
+def _kill_tree(pid: int) -> None:
+    """End the vng process and what it started (virtme-run, QEMU), by PID."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=_KILL_GRACE_S)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _pump(src: BinaryIO, dst: BinaryIO, on_line=None) -> None:
+    # Forward line by line: QEMU must write into a pipe (not a file it would truncate).
+    for line in iter(src.readline, b""):
+        if on_line is not None:
+            on_line(line)
+        dst.write(line)
+        dst.flush()
+
+
+def run_lab(spec: LabSpec, vng: Path, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> LabResult:
+    stdout = stdout or sys.stdout.buffer
+    stderr = stderr or sys.stderr.buffer
+    spec.outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kvmctl-lab-") as tmp:
+        scratch = Path(tmp)
+        argv = vng_argv(spec, vng, scratch)
+        ready_at: list[float] = []
+
+        def on_err(line: bytes) -> None:
+            if not ready_at and line.startswith(READY_MARKER.encode()):
+                ready_at.append(time.monotonic())
+
+        # vng starts virtme-run by name: its venv's bin/ must be on PATH.
+        env = {**os.environ, "PATH": f"{vng.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=spec.outdir, env=env, start_new_session=True)
+        pumps = [threading.Thread(target=_pump, args=(proc.stdout, stdout), daemon=True),
+                 threading.Thread(target=_pump, args=(proc.stderr, stderr, on_err), daemon=True)]
+        for t in pumps:
+            t.start()
+        timed_out = False
+        try:
+            rc = proc.wait(timeout=spec.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_tree(proc.pid)
+            rc = proc.wait()
+        except BaseException:
+            _kill_tree(proc.pid)  # Ctrl-C or SIGTERM: leave no QEMU behind
+            proc.wait()
+            raise
+        for t in pumps:
+            t.join(timeout=5)
+        wall = time.monotonic() - started
+        facts_path = scratch / FACTS_FILE
+        facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+    boot = ready_at[0] - started if ready_at else None
+    result = LabResult(rc, boot, wall, facts, timed_out)
+    if timed_out:
+        raise LabTimeout(result, spec.timeout)
+    if not facts:
+        raise GuestError(f"the lab kernel {spec.kernel.release} did not reach the command (vng exit {rc})",
+                         "re-run with --verbose to see its console")
+    return result
+
+
+class LabTimeout(KvmctlError):
+    def __init__(self, result: LabResult, timeout: float):
+        super().__init__(f"the lab command did not finish within {timeout:.0f} s and was stopped",
+                         "raise --timeout; code runs ~17x slower under emulation")
+        self.result = result

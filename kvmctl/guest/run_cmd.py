@@ -1,0 +1,173 @@
+"""`kvmctl run`: run the touch payload in a fresh VM and print its figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from kvmctl.guest.machine import GuestMachine, MachineSpec
+from kvmctl.guest.patterns import PATTERN_HELP, Pattern
+from kvmctl.kvm import BackingKind
+from kvmctl.kvm.memory import HUGE_2M, PAGE_SIZE
+from kvmctl.units import format_size, parse_duration, parse_size
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser, default_backing: str = "anon",
+                          default_mem: str = "1G", default_pattern: str = "seq") -> None:
+    """VM and payload options shared by `run` and `experiment`."""
+    g = parser.add_argument_group("guest")
+    g.add_argument("--mem", default=default_mem, help=f"guest data memory (default {default_mem})")
+    g.add_argument("--vcpus", type=int, default=1, help="vCPUs (default 1)")
+    g.add_argument("--backing", default=default_backing, metavar="KIND",
+                   help=f"anon|file|memfd|thp|hugetlb|hugetlb1g (default {default_backing})")
+    g.add_argument("--backing-path", help="file backing: use this file instead of an unlinked temporary one")
+    g.add_argument("--memslots", type=int, default=1, help="split the data memory into N memslots (default 1)")
+    g.add_argument("--guest-page", default="4K", help="guest page-table leaf size for data: 4K or 2M")
+    g.add_argument("--pattern", default=default_pattern, help=f"{PATTERN_HELP} (default {default_pattern})")
+    g.add_argument("--access", choices=("read", "write"), default="write", help="default write")
+    g.add_argument("--share", action="store_true", help="every vCPU touches the whole memory (default: partition)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random pattern (default 0)")
+    g.add_argument("--epoch-timeout", default="600s", help="watchdog: fail if an epoch takes longer (default 600s)")
+
+
+def machine_spec_from_args(args) -> MachineSpec:
+    guest_page = parse_size(args.guest_page, "--guest-page")
+    return MachineSpec(
+        mem_bytes=parse_size(args.mem, "--mem"),
+        vcpus=args.vcpus,
+        backing=BackingKind.parse(args.backing),
+        backing_path=args.backing_path,
+        memslots=args.memslots,
+        guest_page=guest_page if guest_page in (PAGE_SIZE, HUGE_2M) else -1,
+        shared=args.share,
+    )
+
+
+def set_argparser(parser: argparse.ArgumentParser) -> None:
+    add_machine_arguments(parser)
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the memory (default 10)")
+    parser.add_argument("--duration", help="run epochs until this much time has passed (e.g. 5s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+
+def main(args) -> int:
+    from kvmctl.errors import UsageError
+
+    spec = machine_spec_from_args(args)
+    pattern = Pattern.parse(args.pattern)
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "use --epochs 1 or more")
+    duration = parse_duration(args.duration, "--duration") if args.duration else None
+    max_epochs = args.epochs if args.epochs is not None else (None if duration else 10)
+    timeout = parse_duration(args.epoch_timeout, "--epoch-timeout")
+    write = args.access == "write"
+    show = not args.quiet and not args.json and sys.stderr.isatty()
+
+    t0 = time.monotonic()
+    with GuestMachine(spec, epoch_timeout=timeout) as machine:
+        setup_s = time.monotonic() - t0
+        results = []
+        distinct = None
+        with _progress(show, max_epochs) as tick:
+            while (max_epochs is None or len(results) < max_epochs) and (
+                duration is None or time.monotonic() - t0 < duration or not results
+            ):
+                r = machine.run_epoch(pattern, write=write, seed=args.seed)
+                truth = machine.ground_truth(pattern, r.epoch, args.seed)
+                distinct = truth if distinct is None else distinct | truth
+                results.append((r, int(truth.sum())))
+                tick(r)
+        machine.finish()
+        stats = machine.vm_stats()
+        memslots = [m.describe() for m in machine.data_memslots]
+    summary = _summary(spec, pattern, write, results, int(distinct.sum()), setup_s, time.monotonic() - t0,
+                       stats, memslots, machine.tsc_hz)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        _print_text(summary)
+    return 0
+
+
+def _summary(spec, pattern, write, results, distinct, setup_s, wall_s, stats, memslots, tsc_hz) -> dict:
+    touches = sum(r.touches for r, _ in results)
+    guest_s = sum(r.guest_seconds for r, _ in results)
+    steady = results[1:] or results  # epoch 0 includes the first-touch faults
+    steady_touches = sum(r.touches for r, _ in steady)
+    steady_s = sum(r.guest_seconds for r, _ in steady)
+    return {
+        "vcpus": spec.vcpus,
+        "mem_bytes": spec.mem_bytes,
+        "backing": spec.backing.value,
+        "memslots": memslots,
+        "pattern": str(pattern),
+        "access": "write" if write else "read",
+        "epochs": len(results),
+        "pages_touched": touches,
+        "distinct_pages_touched": distinct,
+        "guest_seconds": guest_s,
+        "wall_seconds": wall_s,
+        "setup_seconds": setup_s,
+        "touch_rate_pages_per_s": touches / guest_s if guest_s else None,
+        "steady_touch_rate_pages_per_s": steady_touches / steady_s if steady_s else None,
+        "tsc_hz": tsc_hz,
+        "per_epoch": [
+            {
+                "epoch": r.epoch,
+                "pages_touched": r.touches,
+                "distinct_pages": d,
+                "guest_seconds": r.guest_seconds,
+                "wall_seconds": r.wall_seconds,
+                "per_vcpu": [{"vcpu": v.vcpu, "touched": v.touched, "guest_seconds": v.guest_seconds}
+                             for v in r.vcpus],
+            }
+            for r, d in results
+        ],
+        "vm_stats": stats,
+        "timing": "guest_seconds from rdtsc in the guest around each pass (KVM_GET_TSC_KHZ); wall_seconds on the host",
+    }
+
+
+def _print_text(s: dict) -> None:
+    print(f"{s['vcpus']} vCPU(s), {format_size(s['mem_bytes'])} {s['backing']} in {len(s['memslots'])} memslot(s), "
+          f"pattern {s['pattern']} ({s['access']})")
+    print(f"{'epoch':>5} {'pages':>12} {'distinct':>10} {'guest ms':>10} {'wall ms':>10} {'Mpages/s':>10}")
+    for e in s["per_epoch"]:
+        rate = e["pages_touched"] / e["guest_seconds"] / 1e6 if e["guest_seconds"] else 0
+        print(f"{e['epoch']:>5} {e['pages_touched']:>12} {e['distinct_pages']:>10} {e['guest_seconds'] * 1e3:>10.3f} "
+              f"{e['wall_seconds'] * 1e3:>10.3f} {rate:>10.2f}")
+    rate = s["touch_rate_pages_per_s"] or 0
+    steady = s["steady_touch_rate_pages_per_s"] or 0
+    print(f"total: {s['pages_touched']} touches ({s['distinct_pages_touched']} distinct pages) in "
+          f"{s['guest_seconds']:.3f} s guest / {s['wall_seconds']:.3f} s wall (setup {s['setup_seconds'] * 1e3:.1f} ms)")
+    print(f"rate: {rate / 1e6:.2f} M pages/s overall, {steady / 1e6:.2f} M pages/s after the first epoch")
+    st = s["vm_stats"]
+    keys = [k for k in ("pages_4k", "pages_2m", "pages_1g", "mmu_cache_miss", "mmu_shadow_zapped", "max_mmu_rmap_size")
+            if k in st]
+    print("vm stats: " + ", ".join(f"{k}={st[k]}" for k in keys))
+
+
+class _progress:
+    """A rich progress bar on stderr for interactive runs; a no-op otherwise."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda r: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("epoch {task.completed}"), BarColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("run", total=self.total)
+        return lambda r: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -756,6 +756,21 @@ def _probe_tracepoints(names: Iterable[str], tracefs: Path | None) -> dict[str, 
     return out
 
 
+# Tracepoints that exist in every kernel but fire only on some MMUs or vendor modules.
+_TDP_ONLY_EVENTS = ("kvmmmu:kvm_tdp_mmu_spte_changed",)
+_VENDOR_ONLY_EVENTS = ("kvm:kvm_exit", "kvm:kvm_page_fault")  # emitted from vmx/svm code
+
+
+def _annotate_tracepoints(items: dict[str, Item], module: str | None, tdp_mmu: bool) -> dict[str, Item]:
+    out = dict(items)
+    for name, item in items.items():
+        if item and name in _TDP_ONLY_EVENTS and not tdp_mmu:
+            out[name] = replace(item, reason="defined, but fires only when the TDP MMU runs (kvm.tdp_mmu=N here)")
+        elif item and name in _VENDOR_ONLY_EVENTS and module not in ("kvm_intel", "kvm_amd"):
+            out[name] = replace(item, reason=f"defined, but only kvm_intel/kvm_amd emit it; {module} does not")
+    return out
+
+
 def _probe_symbols() -> dict[str, Item]:
     text, why = _read("/proc/kallsyms")
     if text is None:
@@ -1069,7 +1084,8 @@ def probe_host(load_bpf: bool = True) -> HostCaps:
     paging = _probe_paging(kvm.module.value, config, version)
     memory = _probe_memory(config)
     symbols = _probe_symbols()
-    tracepoints = _probe_tracepoints(TRACEPOINTS, tracefs)
+    tracepoints = _annotate_tracepoints(_probe_tracepoints(TRACEPOINTS, tracefs), kvm.module.value,
+                                        bool(paging.tdp_mmu))
     bpf = _probe_bpf(release, config, tracefs, symbols, tracepoints, load_bpf)
     if load_bpf and not _is_root():
         notes.append("not root: BPF loads, DAMON and cgroup writes were not tried")

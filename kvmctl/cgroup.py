@@ -168,7 +168,8 @@ def _read_text(path: Path, missing_ok: bool = False) -> str | None:
 def _write_text(path: Path, value: str) -> None:
     try:
         # One write() call: cgroup files act on each write separately.
-        fd = os.open(path, os.O_WRONLY)
+        # O_TRUNC is a no-op on kernfs and keeps fake trees in tests honest.
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, value.encode())
         finally:

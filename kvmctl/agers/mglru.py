@@ -127,7 +127,7 @@ class MglruAger(Ager):
 
     def _write(self, path: Path, text: str) -> None:
         try:
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # what `echo cmd > file` does
             try:
                 os.write(fd, text.encode())
             finally:

@@ -232,6 +232,21 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _exists(path: Path) -> bool:
+    """Path.exists() that says False instead of raising where a 0700 parent (tracefs, debugfs) hides it."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _read(path: str | Path) -> tuple[str | None, str | None]:
     """(text, None) or (None, one-line reason it could not be read)."""
     try:
@@ -475,7 +490,7 @@ def _probe_kvm() -> KvmCaps:
     module_name = kvm_module()
     if module_name:
         module = _ok(module_name, source=f"/sys/module/{module_name}")
-    elif Path("/sys/module/kvm").exists():
+    elif _exists(Path("/sys/module/kvm")):
         module = _missing("kvm is loaded but no vendor module (kvm_intel, kvm_amd, kvm_pvm)",
                           "modprobe kvm_intel or kvm_amd (enable VT-x/AMD-V in the firmware)", source="/sys/module")
     else:
@@ -493,7 +508,7 @@ def _probe_kvm() -> KvmCaps:
 
     dev = Path("/dev/kvm")
     not_tried = "not tried: /dev/kvm is not usable"
-    if not dev.exists():
+    if not _exists(dev):
         device = _missing("/dev/kvm does not exist", module.remedy or "load the KVM modules", source=str(dev))
     elif not os.access(dev, os.R_OK | os.W_OK):
         device = _missing("no read/write permission on /dev/kvm",
@@ -532,7 +547,7 @@ def _probe_kvm() -> KvmCaps:
 
 def _module_param(module: str, param: str, loaded: str | None, what: str) -> Item:
     path = Path(f"/sys/module/{module}/parameters/{param}")
-    if not Path(f"/sys/module/{module}").exists():
+    if not _exists(Path(f"/sys/module/{module}")):
         return _missing(f"{module} is not loaded" + (f" (KVM comes from {loaded})" if loaded else ""),
                         f"needs {what} hardware", source=str(path))
     text, why = _read(path)
@@ -617,7 +632,7 @@ def _probe_memcg() -> Item:
 def _probe_hugetlb() -> dict[str, Item]:
     out: dict[str, Item] = {}
     root = Path("/sys/kernel/mm/hugepages")
-    dirs = sorted(root.glob("hugepages-*kB"), key=lambda p: int(p.name[10:-2])) if root.exists() else []
+    dirs = sorted(root.glob("hugepages-*kB"), key=lambda p: int(p.name[10:-2])) if _exists(root) else []
     for d in dirs:
         size = int(d.name[10:-2]) * 1024
         key = format_size(size)
@@ -635,7 +650,7 @@ def _probe_hugetlb() -> dict[str, Item]:
 
 def _probe_damon(config: KernelConfig) -> tuple[Item, Item]:
     admin = Path("/sys/kernel/mm/damon/admin")
-    if not admin.exists():
+    if not _exists(admin):
         why = ("CONFIG_DAMON_SYSFS is not set" if config.get("CONFIG_DAMON_SYSFS") == "n"
                else f"{admin} does not exist")
         return (_missing(why, "use a kernel with CONFIG_DAMON_SYSFS=y", source=str(admin)),
@@ -652,12 +667,14 @@ def _probe_damon(config: KernelConfig) -> tuple[Item, Item]:
     if not os.access(admin / "kdamonds" / "nr_kdamonds", os.W_OK):
         damon = _missing("DAMON sysfs is read-only for this process", _ROOT_REMEDY, {"kdamonds": kdamonds},
                          str(admin))
-    running = [k for k in kdamonds if k["state"] == "on"]
+    # Probed before kvmctl starts any kdamond, so every running one belongs to someone else;
+    # one whose state cannot be read counts as running (the safe side).
+    running = [k for k in kdamonds if k["state"] in ("on", None)]
     if running:
-        desc = ", ".join(f"kdamond {k['index']} (pid {k['pid']}, {k['operations'] or '?'})" for k in running)
-        # Probed before kvmctl starts any kdamond, so every running one belongs to someone else.
+        desc = ", ".join(f"kdamond {k['index']} (pid {k['pid'] or '?'}, {k['operations'] or '?'}, "
+                         f"{'running' if k['state'] else 'state unreadable'})" for k in running)
         foreign = _ok(running, source=str(admin),
-                      reason=f"{desc} running, not ours: never write under {admin.parent}",
+                      reason=f"{desc}: not ours, never write under {admin.parent}",
                       remedy="treat its aging as background noise; the DAMON ager refuses to run")
     else:
         foreign = _missing("no kdamond is running", None, [], str(admin))
@@ -696,14 +713,14 @@ def _probe_memory(config: KernelConfig) -> MemoryCaps:
                          "boot a kernel with CONFIG_LRU_GEN=y", source=str(lru_path))
     elif int(text.strip() or "0", 16) == 0:
         mglru = _missing("MGLRU is built in but disabled", f"echo y > {lru_path}", text.strip(), str(lru_path))
-    elif not Path("/sys/kernel/debug/lru_gen").exists():
+    elif not _exists(Path("/sys/kernel/debug/lru_gen")):
         mglru = _missing("MGLRU is on but /sys/kernel/debug/lru_gen is absent (debugfs not mounted or not root)",
                          f"mount -t debugfs nodev /sys/kernel/debug; {_ROOT_REMEDY}", text.strip(), str(lru_path))
     else:
         mglru = _ok(text.strip(), source=str(lru_path))
 
     idle_path = Path("/sys/kernel/mm/page_idle/bitmap")
-    if not idle_path.exists():
+    if not _exists(idle_path):
         off = config.get("CONFIG_IDLE_PAGE_TRACKING") == "n"
         page_idle = _missing("CONFIG_IDLE_PAGE_TRACKING is not set" if off else f"{idle_path} does not exist",
                              "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y", source=str(idle_path))
@@ -721,7 +738,7 @@ def _probe_memory(config: KernelConfig) -> MemoryCaps:
 
 def _tracefs_dir() -> Path | None:
     for d in TRACEFS_DIRS:
-        if (d / "events").is_dir():
+        if _is_dir(d / "events"):
             return d
     return None
 
@@ -729,7 +746,7 @@ def _tracefs_dir() -> Path | None:
 def _mount_tracefs() -> str | None:
     """Mount tracefs when absent (root only); returns a note for the user, or None."""
     target = TRACEFS_DIRS[0]
-    if _tracefs_dir() or not _is_root() or not target.is_dir():
+    if _tracefs_dir() or not _is_root() or not _is_dir(target):
         return None
     from kvmctl.kvm.sys import libc
 
@@ -743,12 +760,12 @@ def _probe_tracepoints(names: Iterable[str], tracefs: Path | None) -> dict[str, 
     for name in names:
         system, event = name.split(":", 1)
         if tracefs is None:
-            readable = any(d.exists() for d in TRACEFS_DIRS) and not _is_root()
+            readable = any(_exists(d) for d in TRACEFS_DIRS) and not _is_root()
             out[name] = _missing("tracefs is not readable (needs root)" if readable else "tracefs is not mounted",
                                  _ROOT_REMEDY if readable else "mount -t tracefs nodev /sys/kernel/tracing")
             continue
         path = tracefs / "events" / system / event
-        if (path / "format").exists():
+        if _exists(path / "format"):
             out[name] = _ok(True, source=str(path))
         else:
             out[name] = _missing(f"this kernel has no {system}/{event} tracepoint",
@@ -877,7 +894,7 @@ def _bcc_module() -> Item:
         return _missing("the Python module bcc is not importable",
                         "apt install python3-bpfcc and use a venv made with --system-site-packages")
     location = Path(next(iter(spec.submodule_search_locations)))
-    if not (location / "libbcc.py").exists():
+    if not _exists(location / "libbcc.py"):
         return _missing(f"the 'bcc' module at {location} is not BCC (PyPI's 'bcc' is an unrelated package)",
                         "pip uninstall bcc; apt install python3-bpfcc", source=str(location))
     try:
@@ -889,7 +906,7 @@ def _bcc_module() -> Item:
 
 def _kernel_headers(release: str) -> Item:
     build = Path(f"/lib/modules/{release}/build")
-    if build.exists():
+    if _exists(build):
         resolved = build.resolve()
         uts = parse_utsrelease(_read(resolved / "include/generated/utsrelease.h")[0] or "")
         value = {"path": str(resolved), "version": uts, "match": "exact" if uts == release else "mismatched"}
@@ -899,7 +916,7 @@ def _kernel_headers(release: str) -> Item:
                    reason=f"headers are {uts or 'of unknown version'}, the running kernel is {release}: "
                           "fine for tracepoint programs, wrong for kernel struct layouts",
                    remedy=f"install headers for {release} for exact layouts")
-    if Path("/sys/kernel/kheaders.tar.xz").exists():
+    if _exists(Path("/sys/kernel/kheaders.tar.xz")):
         return _ok({"path": "/sys/kernel/kheaders.tar.xz", "version": release, "match": "exact"},
                    source="/sys/kernel/kheaders.tar.xz")
     return _missing(f"no kernel headers: {build} is absent and CONFIG_IKHEADERS is off", _SETUP_REMEDY,
@@ -999,7 +1016,7 @@ def _probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, symbols
     bcc = _bcc_module()
     headers = _kernel_headers(release)
     btf_path = Path("/sys/kernel/btf/vmlinux")
-    btf = (_ok(True, source=str(btf_path)) if btf_path.exists() else
+    btf = (_ok(True, source=str(btf_path)) if _exists(btf_path) else
            _missing("no kernel BTF (CONFIG_DEBUG_INFO_BTF off)", "use a kernel with CONFIG_DEBUG_INFO_BTF=y",
                     source=str(btf_path)))
     lockdown = _lockdown(config)
@@ -1025,7 +1042,7 @@ def _probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, symbols
     if config.get("CONFIG_KPROBES") == "n":
         blocked["kprobe"] = _missing("CONFIG_KPROBES is not set", "use a kernel with CONFIG_KPROBES=y",
                                      source=config.source)
-    elif not kprobe_pmu.exists() and not (tracefs and (tracefs / "kprobe_events").exists()):
+    elif not _exists(kprobe_pmu) and not (tracefs and _exists(tracefs / "kprobe_events")):
         blocked["kprobe"] = _missing("no kprobe PMU and no kprobe_events in tracefs",
                                      "use a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
                                      source=str(kprobe_pmu))

@@ -1,0 +1,386 @@
+"""The probe catalogue: for each measurement, where it can be observed.
+
+Each measurement lists its candidate attach points in order of preference.
+:func:`probe_kernel` reads what the running kernel offers (tracefs events and
+their format files, /proc/kallsyms, BTF, lockdown, kprobe support, the KVM
+MMU in use); :func:`make_plan` is pure and picks, for every measurement, the
+first candidate the kernel can serve, or says in one line why none can
+(klockstat's habit: tell the user what was chosen and why).
+
+Function probes are kprobe/kretprobe pairs (ebpf/funcs.c). fentry/fexit
+would be cheaper but BCC can only name fentry targets in the C source, and
+the rmap walker is often a compiler clone (``kvm_rmap_age_gfn_range.isra.0``)
+that has no BTF entry; kprobes take the exact kallsyms name.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmctl.trace.records import FuncRole
+
+MAX_FUNCS = 8  # enter_/leave_ pairs in ebpf/funcs.c
+
+
+class AttachKind(str, enum.Enum):
+    FENTRY = "fentry"
+    KPROBE = "kprobe"
+    TRACEPOINT = "tracepoint"
+
+
+@dataclass(frozen=True)
+class AttachPoint:
+    kind: AttachKind
+    targets: tuple[str, ...]  # "kvm:kvm_age_hva" for tracepoints, function names for kprobes
+    program: str  # ebpf/<program>
+    fields: tuple[tuple[str, ...], ...] = ()  # per target: tracepoint record fields the program reads
+    needs_tdp: bool = False  # fires only when the TDP MMU runs
+
+    def __str__(self) -> str:
+        return " + ".join(f"{self.kind.value}:{t}" for t in self.targets)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    description: str
+    candidates: tuple[AttachPoint, ...]
+
+
+def _tp(target: str, program: str, fields: tuple[str, ...], needs_tdp: bool = False) -> AttachPoint:
+    return AttachPoint(AttachKind.TRACEPOINT, (target,), program, (fields,), needs_tdp)
+
+
+def _kp(*functions: str) -> AttachPoint:
+    return AttachPoint(AttachKind.KPROBE, functions, "funcs.c")
+
+
+_AGE_HVA = _tp("kvm:kvm_age_hva", "aging.c", ("start", "end"))
+_SET_SPTE = _tp("kvmmmu:kvm_mmu_set_spte", "spte.c", ("gfn", "level"))
+_LOCKS = AttachPoint(AttachKind.TRACEPOINT, ("lock:contention_begin", "lock:contention_end"), "locks.c",
+                     (("lock_addr", "flags"), ("lock_addr",)))
+
+# Logical names of function probes; resolved to kallsyms names by probe_kernel().
+FN_AGE = "kvm_age_gfn"
+FN_TEST_AGE = "kvm_test_age_gfn"
+FN_TDP_AGE = "kvm_tdp_mmu_age_gfn_range"
+FN_TDP_TEST_AGE = "kvm_tdp_mmu_test_age_gfn"
+FN_RMAP_AGE = "rmap-age"  # kvm_rmap_age_gfn_range (6.13+) or kvm_age_rmap (older)
+FN_RMAP_TEST_AGE = "rmap-test-age"  # kvm_test_age_rmap (older kernels; 6.13+ shares kvm_rmap_age_gfn_range)
+FN_TEST_CLEAR_YOUNG = "test-clear-young"  # Yu Zhao's series: kvm_arch_test_clear_young & co
+
+# Symbols each logical function may have, by kernel generation, best first.
+FUNCTION_SYMBOLS: dict[str, tuple[str, ...]] = {
+    FN_AGE: ("kvm_age_gfn",),
+    FN_TEST_AGE: ("kvm_test_age_gfn",),
+    FN_TDP_AGE: ("kvm_tdp_mmu_age_gfn_range",),
+    FN_TDP_TEST_AGE: ("kvm_tdp_mmu_test_age_gfn",),
+    FN_RMAP_AGE: ("kvm_rmap_age_gfn_range", "kvm_age_rmap"),
+    FN_RMAP_TEST_AGE: ("kvm_test_age_rmap",),
+    FN_TEST_CLEAR_YOUNG: ("kvm_arch_test_clear_young", "kvm_mmu_notifier_test_clear_young",
+                          "kvm_test_clear_young"),
+}
+FUNCTION_ROLES: dict[str, FuncRole] = {
+    FN_AGE: FuncRole.OUTER_AGE,
+    FN_TEST_AGE: FuncRole.OUTER_TEST,
+    FN_TDP_AGE: FuncRole.TDP,
+    FN_TDP_TEST_AGE: FuncRole.TDP,
+    FN_RMAP_AGE: FuncRole.RMAP,
+    FN_RMAP_TEST_AGE: FuncRole.RMAP,
+    FN_TEST_CLEAR_YOUNG: FuncRole.OTHER,
+}
+
+MEASUREMENTS: tuple[Measurement, ...] = (
+    Measurement("aging.calls", "mmu-notifier aging calls on the VM's memslots, by task class", (_AGE_HVA,)),
+    Measurement("aging.pages", "pages those calls covered", (_AGE_HVA,)),
+    Measurement("aging.per_gfn", "aging calls per guest page", (_AGE_HVA,)),
+    Measurement("aging.timeseries", "aging calls and pages per interval", (_AGE_HVA,)),
+    Measurement("aging.test_calls", "test_young calls (accessed bit read, not cleared)",
+                (_tp("kvm:kvm_test_age_hva", "aging.c", ("hva",)),)),
+    Measurement("aging.unmaps", "invalidations of the VM's ranges (reclaim evictions, munmap)",
+                (_tp("kvm:kvm_unmap_hva_range", "aging.c", ("start", "end")),)),
+    Measurement("aging.latency", "latency of each aging function", (_kp(FN_AGE, FN_TEST_AGE),)),
+    Measurement("aging.young", "young (accessed) results of aging calls", (_kp(FN_AGE, FN_TEST_AGE),)),
+    # Without an rmap walker symbol (inlined), an outer call that missed the TDP walker took the rmap path.
+    Measurement("aging.path", "which MMU path (TDP or rmap) each aging call took",
+                (_kp(FN_AGE, FN_TDP_AGE, FN_RMAP_AGE), _kp(FN_AGE, FN_TDP_AGE))),
+    Measurement("aging.test_clear_young", "the test_clear_young notifier of a patched kernel",
+                (_kp(FN_TEST_CLEAR_YOUNG),)),
+    Measurement("aging.bits_cleared", "accessed bits cleared in SPTEs by aging",
+                (_tp("kvmmmu:kvm_tdp_mmu_spte_changed", "spte.c", ("gfn", "old_spte", "new_spte"), True),)),
+    Measurement("spte.mappings", "leaf SPTEs installed per guest page (re-faults)", (_SET_SPTE,)),
+    Measurement("spte.levels", "page sizes of installed SPTEs", (_SET_SPTE,)),
+    Measurement("spte.shadow_pages", "shadow pages created (shadow MMU or nested)",
+                (_tp("kvmmmu:kvm_mmu_get_page", "spte.c", ("role", "created")),)),
+    Measurement("contention.locks", "kernel lock waits with stacks, perf-lock style", (_LOCKS,)),
+    Measurement("contention.mmu_lock", "waits on KVM's mmu_lock by waiter class", (_LOCKS,)),
+)
+
+_KALLSYMS_RE = re.compile(r"^[0-9a-f]+ [tTwW] (\S+)$")
+_CLONE_SUFFIX_RE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)(\.(isra|constprop|part|cold|llvm)\.?\d*)*$")
+_FIELD_RE = re.compile(r"field:.*?\s\**(\w+)(\[.*\])?;\s*offset:")
+
+
+@dataclass
+class KernelOffer:
+    """What the running kernel offers for tracing (or what a test pretends it does)."""
+
+    release: str
+    tracepoint_fields: dict[str, frozenset[str]]  # "cat:event" -> record fields (from format files)
+    symbols: dict[str, str]  # logical function name -> kallsyms name (only those found)
+    btf: bool
+    lockdown: str | None  # none / integrity / confidentiality; None when unreadable
+    kprobes: bool
+    kprobes_reason: str  # why not, when kprobes is False
+    tdp_mmu: bool
+    tdp_reason: str  # e.g. "tdp_mmu=N (kvm_pvm: shadow paging)"
+    accessed_mask: int | None  # shadow_accessed_mask of the TDP MMU, None without A/D bits
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TracePlan:
+    chosen: dict[str, str]  # measurement -> attach point, as text
+    not_observable: dict[str, str]  # measurement -> one-line reason
+    points: dict[str, AttachPoint]  # measurement -> attach point
+    functions: dict[str, FuncRole]  # kallsyms name -> role, for funcs.c
+    accessed_mask: int | None
+    offer: KernelOffer
+
+    def programs(self) -> set[str]:
+        return {p.program for p in self.points.values()}
+
+    def uses(self, target: str) -> bool:
+        return any(target in p.targets for p in self.points.values())
+
+    def describe(self) -> list[str]:
+        lines = [f"{name}: {point}" for name, point in sorted(self.chosen.items())]
+        lines += [f"{name}: not observable here: {why}" for name, why in sorted(self.not_observable.items())]
+        return lines
+
+
+def _kprobe_reason(offer: KernelOffer) -> str:
+    reason = offer.kprobes_reason
+    if offer.lockdown and offer.lockdown != "none":
+        reason += f" (lockdown={offer.lockdown})"
+    return reason
+
+
+def _unavailable(point: AttachPoint, offer: KernelOffer) -> str | None:
+    """None if the kernel can serve ``point``, else why not."""
+    if point.kind is AttachKind.TRACEPOINT:
+        for target, needed in zip(point.targets, point.fields, strict=True):
+            fields = offer.tracepoint_fields.get(target)
+            if fields is None:
+                return f"tracepoint {target} does not exist in this kernel"
+            missing = [f for f in needed if f not in fields]
+            if missing:
+                return f"tracepoint {target} lacks field(s) {', '.join(missing)}"
+        if point.needs_tdp and not offer.tdp_mmu:
+            return f"{point.targets[0]} fires only in the TDP MMU and this host has none ({offer.tdp_reason})"
+        return None
+    if point.kind is AttachKind.KPROBE:
+        if not offer.kprobes:
+            return f"kprobes are unavailable: {_kprobe_reason(offer)}"
+        missing = [t for t in point.targets if t not in offer.symbols]
+        if missing:
+            names = " / ".join(n for t in missing for n in FUNCTION_SYMBOLS[t])
+            return f"no function {names} in /proc/kallsyms"
+        return None
+    return "fentry programs are not used by this version of kvmctl"
+
+
+def make_plan(offer: KernelOffer, wanted: set[str] | None = None) -> TracePlan:
+    """Choose an attach point per measurement (all of them unless ``wanted``)."""
+    chosen: dict[str, str] = {}
+    points: dict[str, AttachPoint] = {}
+    not_observable: dict[str, str] = {}
+    for m in MEASUREMENTS:
+        if wanted is not None and m.name not in wanted:
+            continue
+        reasons = []
+        for point in m.candidates:
+            why = _unavailable(point, offer)
+            if why is None:
+                chosen[m.name] = str(point)
+                points[m.name] = point
+                break
+            reasons.append(why)
+        else:
+            not_observable[m.name] = "; ".join(dict.fromkeys(reasons))
+    if "aging.bits_cleared" in not_observable and not offer.tdp_mmu:
+        tail = ("kprobes are unavailable" if not offer.kprobes else "kprobes give no per-SPTE view")
+        not_observable["aging.bits_cleared"] = (
+            f"no TDP MMU on this host ({offer.tdp_reason}): the rmap path has no tracepoint for accessed-bit "
+            f"clears and {tail}" + (f" ({_kprobe_reason(offer)})" if not offer.kprobes else ""))
+    if "aging.bits_cleared" in points and offer.accessed_mask is None:
+        del points["aging.bits_cleared"], chosen["aging.bits_cleared"]
+        not_observable["aging.bits_cleared"] = ("the TDP MMU runs without accessed/dirty bits (EPT A/D off): "
+                                                "aging write-protects SPTEs for access tracking instead")
+
+    functions: dict[str, FuncRole] = {}
+    for point in points.values():
+        if point.kind is AttachKind.KPROBE:
+            for logical in point.targets:
+                functions[offer.symbols[logical]] = FUNCTION_ROLES[logical]
+    # The path and latency views gain from every walker the kernel has.
+    if functions:
+        for logical in (FN_TDP_AGE, FN_TDP_TEST_AGE, FN_RMAP_AGE, FN_RMAP_TEST_AGE):
+            if logical in offer.symbols and len(functions) < MAX_FUNCS:
+                functions.setdefault(offer.symbols[logical], FUNCTION_ROLES[logical])
+    return TracePlan(chosen, not_observable, points, functions, offer.accessed_mask, offer)
+
+
+# Probing the running kernel
+
+
+def parse_format_fields(text: str) -> frozenset[str]:
+    """Field names of a tracefs ``format`` file, common_* fields excluded."""
+    names = set()
+    for line in text.splitlines():
+        m = _FIELD_RE.search(line)
+        if m and not m.group(1).startswith("common_"):
+            names.add(m.group(1))
+    return frozenset(names)
+
+
+def resolve_symbols(names: set[str]) -> dict[str, str]:
+    """Logical function -> kallsyms name; compiler clones (.isra.0) count, exact names first."""
+    by_base: dict[str, list[str]] = {}
+    for name in names:
+        m = _CLONE_SUFFIX_RE.match(name)
+        if m:
+            by_base.setdefault(m["base"], []).append(name)
+    out = {}
+    for logical, candidates in FUNCTION_SYMBOLS.items():
+        for base in candidates:
+            found = sorted(by_base.get(base, []), key=lambda n: (n != base, len(n), n))
+            if found:
+                out[logical] = found[0]
+                break
+    return out
+
+
+def read_kallsyms_text(path: Path = Path("/proc/kallsyms")) -> set[str]:
+    """Names of the kernel's text symbols (functions a kprobe could name)."""
+    names = set()
+    with path.open() as f:
+        for line in f:
+            m = _KALLSYMS_RE.match(line.rstrip().split("\t")[0])
+            if m:
+                names.add(m.group(1))
+    return names
+
+
+def read_kernel_config(path: Path = Path("/proc/config.gz")) -> dict[str, str]:
+    try:
+        text = gzip.decompress(path.read_bytes()).decode()
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            out[line[2:-11]] = "n"
+    return out
+
+
+def read_lockdown(path: Path = Path("/sys/kernel/security/lockdown")) -> str | None:
+    """The bracketed lockdown mode, None if securityfs is not readable."""
+    try:
+        m = re.search(r"\[(\w+)\]", path.read_text())
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+def _param(module: str, name: str, sys_module: Path) -> str | None:
+    try:
+        return (sys_module / module / "parameters" / name).read_text().strip()
+    except OSError:
+        return None
+
+
+def detect_mmu(sys_module: Path = Path("/sys/module")) -> tuple[bool, str, int | None]:
+    """(TDP MMU in use, one-line reason, shadow_accessed_mask for TDP SPTEs)."""
+    tdp_mmu = _param("kvm", "tdp_mmu", sys_module)
+    if tdp_mmu is None:
+        return False, "the kvm module is not loaded", None
+    vendor = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if (sys_module / m).is_dir()), None)
+    if tdp_mmu != "Y":
+        extra = "kvm_pvm shadow paging, " if vendor == "kvm_pvm" else ""
+        return False, f"{extra}tdp_mmu={tdp_mmu}", None
+    if vendor == "kvm_intel":
+        if _param("kvm_intel", "ept", sys_module) != "Y":
+            return False, "kvm_intel ept=N", None
+        ad = _param("kvm_intel", "eptad", sys_module) == "Y"
+        return True, "kvm_intel ept=Y, tdp_mmu=Y", (1 << 8) if ad else None
+    if vendor == "kvm_amd":
+        if _param("kvm_amd", "npt", sys_module) != "Y":
+            return False, "kvm_amd npt=N", None
+        return True, "kvm_amd npt=Y, tdp_mmu=Y", 1 << 5  # NPT uses the x86 PTE accessed bit
+    return False, f"tdp_mmu=Y but no EPT/NPT vendor module ({vendor or 'none'})", None
+
+
+def probe_kernel(tracefs: Path | None = None) -> KernelOffer:
+    """Read what this kernel offers. Touches nothing; works without root where files allow."""
+    import os
+
+    from kvmctl.trace.loader import tracefs_root
+
+    tracefs = tracefs or tracefs_root()
+    notes: list[str] = []
+    wanted = {t for m in MEASUREMENTS for p in m.candidates if p.kind is AttachKind.TRACEPOINT for t in p.targets}
+    fields: dict[str, frozenset[str]] = {}
+    for target in sorted(wanted):
+        category, event = target.split(":")
+        try:
+            fields[target] = parse_format_fields((tracefs / "events" / category / event / "format").read_text())
+        except OSError:
+            continue
+    try:
+        symbols = resolve_symbols(read_kallsyms_text())
+    except OSError as err:
+        symbols = {}
+        notes.append(f"/proc/kallsyms unreadable: {err.strerror}")
+
+    config = read_kernel_config()
+    lockdown = read_lockdown()
+    if lockdown is None:
+        try:
+            (tracefs / "available_filter_functions").open().close()
+        except PermissionError:
+            notes.append("lockdown mode unknown (securityfs not mounted), but tracefs refuses "
+                         "available_filter_functions as a locked-down kernel does")
+        except OSError:
+            pass
+    kprobe_pmu = Path("/sys/bus/event_source/devices/kprobe").is_dir()
+    kprobe_events = (tracefs / "kprobe_events").exists()
+    if config.get("CONFIG_KPROBES") not in (None, "y"):
+        kprobes, kprobes_reason = False, "CONFIG_KPROBES is off"
+    elif not (kprobe_pmu or kprobe_events):
+        kprobes, kprobes_reason = False, "no kprobe PMU and no kprobe_events in tracefs"
+    elif lockdown == "confidentiality":
+        kprobes, kprobes_reason = False, "kernel lockdown=confidentiality forbids kprobes"
+    else:
+        kprobes, kprobes_reason = True, ""
+    tdp, tdp_reason, mask = detect_mmu()
+    return KernelOffer(
+        release=os.uname().release,
+        tracepoint_fields=fields,
+        symbols=symbols,
+        btf=Path("/sys/kernel/btf/vmlinux").exists(),
+        lockdown=lockdown,
+        kprobes=kprobes,
+        kprobes_reason=kprobes_reason,
+        tdp_mmu=tdp,
+        tdp_reason=tdp_reason,
+        accessed_mask=mask,
+        notes=notes,
+    )

@@ -1,0 +1,216 @@
+"""Loading ebpf/*.c with BCC: preflight checks and kernel headers.
+
+BCC compiles the C at run time against kernel headers. Exact headers for the
+running kernel live at /lib/modules/<release>/build (Debian splits them into
+an arch tree and a ``source`` common tree). When a kernel has none, we fall
+back to the newest Debian headers installed: tracepoint programs only read
+their own records, whose layout BCC takes from the tracefs format files, so
+mismatched headers are safe for them. The fallback never touches
+/lib/modules: it merges the two Debian trees with symlinks in a private
+temporary directory and points BCC_KERNEL_SOURCE at it for the compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
+
+MODULES_DIR = Path("/lib/modules")
+SRC_DIR = Path("/usr/src")
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+_UTS_RE = re.compile(r'#define\s+UTS_RELEASE\s+"([^"]+)"')
+_DEBIAN_ARCH_RE = re.compile(r"^linux-headers-(?P<ver>\d+\.\d+\.\d+-\d+)-(?P<flavour>[a-z0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Headers:
+    """Kernel headers BCC will compile against."""
+
+    release: str  # UTS_RELEASE of the headers
+    running: str  # uname -r
+    build: Path  # arch (build) tree
+    source: Path | None  # common tree when split (Debian), else None
+    via_modules_dir: bool  # found at /lib/modules/<running>/build
+
+    @property
+    def exact(self) -> bool:
+        return self.release == self.running
+
+    def note(self) -> str | None:
+        if self.exact:
+            return None
+        return (f"BCC compiled against mismatched kernel headers {self.release} (running {self.running}): "
+                "tracepoint programs only read their own records, which is safe")
+
+
+def tracefs_root() -> Path:
+    """The mounted tracefs, or UnsupportedError with the mount command."""
+    for root in TRACEFS_CANDIDATES:
+        if (root / "events").is_dir():
+            return root
+    raise UnsupportedError("tracefs is not mounted", "mount it: mount -t tracefs nodev /sys/kernel/tracing")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PermissionDeniedError("loading BPF programs needs root", "run kvmctl as root (sudo)")
+
+
+def import_bcc():
+    """BCC's Python module (Debian python3-bpfcc), or UnsupportedError."""
+    try:
+        import bcc  # noqa: PLC0415 - optional dependency, imported only when tracing
+    except ImportError:
+        raise UnsupportedError(
+            "BCC's Python module is not importable",
+            "apt-get install python3-bpfcc bpfcc-tools, and make the venv with --system-site-packages "
+            "(never pip-install the unrelated PyPI package 'bcc')",
+        ) from None
+    if not hasattr(bcc, "BPF"):
+        raise UnsupportedError(f"the 'bcc' module at {getattr(bcc, '__file__', '?')} is not BCC",
+                               "pip uninstall bcc (an unrelated PyPI package) and apt-get install python3-bpfcc")
+    return bcc
+
+
+def headers_release(tree: Path) -> str | None:
+    """UTS_RELEASE of a kernel build tree, None if it has none."""
+    try:
+        text = (tree / "include" / "generated" / "utsrelease.h").read_text()
+    except OSError:
+        return None
+    m = _UTS_RE.search(text)
+    return m.group(1) if m else None
+
+
+def _version_key(ver: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.split(r"[.-]", ver) if x.isdigit())
+
+
+def debian_header_trees(src_dir: Path = SRC_DIR) -> list[tuple[Path, Path]]:
+    """(arch tree, common tree) pairs of installed Debian headers, newest first."""
+    pairs = []
+    for entry in src_dir.glob("linux-headers-*"):
+        m = _DEBIAN_ARCH_RE.match(entry.name)
+        if not m or m["flavour"] == "common":
+            continue
+        common = src_dir / f"linux-headers-{m['ver']}-common"
+        if entry.is_dir() and common.is_dir():
+            pairs.append((m["ver"], entry, common))
+    pairs.sort(key=lambda p: _version_key(p[0]), reverse=True)
+    return [(arch, common) for _, arch, common in pairs]
+
+
+def find_headers(running: str | None = None, modules_dir: Path = MODULES_DIR, src_dir: Path = SRC_DIR) -> Headers:
+    """Exact headers from /lib/modules/<release>/build, else the newest Debian pair."""
+    running = running or os.uname().release
+    build = modules_dir / running / "build"
+    if build.is_dir():
+        source = modules_dir / running / "source"
+        release = headers_release(build) or running
+        return Headers(release, running, build.resolve(), source.resolve() if source.is_dir() else None, True)
+    trees = debian_header_trees(src_dir)
+    if not trees:
+        raise UnsupportedError(
+            f"no kernel headers for {running} and none installed under {src_dir}",
+            "apt-get install linux-headers-amd64 (or the headers package of your kernel)",
+        )
+    arch, common = trees[0]
+    return Headers(headers_release(arch) or arch.name, running, arch, common, False)
+
+
+def merge_trees(dest: Path, trees: list[Path], depth: int = 4) -> None:
+    """Populate ``dest`` with symlinks so it reads as the union of ``trees``.
+
+    Directories present in several trees are merged recursively (Debian puts
+    include/generated in the arch tree and include/linux in the common tree);
+    for anything else the first tree wins.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, list[Path]] = {}
+    for tree in trees:
+        if tree.is_dir():
+            for entry in tree.iterdir():
+                entries.setdefault(entry.name, []).append(entry)
+    for name, paths in entries.items():
+        if depth > 0 and len(paths) > 1 and all(p.is_dir() for p in paths):
+            merge_trees(dest / name, paths, depth - 1)
+        else:
+            (dest / name).symlink_to(paths[0])
+
+
+@contextlib.contextmanager
+def kernel_source_env(headers: Headers) -> Iterator[None]:
+    """Point BCC at ``headers`` for the duration of a compile."""
+    if headers.via_modules_dir:
+        yield  # BCC finds /lib/modules/<release>/build{,source} itself
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="kvmctl-kheaders-"))
+    saved = os.environ.get("BCC_KERNEL_SOURCE")
+    try:
+        trees = [headers.build] + ([headers.source] if headers.source else [])
+        merge_trees(tmp / "tree", trees)
+        os.environ["BCC_KERNEL_SOURCE"] = str(tmp / "tree")
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ebpf_dir() -> Path:
+    """The directory holding the programs (ebpf/ at the top of the source tree)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "ebpf", here / "ebpf"):
+        if (candidate / "aging.c").is_file():
+            return candidate
+    raise UnsupportedError("the BPF programs (ebpf/*.c) are not installed next to kvmctl",
+                           "run kvmctl from its source tree (pip install -e .)")
+
+
+@dataclass
+class LoadedProgram:
+    """A compiled BCC module and what was said while building it."""
+
+    name: str
+    bpf: object  # bcc.BPF
+    notes: list[str]
+
+
+def load_program(name: str, cflags: list[str], headers: Headers | None = None) -> LoadedProgram:
+    """Compile and load ebpf/<name> with BCC; its tracepoint programs attach at once.
+
+    The programs count nothing until Python opens their window
+    (config START_NS/END_NS), so attaching at load time is harmless.
+    """
+    require_root()
+    tracefs_root()
+    bcc = import_bcc()
+    headers = headers or find_headers()
+    src = ebpf_dir() / name
+    flags = [f"-I{src.parent}"] + list(cflags)
+    with kernel_source_env(headers):
+        try:
+            bpf = bcc.BPF(src_file=str(src).encode(), cflags=flags)
+        except Exception as err:  # BCC raises bare Exception for compile, load and attach failures
+            text = str(err)
+            if "Failed to compile" in text:
+                raise KvmctlError(f"BCC could not compile {src.name} against headers {headers.release}",
+                                  "see the compiler messages above; install linux-headers-amd64") from None
+            if "Failed to attach" in text or "No such file" in text:
+                raise UnsupportedError(f"{src.name}: a tracepoint could not be attached ({text})",
+                                       "run 'kvmctl info' to see which tracepoints this kernel has") from None
+            raise KvmctlError(f"the kernel rejected {src.name}: {text}",
+                              "see the verifier log above; rerun with a smaller size option") from None
+    notes = [n for n in (headers.note(),) if n]
+    return LoadedProgram(name, bpf, notes)

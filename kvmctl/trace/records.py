@@ -1,0 +1,320 @@
+"""Plain records the tracer hands out, and the kernel-side enums they index.
+
+The enums mirror the ones in ebpf/*.c (a unit test parses the C sources and
+compares). Records carry counts exactly as the maps held them: what a number
+means is decided by experiment/ and report/, not here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+class Cfg(enum.IntEnum):
+    """Configuration words of every program (ebpf/ranges.h enum cfg)."""
+
+    NR_RANGES = 0
+    VM_TGID = 1
+    START_NS = 2
+    END_NS = 3
+
+
+class EventKind(enum.IntEnum):
+    """ebpf/aging.c enum event_kind: which mmu-notifier tracepoint fired."""
+
+    AGE = 0  # kvm:kvm_age_hva (clear_young, clear_flush_young)
+    TEST_AGE = 1  # kvm:kvm_test_age_hva (test_young)
+    UNMAP = 2  # kvm:kvm_unmap_hva_range (invalidate_range_start)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class TaskClass(enum.IntEnum):
+    """ebpf/aging.c enum task_class: who made an aging call."""
+
+    OURS = 0  # the experiment's own ager threads
+    KSWAPD = 1
+    KDAMOND = 2
+    VM = 3  # a thread of the VM process itself
+    OTHER = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class AgingLost(enum.IntEnum):
+    """ebpf/aging.c enum aging_lost."""
+
+    TASKS_FULL = 0
+    BUCKET_OVERFLOW = 1
+    GFN_CLIPPED = 2
+    GFN_INDEX = 3
+
+
+class SpteCount(enum.IntEnum):
+    """ebpf/spte.c enum spte_count."""
+
+    SET_SPTE = 0
+    REFAULT = 1
+    SP_CREATED = 2
+    SP_EXISTING = 3
+    SPTE_CHANGED = 4
+    BITS_CLEARED = 5
+
+
+class SpteLost(enum.IntEnum):
+    """ebpf/spte.c enum spte_lost."""
+
+    GFN_INDEX = 0
+    AGING_TIDS_FULL = 1
+
+
+class WaiterClass(enum.IntEnum):
+    """ebpf/locks.c enum waiter_class."""
+
+    VM = 0  # threads of the VM process: its vCPUs
+    AGER = 1  # our ager threads, kswapd, kdamond
+    OTHER = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class LocksLost(enum.IntEnum):
+    """ebpf/locks.c enum locks_lost."""
+
+    THREADS_FULL = 0
+    NO_BEGIN = 1
+    STACK = 2
+    ENTRIES_FULL = 3
+    NESTED = 4
+
+
+class FuncRole(enum.IntEnum):
+    """ebpf/funcs.c enum fn_role: what a probed aging function is."""
+
+    OUTER_AGE = 0  # kvm_age_gfn: the arch entry of clear_young
+    OUTER_TEST = 1  # kvm_test_age_gfn: the arch entry of test_young
+    TDP = 2  # the TDP MMU walker
+    RMAP = 3  # the rmap walker
+    OTHER = 4  # e.g. a test_clear_young notifier of a patched kernel
+
+
+class FuncsLost(enum.IntEnum):
+    """ebpf/funcs.c enum funcs_lost."""
+
+    ENTRY_FULL = 0
+    NO_ENTRY = 1
+
+
+class AgingPath(enum.IntEnum):
+    """Path bits an outer aging call collected (ebpf/funcs.c enum path_bits)."""
+
+    NONE = 0
+    TDP = 1
+    RMAP = 2
+    BOTH = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class MemslotRange:
+    """One data memslot of the traced VM."""
+
+    slot: int
+    hva_start: int
+    size: int
+    gpa_start: int
+
+    @property
+    def hva_end(self) -> int:
+        return self.hva_start + self.size
+
+    @property
+    def gfn_start(self) -> int:
+        return self.gpa_start >> PAGE_SHIFT
+
+    @property
+    def pages(self) -> int:
+        return self.size >> PAGE_SHIFT
+
+
+@dataclass
+class TraceTarget:
+    """What to trace: the VM process, its memslots and our own ager threads."""
+
+    vm_tgid: int
+    memslots: list[MemslotRange]
+    ager_tids: set[int] = field(default_factory=set)
+
+    @property
+    def guest_pages(self) -> int:
+        return sum(m.pages for m in self.memslots)
+
+    def index_bases(self) -> list[int]:
+        """Per-gfn array index of each memslot's first page (memslots laid end to end)."""
+        bases, base = [], 0
+        for m in self.memslots:
+            bases.append(base)
+            base += m.pages
+        return bases
+
+
+@dataclass(frozen=True)
+class Log2Bucket:
+    """Values in [low, high] were seen ``count`` times."""
+
+    low: int
+    high: int
+    count: int
+
+
+@dataclass
+class TraceWindow:
+    """CLOCK_MONOTONIC span in which the programs counted (bpf_ktime_get_ns scale)."""
+
+    start_ns: int
+    end_ns: int | None = None
+
+    @property
+    def duration_ns(self) -> int | None:
+        return None if self.end_ns is None else self.end_ns - self.start_ns
+
+
+@dataclass
+class CallCount:
+    calls: int = 0
+    pages: int = 0
+
+
+@dataclass
+class TaskCount:
+    """Aging calls one task made on our memory."""
+
+    pid: int
+    tgid: int
+    comm: str
+    kind: str
+    calls: int
+    pages: int
+
+
+@dataclass
+class AgingCounts:
+    """kvm_age_hva & co. on our memslots: by kind and task class, and by task."""
+
+    by_kind_class: dict[str, dict[str, CallCount]]
+    by_task: list[TaskCount]
+
+    def total(self, kind: EventKind, classes: tuple[TaskClass, ...] | None = None) -> CallCount:
+        row = self.by_kind_class.get(kind.label, {})
+        wanted = {c.label for c in (classes or tuple(TaskClass))}
+        out = CallCount()
+        for label, cc in row.items():
+            if label in wanted:
+                out.calls += cc.calls
+                out.pages += cc.pages
+        return out
+
+
+@dataclass
+class AgingSeries:
+    """Calls and pages per time bucket: arrays shaped (buckets, kinds, classes)."""
+
+    start_ns: int
+    bucket_ns: int
+    calls: np.ndarray
+    pages: np.ndarray
+
+
+@dataclass
+class PerGfnCounts:
+    """Per-page counters indexed like TraceTarget.index_bases(); ``cap`` pages at most."""
+
+    memslots: list[MemslotRange]
+    cap: int
+    by_kind: dict[str, np.ndarray]  # EventKind label -> uint32 array of cap entries
+
+
+@dataclass
+class SpteCounts:
+    set_spte: int
+    refaults: int
+    shadow_pages_created: int
+    shadow_pages_existing: int
+    spte_changed: int | None  # None: kvm_tdp_mmu_spte_changed not attached
+    bits_cleared: int | None
+    set_levels: dict[int, int]
+    shadow_page_levels: dict[int, int]
+    mappings_per_gfn: np.ndarray
+    cleared_per_gfn: np.ndarray | None
+
+
+@dataclass
+class ContentionRow:
+    """One {stack, waiter class, lock} key of lock:contention_*, perf-lock style."""
+
+    stack_id: int
+    waiter: str
+    lock_addr: int
+    lock_type: str
+    caller: str
+    stack: list[str]
+    total_ns: int
+    max_ns: int
+    count: int
+    mmu_lock: bool
+
+    @property
+    def avg_ns(self) -> float:
+        return self.total_ns / self.count if self.count else 0.0
+
+
+@dataclass
+class FuncLatency:
+    """One probed kernel function."""
+
+    function: str
+    role: str
+    calls: int
+    nonzero: int  # returned true (young)
+    ret_sum: int
+    total_ns: int
+    max_ns: int
+    hist: list[Log2Bucket]
+
+
+@dataclass
+class TraceResult:
+    """Everything one trace window produced; None where the probe was not attached."""
+
+    window: TraceWindow
+    chosen: dict[str, str]
+    not_observable: dict[str, str]
+    aging: AgingCounts | None = None
+    series: AgingSeries | None = None
+    per_gfn: PerGfnCounts | None = None
+    spte: SpteCounts | None = None
+    contention: list[ContentionRow] | None = None
+    wait_hist: dict[str, list[Log2Bucket]] | None = None
+    funcs: list[FuncLatency] | None = None
+    paths: dict[str, dict[str, int]] | None = None  # "age"/"test_age" -> path label -> calls
+    lost: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lost_events(self) -> int:
+        return sum(self.lost.values())

@@ -157,9 +157,9 @@ def with_repeats(report: Report, n: int, seed: int, spread: float = 0.02) -> Rep
     for _ in range(n):
         rep = {}
         for key, value in base.items():
-            if value is None:
-                rep[key] = None
-            elif key.endswith("fraction") or key.endswith("share"):
+            if value is None or key.endswith("share") or key == "lost_events":  # structural, not noisy
+                rep[key] = value
+            elif key.endswith("fraction"):
                 rep[key] = min(1.0, value * (1 + rng.uniform(-spread, spread) / 100))
             else:
                 rep[key] = round(value * (1 + rng.uniform(-spread, spread)))

@@ -57,8 +57,9 @@ class BackingKind(str, enum.Enum):
         )
 
 
-def hugetlb_free_pages(page_size: int) -> int:
-    path = Path(f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/free_hugepages")
+def hugetlb_free_pages(page_size: int, counter: str = "free_hugepages") -> int:
+    """A hugetlb pool counter: free_hugepages, or nr_hugepages (reserved)."""
+    path = Path(f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/{counter}")
     try:
         return int(path.read_text())
     except (OSError, ValueError):
@@ -121,8 +122,10 @@ def create_backing(kind: BackingKind | str, size: int, path: str | os.PathLike |
         free = hugetlb_free_pages(page)
         if free * page < size:
             label = "2 MiB" if page == HUGE_2M else "1 GiB"
+            reserved = hugetlb_free_pages(page, "nr_hugepages")
+            pool = "no pages are reserved" if reserved == 0 else f"{reserved} reserved, {free} free"
             raise UnsupportedError(
-                f"{size >> 20} MiB of {label} hugetlb pages needed but {free} are free",
+                f"{size >> 20} MiB of {label} hugetlb pages needed but {pool}",
                 f"reserve them: echo {size // page} > /sys/kernel/mm/hugepages/hugepages-{page // 1024}kB/nr_hugepages",
             )
         shift = page.bit_length() - 1

@@ -203,7 +203,7 @@ def heat_strips(rows: list[tuple[str, Sequence[int]]], *, start_label: str, end_
     strip, gap, label_w = 34, 14, 90
     height = TOP + len(rows) * (strip + gap) + 24
     out = _open(width, height, "heat map")
-    out.append('<g font-size="11" fill="#333">')
+    out.append('<g font-size="11" fill="#333" shape-rendering="crispEdges">')
     for ri, (name, values) in enumerate(rows):
         y = TOP + ri * (strip + gap)
         top = max(values, default=0) or 1

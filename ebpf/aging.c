@@ -78,9 +78,10 @@ BPF_ARRAY(config, u64, NR_CFG);
 BPF_ARRAY(ranges, struct slot_range, MAX_RANGES);
 BPF_HASH(ager_tids, u32, u8, MAX_AGER_TIDS);
 BPF_ARRAY(totals, struct counter, NR_KINDS * NR_CLASSES);
-BPF_ARRAY(series, struct counter, NR_BUCKETS * NR_KINDS * NR_CLASSES);
-/* mmap()ed by Python: copying millions of entries one syscall each is too slow */
-BPF_F_TABLE("array", u32, u32, per_gfn, NR_KINDS * NR_PAGES, BPF_F_MMAPABLE);
+/* mmap()ed by Python: copying millions of entries one syscall each is too
+ * slow. u64 values: array elements are 8-byte aligned anyway. */
+BPF_F_TABLE("array", u32, struct counter, series, NR_BUCKETS * NR_KINDS * NR_CLASSES, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, u64, per_gfn, NR_KINDS * NR_PAGES, BPF_F_MMAPABLE);
 BPF_HASH(by_task, struct task_key, struct counter, MAX_TASKS);
 BPF_ARRAY(lost, u64, NR_AGING_LOST);
 
@@ -127,7 +128,7 @@ static __always_inline void count_gfns(u32 kind, u64 index, u64 n)
 			return;
 		}
 		u32 idx = kind * NR_PAGES + index + i;
-		u32 *v = per_gfn.lookup(&idx);
+		u64 *v = per_gfn.lookup(&idx);
 		if (v)
 			__sync_fetch_and_add(v, 1);
 		done++;

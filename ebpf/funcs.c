@@ -130,11 +130,11 @@ static __always_inline u32 role_of(u32 fn)
 	return r ? *r : ROLE_OTHER;
 }
 
+/* Entries are stored from attach time on; returns count only inside the
+ * window, so a call that straddles the window opening is still paired. */
 static __always_inline int on_enter(u32 fn)
 {
 	u64 now = bpf_ktime_get_ns();
-	if (now < cfg_get(CFG_START_NS) || now >= cfg_get(CFG_END_NS))
-		return 0;
 	u32 tid = bpf_get_current_pid_tgid();
 	if (!aging_tids.lookup(&tid))
 		return 0;
@@ -160,14 +160,21 @@ static __always_inline int on_leave(struct pt_regs *ctx, u32 fn)
 	u32 tid = bpf_get_current_pid_tgid();
 	struct fkey key = {.tid = tid, .fn = fn};
 	u64 *ts = entry_ts.lookup(&key);
+	u64 now = bpf_ktime_get_ns();
+	bool in_window = now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);
 	if (!ts) {
-		u64 now = bpf_ktime_get_ns();
-		if (aging_tids.lookup(&tid) && now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS))
+		if (in_window && aging_tids.lookup(&tid))
 			lost_inc(LOST_NO_ENTRY);
 		return 0;
 	}
-	u64 lat = bpf_ktime_get_ns() - *ts;
+	u64 lat = now - *ts;
 	entry_ts.delete(&key);
+	u32 role = role_of(fn);
+	if (!in_window) {
+		if (role == ROLE_OUTER_AGE || role == ROLE_OUTER_TEST)
+			outer_path.delete(&tid);
+		return 0;
+	}
 	u64 ret = PT_REGS_RC(ctx) & 0xff;
 
 	struct fstats *s = stats.lookup(&fn);
@@ -188,7 +195,6 @@ static __always_inline int on_leave(struct pt_regs *ctx, u32 fn)
 	if (h)
 		__sync_fetch_and_add(h, 1);
 
-	u32 role = role_of(fn);
 	if (role == ROLE_OUTER_AGE || role == ROLE_OUTER_TEST) {
 		u32 *bits = outer_path.lookup(&tid);
 		if (bits) {

@@ -40,8 +40,7 @@ enum waiter_class {
 
 enum locks_lost {
 	LOST_THREADS_FULL = 0,   /* begin not stored: per-thread map full */
-	LOST_NO_BEGIN = 1,       /* end in the window without a stored begin (includes
-				    waits that began before the window opened) */
+	LOST_NO_BEGIN = 1,       /* end in the window without a stored begin */
 	LOST_STACK = 2,          /* stack id not stored (stack map full or collision) */
 	LOST_ENTRIES_FULL = 3,   /* contention key not stored: map full */
 	LOST_NESTED = 4,         /* begin on another lock while one was pending */
@@ -103,11 +102,11 @@ static __always_inline u32 waiter_class(u32 tid, u32 tgid)
 	return WAITER_OTHER;
 }
 
+/* Begins are stored from attach time on, so that a wait that began before
+ * the window opened is still paired; ends count only inside the window. */
 TRACEPOINT_PROBE(lock, contention_begin)
 {
 	u64 now = bpf_ktime_get_ns();
-	if (now < cfg_get(CFG_START_NS) || now >= cfg_get(CFG_END_NS))
-		return 0;
 	u32 tid = bpf_get_current_pid_tgid();
 	u64 lock = (u64)args->lock_addr;
 	struct tstamp *pending = starts.lookup(&tid);
@@ -131,16 +130,19 @@ TRACEPOINT_PROBE(lock, contention_end)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id, tgid = id >> 32;
 	struct tstamp *t = starts.lookup(&tid);
+	u64 now = bpf_ktime_get_ns();
+	bool in_window = now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);
 	if (!t) {
-		u64 now = bpf_ktime_get_ns();
-		if (now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS))
+		if (in_window)
 			lost_inc(LOST_NO_BEGIN);
 		return 0;
 	}
-	u64 wait = bpf_ktime_get_ns() - t->ts;
+	u64 wait = now - t->ts;
 	struct contention_key key = {.stack_id = t->stack_id, .lock = t->lock};
 	u32 flags = t->flags;
 	starts.delete(&tid);
+	if (!in_window)
+		return 0;
 	key.waiter = waiter_class(tid, tgid);
 
 	struct contention_val zero = {};

@@ -54,8 +54,9 @@ BPF_ARRAY(ranges, struct slot_range, MAX_RANGES);
 BPF_ARRAY(counts, u64, NR_SPTE_COUNTS);
 BPF_ARRAY(set_levels, u64, NR_LEVELS);
 BPF_ARRAY(sp_levels, u64, NR_LEVELS);
-BPF_F_TABLE("array", u32, u32, mappings, NR_PAGES, BPF_F_MMAPABLE);
-BPF_F_TABLE("array", u32, u32, cleared, NR_PAGES, BPF_F_MMAPABLE);
+/* mmap()ed by Python; u64 values: array elements are 8-byte aligned anyway */
+BPF_F_TABLE("array", u32, u64, mappings, NR_PAGES, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", u32, u64, cleared, NR_PAGES, BPF_F_MMAPABLE);
 BPF_HASH(aging_tids, u32, u8, MAX_AGING_TIDS);
 BPF_ARRAY(lost, u64, NR_SPTE_LOST);
 
@@ -124,7 +125,7 @@ static __always_inline bool from_our_vm(void)
 	return (bpf_get_current_pid_tgid() >> 32) == cfg_get(CFG_VM_TGID);
 }
 
-static __always_inline u32 *per_gfn_slot(u64 gfn, bool mapping)
+static __always_inline u64 *per_gfn_slot(u64 gfn, bool mapping)
 {
 	s64 index = gfn_index(gfn);
 	if (index < 0)
@@ -170,7 +171,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 {
 	if (!in_window() || !from_our_vm())
 		return 0;
-	u32 *n = per_gfn_slot(args->gfn, true);
+	u64 *n = per_gfn_slot(args->gfn, true);
 	if (!n)
 		return 0;
 	/* read-then-add: BCC's LLVM cannot use the old value of an atomic add;
@@ -218,7 +219,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 	u64 old = args->old_spte, new = args->new_spte;
 	if ((old ^ new) == ACCESSED_MASK && (old & ACCESSED_MASK)) {
 		inc(CNT_BITS_CLEARED);
-		u32 *n = per_gfn_slot(args->gfn, false);
+		u64 *n = per_gfn_slot(args->gfn, false);
 		if (n)
 			__sync_fetch_and_add(n, 1);
 	}

@@ -1,0 +1,383 @@
+"""Attach the planned BPF programs to one VM, copy their maps out as records.
+
+    plan = make_plan(probe_kernel())
+    with Tracer(plan, target) as tracer:       # start(): compile, attach, open the window
+        ...run epochs and ager passes...
+        per_pass = tracer.snapshot()            # maps copied out, window still open
+    result = tracer.collect()                   # final figures; everything detached
+
+The programs attach when BCC loads them but count nothing until the window
+opens: every program reads the same CFG_START_NS/CFG_END_NS words and counts
+an event only if start <= bpf_ktime_get_ns() < end. Both edges are set a few
+milliseconds in the future and we wait for them to pass, so all programs
+share one exact CLOCK_MONOTONIC window (time.monotonic_ns() is the same
+clock as bpf_ktime_get_ns()).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvmctl import cleanup
+from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
+from kvmctl.trace import hist, stacks
+from kvmctl.trace.catalogue import TracePlan
+from kvmctl.trace.loader import Headers, LoadedProgram, find_headers, load_program
+from kvmctl.trace.records import (
+    AgingCounts,
+    AgingLost,
+    AgingPath,
+    AgingSeries,
+    CallCount,
+    Cfg,
+    ContentionRow,
+    EventKind,
+    FuncLatency,
+    FuncRole,
+    FuncsLost,
+    LocksLost,
+    MemslotRange,
+    PerGfnCounts,
+    SpteCount,
+    SpteCounts,
+    SpteLost,
+    TaskClass,
+    TaskCount,
+    TraceResult,
+    TraceTarget,
+    TraceWindow,
+    WaiterClass,
+)
+
+MAX_RANGES = 8  # -DMAX_RANGES: memslots per VM we filter on
+DEFAULT_PER_GFN_CAP = 1 << 21  # 8 GiB of 4 KiB pages
+NR_SLOTS = 64
+U64_MAX = (1 << 64) - 1
+EDGE_MARGIN_NS = 20_000_000  # window edges are set this far ahead, then awaited
+
+
+@dataclass
+class TracerOptions:
+    bucket_ns: int = 100_000_000
+    max_duration_s: float = 3600.0  # time series length; later events count as lost
+    per_gfn_cap: int = DEFAULT_PER_GFN_CAP
+
+
+class Tracer:
+    """BPF programs of one :class:`TracePlan` attached to one VM."""
+
+    def __init__(self, plan: TracePlan, target: TraceTarget, options: TracerOptions | None = None,
+                 headers: Headers | None = None):
+        if not target.memslots:
+            raise UsageError("nothing to trace: the VM has no data memslots", "add a memslot before tracing")
+        if len(target.memslots) > MAX_RANGES:
+            raise UsageError(f"{len(target.memslots)} memslots exceed the tracer's {MAX_RANGES}",
+                             f"use at most {MAX_RANGES} data memslots")
+        self.plan = plan
+        self.target = target
+        self.options = options or TracerOptions()
+        self._headers = headers
+        self._programs: dict[str, LoadedProgram] = {}
+        self._mmaps: list[mmap.mmap] = []
+        self._func_ids: dict[str, int] = {}
+        self._cleanup: cleanup.Handle | None = None
+        self.window: TraceWindow | None = None
+        self._final: TraceResult | None = None
+        self.notes: list[str] = list(plan.offer.notes)
+        self.nr_pages = min(target.guest_pages, self.options.per_gfn_cap)
+        self.nr_buckets = max(1, math.ceil(self.options.max_duration_s * 1e9 / self.options.bucket_ns))
+        if target.guest_pages > self.nr_pages:
+            self.notes.append(f"per-gfn counts cover the first {self.nr_pages} of {target.guest_pages} guest pages")
+
+    # lifecycle
+
+    def __enter__(self) -> Tracer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.window is not None and self.window.end_ns is None
+
+    def start(self) -> TraceWindow:
+        """Compile and attach every planned program, then open the common window."""
+        if self.window is not None:
+            raise UsageError("this tracer was already started", "create a new Tracer for a new window")
+        self._cleanup = cleanup.register("detach kvmctl BPF programs", self._detach)
+        try:
+            headers = self._headers or find_headers()
+            for name in sorted(self.plan.programs()):
+                prog = load_program(name, self._cflags(name), headers)
+                self._programs[name] = prog
+                self._configure(prog)
+            for note in {n for p in self._programs.values() for n in p.notes}:
+                self.notes.append(note)
+            if "funcs.c" in self._programs:
+                self._attach_functions(self._programs["funcs.c"])
+            start_ns = self._set_edge(Cfg.START_NS)
+            self._write_all(Cfg.END_NS, U64_MAX)
+            self.window = TraceWindow(start_ns)
+            self._await(start_ns)
+        except BaseException:
+            self.stop()
+            raise
+        return self.window
+
+    def stop(self) -> None:
+        """Close the window, keep the final figures, detach everything. Idempotent."""
+        try:
+            if self.running:
+                end_ns = self._set_edge(Cfg.END_NS)
+                self._await(end_ns)
+                self.window.end_ns = end_ns
+                self._final = self._read()
+        finally:
+            if self._cleanup is not None:
+                handle, self._cleanup = self._cleanup, None
+                handle.release()
+
+    def add_ager_tid(self, tid: int) -> None:
+        """Count a thread as one of our agers from now on (it may start after the tracer)."""
+        self.target.ager_tids.add(tid)
+        for prog in self._programs.values():
+            table = _table(prog, "ager_tids")
+            if table is not None:
+                table[ctypes.c_uint32(tid)] = ctypes.c_uint8(1)
+
+    def snapshot(self) -> TraceResult:
+        """The figures so far; the window stays open."""
+        if not self.running:
+            raise UsageError("snapshot() needs a running tracer", "call start() first, or collect() after stop()")
+        return self._read()
+
+    def collect(self) -> TraceResult:
+        """Final figures of a stopped tracer (stops it if still running)."""
+        if self.window is None:
+            raise UsageError("the tracer never started", "call start() before collect()")
+        self.stop()
+        if self._final is None:
+            raise KvmctlError("the tracer stopped before its maps were read", "see the error that stopped it")
+        return self._final
+
+    # setup
+
+    def _cflags(self, name: str) -> list[str]:
+        flags = [f"-DMAX_RANGES={MAX_RANGES}"]
+        if name in ("aging.c", "spte.c"):
+            flags.append(f"-DNR_PAGES={max(1, self.nr_pages)}")
+        if name == "aging.c":
+            flags += [f"-DBUCKET_NS={self.options.bucket_ns}ULL", f"-DNR_BUCKETS={self.nr_buckets}"]
+        if name == "spte.c" and "aging.bits_cleared" in self.plan.points:
+            flags += ["-DWITH_TDP_SPTE_CHANGED", f"-DACCESSED_MASK={self.plan.accessed_mask:#x}ULL"]
+        return flags
+
+    def _configure(self, prog: LoadedProgram) -> None:
+        config = _table(prog, "config")
+        config[ctypes.c_int(Cfg.VM_TGID)] = ctypes.c_uint64(self.target.vm_tgid)
+        ranges = _table(prog, "ranges")
+        if ranges is not None:
+            for i, (m, base) in enumerate(zip(self.target.memslots, self.target.index_bases(), strict=True)):
+                leaf = ranges.Leaf(m.hva_start, m.hva_end, m.gfn_start, base)
+                ranges[ctypes.c_int(i)] = leaf
+        config[ctypes.c_int(Cfg.NR_RANGES)] = ctypes.c_uint64(len(self.target.memslots))
+        agers = _table(prog, "ager_tids")
+        if agers is not None:
+            for tid in self.target.ager_tids:
+                agers[ctypes.c_uint32(tid)] = ctypes.c_uint8(1)
+
+    def _attach_functions(self, prog: LoadedProgram) -> None:
+        roles = _table(prog, "fn_role")
+        for i, (symbol, role) in enumerate(self.plan.functions.items()):
+            roles[ctypes.c_int(i)] = ctypes.c_uint32(role)
+            try:
+                prog.bpf.attach_kprobe(event=symbol.encode(), fn_name=f"enter_{i}".encode())
+                prog.bpf.attach_kretprobe(event=symbol.encode(), fn_name=f"leave_{i}".encode())
+            except Exception as err:  # BCC raises bare Exception
+                raise UnsupportedError(f"cannot attach a kprobe to {symbol}: {err}",
+                                       "check 'kvmctl info' for kprobe support on this kernel") from None
+            self._func_ids[symbol] = i
+
+    def _write_all(self, which: Cfg, value: int) -> None:
+        for prog in self._programs.values():
+            _table(prog, "config")[ctypes.c_int(which)] = ctypes.c_uint64(value)
+
+    def _set_edge(self, which: Cfg) -> int:
+        edge = time.monotonic_ns() + EDGE_MARGIN_NS
+        self._write_all(which, edge)
+        late = time.monotonic_ns() - edge
+        if late > 0:
+            self.notes.append(f"window {which.name.lower()} was written {late} ns after it passed: "
+                              "programs may disagree by that much at this edge")
+        return edge
+
+    @staticmethod
+    def _await(edge_ns: int) -> None:
+        while (left := edge_ns - time.monotonic_ns()) > 0:
+            time.sleep(left / 1e9)
+
+    def _detach(self) -> None:
+        for m in self._mmaps:
+            m.close()
+        self._mmaps.clear()
+        programs, self._programs = self._programs, {}
+        for prog in programs.values():
+            prog.bpf.cleanup()
+
+    # reading
+
+    def _mapped(self, prog: LoadedProgram, name: str, dtype, count: int) -> np.ndarray:
+        """A copy of an mmap()able BPF array (BPF_F_MMAPABLE) of ``count`` elements."""
+        table = _table(prog, name)
+        dtype = np.dtype(dtype)
+        length = -(-count * dtype.itemsize // mmap.PAGESIZE) * mmap.PAGESIZE
+        mm = mmap.mmap(table.map_fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            return np.frombuffer(mm, dtype=dtype, count=count).copy()
+        finally:
+            mm.close()
+
+    def _read(self) -> TraceResult:
+        window = TraceWindow(self.window.start_ns, self.window.end_ns)
+        result = TraceResult(window, dict(self.plan.chosen), dict(self.plan.not_observable),
+                             notes=list(self.notes))
+        if (prog := self._programs.get("aging.c")) is not None:
+            self._read_aging(prog, result)
+        if (prog := self._programs.get("spte.c")) is not None:
+            self._read_spte(prog, result)
+        if (prog := self._programs.get("locks.c")) is not None:
+            self._read_locks(prog, result)
+        if (prog := self._programs.get("funcs.c")) is not None:
+            self._read_funcs(prog, result)
+        return result
+
+    def _read_lost(self, prog: LoadedProgram, prefix: str, names: type, result: TraceResult) -> None:
+        table = _table(prog, "lost")
+        for item in names:
+            result.lost[f"{prefix}.{item.name.lower()}"] = int(table[ctypes.c_int(item)].value)
+
+    def _read_aging(self, prog: LoadedProgram, result: TraceResult) -> None:
+        nk, nc, window = len(EventKind), len(TaskClass), result.window
+        totals = _table(prog, "totals")
+        by_kind_class: dict[str, dict[str, CallCount]] = {}
+        for kind in EventKind:
+            row = by_kind_class.setdefault(kind.label, {})
+            for cls in TaskClass:
+                leaf = totals[ctypes.c_int(kind * nc + cls)]
+                row[cls.label] = CallCount(int(leaf.calls), int(leaf.pages))
+        tasks = [
+            TaskCount(k.pid, k.tgid, k.comm.decode(errors="replace"), EventKind(k.kind).label, int(v.calls),
+                      int(v.pages))
+            for k, v in _table(prog, "by_task").items()
+        ]
+        tasks.sort(key=lambda t: (-t.calls, t.pid))
+        result.aging = AgingCounts(by_kind_class, tasks)
+
+        counters = self._mapped(prog, "series", np.dtype([("calls", "<u8"), ("pages", "<u8")]),
+                                self.nr_buckets * nk * nc)
+        counters = counters.reshape(self.nr_buckets, nk, nc)
+        elapsed = (window.end_ns or time.monotonic_ns()) - window.start_ns
+        used = min(self.nr_buckets, max(0, -(-elapsed // self.options.bucket_ns)))
+        result.series = AgingSeries(self.window.start_ns, self.options.bucket_ns,
+                                    counters["calls"][:used].copy(), counters["pages"][:used].copy())
+
+        per = self._mapped(prog, "per_gfn", "<u8", nk * self.nr_pages).reshape(nk, self.nr_pages)
+        result.per_gfn = PerGfnCounts(list(self.target.memslots), self.nr_pages,
+                                      {kind.label: per[kind].copy() for kind in EventKind})
+        self._read_lost(prog, "aging", AgingLost, result)
+
+    def _read_spte(self, prog: LoadedProgram, result: TraceResult) -> None:
+        counts = _table(prog, "counts")
+
+        def count(c: SpteCount) -> int:
+            return int(counts[ctypes.c_int(c)].value)
+
+        tdp = "aging.bits_cleared" in self.plan.points
+        result.spte = SpteCounts(
+            set_spte=count(SpteCount.SET_SPTE),
+            refaults=count(SpteCount.REFAULT),
+            shadow_pages_created=count(SpteCount.SP_CREATED),
+            shadow_pages_existing=count(SpteCount.SP_EXISTING),
+            spte_changed=count(SpteCount.SPTE_CHANGED) if tdp else None,
+            bits_cleared=count(SpteCount.BITS_CLEARED) if tdp else None,
+            set_levels=_nonzero(_table(prog, "set_levels")),
+            shadow_page_levels=_nonzero(_table(prog, "sp_levels")),
+            mappings_per_gfn=self._mapped(prog, "mappings", "<u8", self.nr_pages),
+            cleared_per_gfn=self._mapped(prog, "cleared", "<u8", self.nr_pages) if tdp else None,
+        )
+        self._read_lost(prog, "spte", SpteLost, result)
+
+    def _read_locks(self, prog: LoadedProgram, result: TraceResult) -> None:
+        bpf = prog.bpf
+        stack_table = _table(prog, "stacks")
+        frames_of: dict[int, list[str]] = {}
+
+        def frames(stack_id: int) -> list[str]:
+            if stack_id < 0:
+                return []
+            if stack_id not in frames_of:
+                try:
+                    addrs = list(stack_table.walk(stack_id))
+                except KeyError:
+                    addrs = []
+                frames_of[stack_id] = [bpf.ksym(a).decode(errors="replace") for a in addrs]
+            return frames_of[stack_id]
+
+        raw = [(k.stack_id, k.waiter, k.lock, int(v.flags), int(v.total_ns), int(v.max_ns), int(v.count))
+               for k, v in _table(prog, "contended").items()]
+        mmu_locks = stacks.mmu_lock_addresses((frames(sid), flags, lock) for sid, _, lock, flags, *_ in raw)
+        rows = []
+        for sid, waiter, lock, flags, total, max_ns, count in raw:
+            fr = frames(sid)
+            rows.append(ContentionRow(sid, WaiterClass(waiter).label, lock, stacks.lock_type(flags),
+                                      stacks.caller_of(fr), fr, total, max_ns, count, lock in mmu_locks))
+        rows.sort(key=lambda r: -r.total_ns)
+        result.contention = rows
+        h = _table(prog, "wait_hist")
+        result.wait_hist = {
+            w.label: hist.log2_buckets([int(h[ctypes.c_int(w * NR_SLOTS + s)].value) for s in range(NR_SLOTS)])
+            for w in WaiterClass
+        }
+        self._read_lost(prog, "locks", LocksLost, result)
+
+    def _read_funcs(self, prog: LoadedProgram, result: TraceResult) -> None:
+        stats = _table(prog, "stats")
+        h = _table(prog, "lat_hist")
+        funcs = []
+        for symbol, i in self._func_ids.items():
+            s = stats[ctypes.c_int(i)]
+            buckets = hist.log2_buckets([int(h[ctypes.c_int(i * NR_SLOTS + k)].value) for k in range(NR_SLOTS)])
+            funcs.append(FuncLatency(symbol, FuncRole(self.plan.functions[symbol]).name.lower(), int(s.calls),
+                                     int(s.nonzero), int(s.ret_sum), int(s.total_ns), int(s.max_ns), buckets))
+        result.funcs = funcs
+        paths = _table(prog, "path_counts")
+        result.paths = {
+            outer: {p.label: int(paths[ctypes.c_int(o * len(AgingPath) + p)].value) for p in AgingPath}
+            for o, outer in enumerate(("age", "test_age"))
+        }
+        self._read_lost(prog, "funcs", FuncsLost, result)
+
+
+def target_from_memslots(vm_tgid: int, memslots, ager_tids: set[int] | None = None) -> TraceTarget:
+    """TraceTarget from objects with slot, gpa, size and hva (kvmctl.kvm.Memslot, the guest layer's slots)."""
+    ranges = [MemslotRange(m.slot, m.hva, m.size, m.gpa) for m in memslots]
+    return TraceTarget(vm_tgid, ranges, set(ager_tids or ()))
+
+
+def _table(prog: LoadedProgram, name: str):
+    try:
+        return prog.bpf[name]
+    except KeyError:
+        return None
+
+
+def _nonzero(table) -> dict[int, int]:
+    return {int(k.value): int(v.value) for k, v in table.items() if v.value}

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -546,6 +547,21 @@ _DAMAGED_HINT = "the file is damaged; re-run the experiment or restore the file 
 MIGRATIONS: dict[int, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
+_NUMBER_PREFIX = re.compile(r"-?\d*\.?\d*(?:[eE][+-]?\d*)?")
+
+
+def _ends_early(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether the decode failed only because the text stops (a cut-off write)."""
+    if err.msg.startswith("Unterminated string"):  # such a string runs to the end
+        return True
+    rest = text[err.pos :].rstrip()
+    return (
+        not rest
+        or any(literal.startswith(rest) for literal in ("true", "false", "null"))
+        or _NUMBER_PREFIX.fullmatch(rest) is not None
+    )
+
+
 def parse_report_text(text: str, name: str) -> dict[str, Any]:
     """Decode, recognise and migrate a report document to the current schema."""
     if not text.strip():
@@ -553,7 +569,7 @@ def parse_report_text(text: str, name: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        if text.lstrip()[:1] in "{[" and err.pos >= len(text.rstrip()):
+        if text.lstrip()[:1] in "{[" and _ends_early(text, err):
             raise UsageError(f"report {name} is truncated (JSON ends early)", _DAMAGED_HINT) from None
         raise UsageError(
             f"report {name} is not JSON (line {err.lineno}, column {err.colno}: {err.msg})", _NOT_A_REPORT_HINT

@@ -138,11 +138,17 @@ def test_load_binary(tmp_path):
     _expect_usage(tmp_path / "r.json", "not UTF-8")
 
 
-@pytest.mark.parametrize("cut", [0.1, 0.5, 0.99])
-def test_load_truncated(tmp_path, cut):
+def test_load_truncated_file(tmp_path):
     text = model.report_json(_report())
-    (tmp_path / "r.json").write_text(text[: int(len(text) * cut)])
+    (tmp_path / "r.json").write_text(text[: len(text) // 2])
     _expect_usage(tmp_path / "r.json", "truncated")
+
+
+def test_truncated_at_every_point():
+    text = model.report_json(_report())
+    for cut in range(1, len(text) - 2):  # inside strings, numbers, literals, keys, between items
+        with pytest.raises(UsageError, match="truncated"):
+            model.parse_report_text(text[:cut], "r.json")
 
 
 def test_load_other_json(tmp_path):

@@ -104,3 +104,28 @@ def test_bad_flag_is_a_usage_error():
     proc = run_info("--bogus")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.root
+def test_works_without_root():
+    """As an unprivileged user: exit 0, no traceback, and root-only items say they need root."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    try:
+        usable = subprocess.run([*drop, sys.executable, "-c", "import kvmctl"], capture_output=True,
+                                timeout=30).returncode == 0
+    except FileNotFoundError:
+        pytest.skip("setpriv (util-linux) is not installed")
+    if not usable:
+        pytest.skip("this checkout or its venv is not readable by the user nobody")
+    proc = subprocess.run([*drop, sys.executable, "-m", "kvmctl", "info", "--json"], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["kernel"]["root"] is False
+    assert info["bpf"]["bpf_syscall"]["available"] is False
+    assert "root" in info["bpf"]["bpf_syscall"]["reason"]
+    if Path("/dev/kvm").exists():
+        # nobody with no groups can use /dev/kvm only through its "other" permission bits
+        others_rw = os.stat("/dev/kvm").st_mode & 0o006 == 0o006
+        assert info["kvm"]["device"]["available"] is others_rw

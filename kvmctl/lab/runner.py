@@ -27,7 +27,7 @@ from kvmctl.lab.inside import FACTS_FILE, READY_MARKER
 from kvmctl.lab.kernel import KernelSource, LabKernel
 
 # qemu64 plus the two features the lab exists for; TCG implements both.
-LAB_CPU = "qemu64,+svm,+npt"
+LAB_CPU = "max,+svm,+npt"
 _KILL_GRACE_S = 3.0
 
 

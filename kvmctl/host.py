@@ -6,11 +6,13 @@ one-line ``reason`` and a ``remedy``, plus the ``source`` it was read from.
 Other modules reach kernel features only through these items, so "why is this
 missing" always has a one-line answer, and tests skip with it.
 
-The probe only reads, with three exceptions that leave the host as it was:
-a throwaway VM (closed again), BPF programs that are loaded, attached and
-closed at once (closing the fds detaches them), and mounting tracefs when it
-is absent (left mounted: BCC needs it, and it changes nothing else). Under
-``/sys/kernel/mm/damon`` it reads the state of kdamonds and never writes.
+The probe only reads, with these exceptions, all but the last leaving the
+host as it was: a throwaway VM (closed again); BPF programs that are loaded,
+attached and closed at once (closing the fds detaches them), BCC's in a child
+process bounded in time; securityfs mounted in a private mount namespace to
+read the lockdown mode; and tracefs mounted when absent (left mounted: BCC
+needs it, and it changes nothing else). Under ``/sys/kernel/mm/damon`` it
+reads the state of kdamonds and never writes.
 """
 
 from __future__ import annotations

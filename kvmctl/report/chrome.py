@@ -16,7 +16,7 @@ from kvmctl.report.model import Report
 
 PID = 1
 TID_KVMCTL = 1
-TID_VCPU_BASE = 100  # vCPU n -> tid 100 + n
+TID_VCPU_BASE = 100  # vCPU n -> tid 100 + n; rows for all vCPUs (vcpu -1) -> 99
 TID_AGER_BASE = 1000  # ager tracks in order of first appearance
 
 
@@ -60,7 +60,8 @@ def chrome_trace(report: Report) -> dict[str, Any]:
             continue
         tid = TID_VCPU_BASE + e.vcpu
         if e.vcpu not in vcpus_named:
-            events += _meta("thread_name", tid, f"vCPU {e.vcpu}", tid)
+            name = f"vCPU {e.vcpu}" if e.vcpu >= 0 else "guest (all vCPUs)"
+            events += _meta("thread_name", tid, name, tid)
             vcpus_named.add(e.vcpu)
         events.append({
             "ph": "X", "pid": PID, "tid": tid, "name": f"epoch {e.epoch}", "cat": "epoch",

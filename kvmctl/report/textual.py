@@ -7,6 +7,7 @@ follows ``perf lock contention``, so reviewers read them without a legend.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import textwrap
 from collections import defaultdict
@@ -79,12 +80,15 @@ def _stars(val: int, val_max: int, width: int) -> str:
     return text
 
 
+_UNIT_WORDS = {"ns": "nsecs", "nsecs": "nsecs", "us": "usecs", "usecs": "usecs", "pages": "pages", "bytes": "bytes"}
+
+
 def hist_unit_label(name: str) -> str:
-    """'aging_latency_ns:kvm_age_gfn' -> 'nsecs' (the unit is the metric's suffix)."""
-    metric = name.split(":", 1)[0]
-    for suffix, label in (("_ns", "nsecs"), ("_us", "usecs"), ("_pages", "pages"), ("_bytes", "bytes")):
-        if metric.endswith(suffix):
-            return label
+    """The unit is a word of the histogram's name: 'lock wait ns (vcpu)',
+    'aging_latency_ns:kvm_age_gfn' -> 'nsecs' (BCC's label)."""
+    for word in re.split(r"[^a-z0-9]+", name.lower()):
+        if word in _UNIT_WORDS:
+            return _UNIT_WORDS[word]
     return "value"
 
 
@@ -286,11 +290,12 @@ def _epochs(report: Report) -> list[str]:
         for e in chunk:
             rows = by_epoch[e]
             patterns = sorted({r.pattern for r in rows})
+            vcpus = "all" if any(r.vcpu < 0 for r in rows) else str(len(rows))
             lines.append(
                 fmt
                 % (
                     e,
-                    len(rows),
+                    vcpus,
                     _clip(",".join(patterns), 22),
                     fmt_count(sum(r.pages_touched for r in rows)),
                     f"{max(r.guest_seconds for r in rows):.3f}",
@@ -299,7 +304,8 @@ def _epochs(report: Report) -> list[str]:
             )
         if chunk is first and skipped:
             lines.append(f"  ... {skipped} epochs omitted")
-    lines.append("  (pages summed over vCPUs; seconds of the slowest vCPU)")
+    lines.append("  (pages summed over vCPUs; seconds of the slowest vCPU; all = one row for a")
+    lines.append("   run of epochs on every vCPU, numbered from its first epoch)")
     return lines
 
 

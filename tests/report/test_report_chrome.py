@@ -61,3 +61,11 @@ def test_epochs_without_timestamps_are_counted_not_invented():
 def test_no_timestamps_at_all():
     with pytest.raises(UsageError, match="no timestamps"):
         chrome_trace(Report())
+
+
+def test_rows_for_all_vcpus_get_their_own_track():
+    r = make_report()
+    r.epochs[0].vcpu = -1
+    trace = chrome_trace(r)
+    named = {e["tid"]: e["args"]["name"] for e in _events(trace, "M") if e["name"] == "thread_name"}
+    assert named[99] == "guest (all vCPUs)"

@@ -8,8 +8,8 @@ import io
 import pytest
 from report_fixtures import make_report, with_repeats
 
-from kvmctl.report.model import Bucket, Report, buckets_from_bcc_slots
-from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, log2_hist_lines, render_text
+from kvmctl.report.model import Bucket, EpochRow, Report, buckets_from_bcc_slots
+from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, hist_unit_label, log2_hist_lines, render_text
 
 
 def _incomplete() -> Report:
@@ -78,3 +78,19 @@ def test_perf_time_format_and_order():
     assert lines[0].split() == ["contended", "total", "wait", "max", "wait", "avg", "wait", "type", "caller"]
     assert lines[2].split()[0] == "19"  # largest total wait first, like perf
     assert "rwlock:W*" in lines[3]
+
+
+@pytest.mark.parametrize(
+    "name, label",
+    [("aging_latency_ns:kvm_age_hva", "nsecs"), ("lock wait ns (vcpu)", "nsecs"), ("kvm_age_gfn latency ns", "nsecs"),
+     ("scan_us", "usecs"), ("range pages", "pages"), ("young results", "value")],
+)
+def test_hist_unit_from_name(name, label):
+    assert hist_unit_label(name) == label
+
+
+def test_epoch_rows_for_all_vcpus():
+    r = make_report()
+    r.epochs = [EpochRow(3, -1, "hotcold:0.25 x40", 1_802_240, 7.5, 7.6, 1, 2)]
+    text = render_text(r)
+    assert "    3   all hotcold:0.25 x40" in text

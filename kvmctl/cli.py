@@ -12,7 +12,7 @@ import importlib
 import signal
 import sys
 
-from kvmctl import __version__
+from kvmctl import __version__, cleanup
 from kvmctl.errors import ExitCode, Interrupted, KvmctlError
 
 # name -> (module, one-line help)
@@ -66,3 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(err.exit_code)
     except BrokenPipeError:
         return int(ExitCode.OK)
+    finally:
+        # Undo every host change still registered (cgroups, limits, BPF), on
+        # every exit path; a second signal during this must not cut it short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for failure in cleanup.run_all():
+            print(f"kvmctl: warning: cleanup of {failure}", file=sys.stderr)

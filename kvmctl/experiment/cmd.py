@@ -1,0 +1,119 @@
+"""`kvmctl experiment`: VM + ager passes + probes -> a versioned JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from kvmctl import cleanup
+from kvmctl.errors import KvmctlError
+from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
+
+_FLAG_KEYS = ("mem", "vcpus", "backing", "backing_path", "memslots", "guest_page", "share", "pattern", "access",
+              "seed", "ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout", "repeat")
+
+
+def set_argparser(parser: argparse.ArgumentParser) -> None:
+    d = ExperimentSpec()
+    parser.add_argument("--spec", metavar="TOML", help="read the experiment from a TOML file (flags override it)")
+    g = parser.add_argument_group("guest")
+    g.add_argument("--mem", help=f"guest data memory (default {d.mem})")
+    g.add_argument("--vcpus", type=int, help=f"vCPUs (default {d.vcpus})")
+    g.add_argument("--backing", help=f"anon|file|memfd|thp|hugetlb|hugetlb1g (default {d.backing})")
+    g.add_argument("--backing-path", help="file backing: this file instead of an unlinked temporary one")
+    g.add_argument("--memslots", type=int, help=f"data memslots (default {d.memslots})")
+    g.add_argument("--guest-page", help=f"4K or 2M guest page-table leaves (default {d.guest_page})")
+    g.add_argument("--share", action="store_true", default=None, help="vCPUs share the whole memory")
+    g.add_argument("--pattern", help=f"touch pattern (default {d.pattern})")
+    g.add_argument("--access", choices=("read", "write"), help=f"(default {d.access})")
+    g.add_argument("--seed", type=int, help="random pattern seed")
+    g.add_argument("--no-populate", dest="populate", action="store_false", default=None,
+                   help="skip the initial seq write + fsync that makes every page resident and clean")
+    a = parser.add_argument_group("aging")
+    a.add_argument("--ager", help=f"memcg|mglru|page_idle|damon|passive (default {d.ager})")
+    a.add_argument("--ager-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="ager option, e.g. squeeze=0.5, squeeze_guest=0.5, target_bytes=..., steps=8")
+    a.add_argument("--squeeze", type=float, help="memcg: reclaim this fraction of the guest's size each pass")
+    a.add_argument("--passes", type=int, help=f"ager passes (default {d.passes})")
+    a.add_argument("--mode", choices=("concurrent", "between"),
+                   help=f"passes run while the guest touches memory, or between epochs (default {d.mode})")
+    a.add_argument("--epochs-per-pass", type=int, help="--mode between: epochs before each pass")
+    a.add_argument("--settle", help=f"--mode concurrent: guest runs this long before each pass (default {d.settle})")
+    t = parser.add_argument_group("tracing and output")
+    t.add_argument("--no-trace", dest="trace", action="store_false", default=None, help="attach no BPF programs")
+    t.add_argument("--interval", help=f"aging time-series bucket (default {d.interval})")
+    t.add_argument("--epoch-timeout", help=f"watchdog per guest epoch (default {d.epoch_timeout})")
+    t.add_argument("--repeat", type=int, help="run the experiment N times; the report carries every run's figures")
+    t.add_argument("--output", "-o", default="report.json", help="report file (default report.json)")
+    t.add_argument("--json", action="store_true", help="print the report JSON instead of the text summary")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
+
+
+def spec_from_args(args) -> ExperimentSpec:
+    spec = ExperimentSpec.from_toml(args.spec) if args.spec else ExperimentSpec()
+    for key in _FLAG_KEYS + ("populate", "trace"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(spec, key, value)
+    if args.ager and not args.spec and args.ager != "memcg":
+        spec.ager_options = {}
+    if args.ager_opt:
+        spec.ager_options = {**spec.ager_options, **parse_ager_options(args.ager_opt)}
+    if args.squeeze is not None:
+        spec.ager_options = {k: v for k, v in spec.ager_options.items() if not k.startswith("squeeze")}
+        spec.ager_options["squeeze_guest"] = args.squeeze
+    spec.validate()
+    return spec
+
+
+def _progress(quiet: bool):
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def main(args) -> int:
+    from kvmctl.experiment.runner import Experiment
+    from kvmctl.report.model import headline_figures, write_report
+    from kvmctl.report.textual import render_text
+
+    spec = spec_from_args(args)
+    progress = _progress(args.quiet)
+    runs = []
+    error: BaseException | None = None
+    for i in range(spec.repeat):
+        if spec.repeat > 1:
+            progress(f"repeat {i + 1}/{spec.repeat}")
+        exp = Experiment(spec, command_line=["kvmctl", *sys.argv[1:]], progress=progress)
+        try:
+            exp.run()
+        except BaseException as err:  # the partial report is still written below
+            error = err
+        finally:
+            cleanup.run_all()  # nothing of this run outlives it, whatever happened
+        runs.append(exp.report)
+        if error:
+            break
+    report = runs[-1]
+    if spec.repeat > 1:
+        report.repeats = [headline_figures(r) for r in runs]
+    path = write_report(report, args.output)
+    if args.json:
+        import json
+
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    elif error is None:
+        sys.stdout.write(render_text(report))
+    progress(f"report written to {path}" + ("" if report.complete else " (incomplete)"))
+    if error:
+        raise error
+    return 0
+
+
+__all__ = ["main", "set_argparser", "KvmctlError"]

@@ -1,0 +1,67 @@
+"""The fallback verdict: did this VM's aging take the TDP path or the rmap path?
+
+Evidence, strongest first: which aging function ran (function probes), the
+shadow pages KVM created for the VM (kvmmmu:kvm_mmu_get_page), the VM's
+binary stats and the host's MMU mode. On a host without a TDP MMU every
+aging call takes the rmap path by construction; the verdict says so and
+names the observations that confirm the VM ran on shadow pages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvmctl.report.model import Verdict
+
+
+@dataclass
+class FallbackInputs:
+    host_mmu: str  # "tdp" or "shadow"
+    path_calls: dict[str, int] | None = None  # "tdp"/"rmap" -> aging calls seen by function probes
+    shadow_pages_created: int | None = None  # kvm_mmu_get_page events for this VM
+    vm_stats: dict = field(default_factory=dict)
+    nested_shadow_pages: int | None = None  # shadow pages for a nested guest's roots (lab)
+
+
+@dataclass
+class FallbackResult:
+    verdict: Verdict
+    tdp_share: float | None
+    rmap_share: float | None
+    evidence: list[str]
+    rmap_share_reason: str | None = None
+
+
+def decide(inp: FallbackInputs) -> FallbackResult:
+    ev: list[str] = []
+    stats = inp.vm_stats
+    for key in ("pages_4k", "pages_2m", "mmu_cache_miss", "mmu_shadow_zapped", "max_mmu_rmap_size"):
+        if key in stats:
+            ev.append(f"VM stat {key}={stats[key]}")
+    if inp.shadow_pages_created is not None:
+        ev.append(f"kvmmmu:kvm_mmu_get_page fired {inp.shadow_pages_created} times for this VM")
+    paths = inp.path_calls or {}
+    total = sum(paths.values())
+    if total:
+        tdp, rmap = paths.get("tdp", 0), paths.get("rmap", 0)
+        ev.append(f"function probes: {tdp} aging calls on the TDP path, {rmap} on the rmap path")
+        tdp_share, rmap_share = tdp / total, rmap / total
+        if rmap and inp.host_mmu == "tdp":
+            verdict = Verdict.RMAP_NESTED
+            ev.append("the TDP MMU is on, yet aging walked rmaps: shadow roots exist (a nested guest ran)")
+        elif inp.host_mmu == "shadow" or (rmap and not tdp):
+            verdict = Verdict.RMAP_SHADOW
+        else:
+            verdict = Verdict.TDP
+        return FallbackResult(verdict, tdp_share, rmap_share, ev)
+    if inp.host_mmu == "shadow":
+        ev.insert(0, "host has no TDP MMU (tdp_mmu=N / no EPT or NPT): kvm_tdp_mmu_age_gfn_range never runs and "
+                     "every aging call walks the rmaps")
+        return FallbackResult(Verdict.RMAP_SHADOW, 0.0, 1.0, ev,
+                              "inferred from the MMU mode (no function probes here); the shadow-page evidence "
+                              "confirms the VM ran on the shadow MMU")
+    if inp.nested_shadow_pages:
+        ev.append(f"{inp.nested_shadow_pages} shadow pages for nested roots")
+        return FallbackResult(Verdict.RMAP_NESTED, None, None, ev, "no function probes: per-call path not observable")
+    return FallbackResult(Verdict.TDP, None, None, ev,
+                          "no function probes: the share of calls per path is not observable on this host")

@@ -1,0 +1,364 @@
+"""Orchestration of one experiment: VM child, probes, ager passes, scoring.
+
+    populate (seq write + fsync) -> [touch phase + ager pass] x passes
+    -> final touch phase (re-faults of the last pass) -> report
+
+Every host change (cgroup, BPF programs, limits) is registered with
+:mod:`kvmctl.cleanup` the moment it is made, so Ctrl-C or an error at any
+point undoes it; a report cut short is still written, marked incomplete.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvmctl import cleanup
+from kvmctl.agers import get_ager
+from kvmctl.agers.base import AgerContext, MemslotRef, PassRecord
+from kvmctl.agers.residency import resident_pages
+from kvmctl.cgroup import ExperimentCgroup
+from kvmctl.errors import GuestError, Interrupted, KvmctlError
+from kvmctl.experiment.fallback import FallbackInputs, decide
+from kvmctl.experiment.scoring import refaults, residency_score, young_score
+from kvmctl.experiment.spec import ExperimentSpec
+from kvmctl.experiment.vmproc import VmProcess
+from kvmctl.guest.patterns import Pattern, Region, epoch_touched
+from kvmctl.report import model as rm
+from kvmctl.units import parse_duration
+
+PAGE = 4096
+
+
+@dataclass
+class Phase:
+    """A stretch of guest epochs and the pages it touched (ground truth)."""
+
+    first_epoch: int
+    last_epoch: int
+    epochs: int
+    touches: int
+    guest_seconds: float
+    start_ns: int
+    end_ns: int
+    touched: np.ndarray  # bool per data page
+    touch_counts: np.ndarray  # epochs that touched each page
+
+
+@dataclass
+class ExperimentState:
+    """What the run has learned so far; becomes the report, also when cut short."""
+
+    report: rm.Report
+    phases: list[Phase] = field(default_factory=list)
+    records: list[PassRecord] = field(default_factory=list)
+
+
+class Experiment:
+    def __init__(self, spec: ExperimentSpec, command_line: list[str] | None = None, progress=None):
+        spec.validate()
+        self.spec = spec
+        self.pattern = Pattern.parse(spec.pattern)
+        self.write = spec.access == "write"
+        self.progress = progress or (lambda msg: None)
+        self.report = rm.Report(command_line=list(command_line or []), spec=spec.to_dict())
+        self.state = ExperimentState(self.report)
+        self.vm: VmProcess | None = None
+        self.tracer = None
+        self.regions: list[Region] = []
+        self.total_pages = 0
+
+    # ------------------------------------------------------------------
+    def run(self) -> rm.Report:
+        """Run to the end; on any exception the partial report is kept in ``self.report``."""
+        spec, report = self.spec, self.report
+        try:
+            self._host_facts()
+            ager = get_ager(spec.ager)
+            ager.availability().require(spec.ager)
+            cgroup = ExperimentCgroup.create(f"exp{int(time.time() * 1000) % 10**8}")
+            self.vm = VmProcess()
+            vm_handle = cleanup.register(f"stop VM process {self.vm.pid}", self.vm.close)
+            cgroup.add_pid(self.vm.pid)
+            self.progress("building the VM")
+            info = self.vm.build(spec.machine_spec(), None, parse_duration(spec.epoch_timeout))
+            self._memslots(info)
+            if spec.trace:
+                self._start_tracer(info)
+            else:
+                self._not_traced("tracing disabled (--no-trace)")
+            if spec.populate:
+                self.progress("populating guest memory")
+                self._phase_between(Pattern.parse("seq"), write=True, epochs=1)
+                self.vm.call("sync_memory")
+            ctx = AgerContext(cgroup, self.vm.pid, self._memslot_refs(), options=self._ager_options(cgroup))
+            ager.prepare(ctx)
+            resident_prev = self._residency()
+            evicted_prev: np.ndarray | None = None
+            for p in range(spec.passes):
+                self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode})")
+                phase, record, before, after = self._pass(ager, p)
+                self.state.records.append(record)
+                row = self._score_pass(p, record, phase, before, after, evicted_prev)
+                report.passes.append(row)
+                evicted_prev = None if before is None else before & ~after
+                resident_prev = after
+            self.progress("final touch phase (re-faults of the last pass)")
+            final = self._touch_phase()
+            if evicted_prev is not None and report.passes:
+                report.passes[-1].refaults = refaults(evicted_prev, final.touched)
+            ager.restore()
+            del resident_prev
+            self._finish_trace()
+            report.vm_stats = self.vm.call("stats")
+            self._ground_truth()
+            self._fallback()
+            report.complete = True
+            vm_handle.release()
+            cgroup.remove()
+        except GuestError as err:
+            report.guest_fault = rm.GuestFault(err.message, getattr(err, "registers", {}))
+            report.incomplete_reason = err.one_line()
+            raise
+        except (KvmctlError, Interrupted) as err:
+            report.incomplete_reason = err.one_line()
+            raise
+        except BaseException as err:
+            report.incomplete_reason = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            self._finish_trace()
+            for name in rm.REQUIRED_FIGURES:
+                if rm.get_figure(report, name) is None and report.reason_for(name) == "no reason recorded":
+                    report.probes.not_observable.setdefault(
+                        name, "the run was cut short first" if not report.complete else "not measured")
+        return report
+
+    # --- host and VM facts ------------------------------------------------
+    def _host_facts(self) -> None:
+        from kvmctl.host import probe_host
+
+        caps = probe_host()
+        h = self.report.host
+        h.kernel_release = platform.release()
+        h.machine = platform.machine()
+        h.kvm_module = caps.kvm.module.value if caps.kvm.module else None
+        h.mmu = rm.Mmu.TDP if caps.mmu.value == "tdp" else rm.Mmu.SHADOW
+        h.tdp_mmu = bool(caps.paging.tdp_mmu)
+        h.lockless_aging = caps.paging.lockless_aging.value if caps.paging.lockless_aging.available else None
+        h.cpus = os.cpu_count()
+        h.memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.caps = caps
+
+    def _memslots(self, info: dict) -> None:
+        self.total_pages = info["total_pages"]
+        self.regions = [Region(**r) for r in info["regions"]]
+        for m in info["memslots"]:
+            self.report.memslots.append(rm.Memslot(
+                slot=m["slot"], gpa_start=m["gpa_start"], gpa_end=m["gpa_end"], hva_start=m["hva_start"],
+                hva_end=m["hva_end"], size=m["size"], backing=m["backing"], path=m["backing_path"]))
+
+    def _memslot_refs(self) -> list[MemslotRef]:
+        return [MemslotRef(m.slot, m.hva_start, m.size, m.gpa_start, self.vm.backing_path(i))
+                for i, m in enumerate(self.report.memslots)]
+
+    def _ager_options(self, cgroup: ExperimentCgroup) -> dict:
+        opts = dict(self.spec.ager_options)
+        if "squeeze_guest" in opts:  # take this fraction of the guest's size away from the cgroup's usage
+            frac = float(opts.pop("squeeze_guest"))
+            opts["target_bytes"] = max(PAGE, cgroup.usage_bytes() - int(frac * self.total_pages * PAGE))
+        return opts
+
+    # --- touching ---------------------------------------------------------
+    def _phase_from(self, pattern: Pattern, first: int, last: int, summary: dict) -> Phase:
+        counts = np.zeros(self.total_pages, dtype=np.int32)
+        distinct_epochs = last - first + 1
+        if pattern.kind.name == "RANDOM" or pattern.cold_every:
+            for e in range(first, last + 1):  # each epoch differs
+                counts += epoch_touched(pattern, self.regions, self.total_pages, e, summary.get("seed", 0))
+        elif distinct_epochs > 0:
+            counts += epoch_touched(pattern, self.regions, self.total_pages, first, 0).astype(np.int32) * \
+                distinct_epochs
+        return Phase(first, last, distinct_epochs, summary["touches"], summary["guest_seconds"],
+                     summary["start_ns"], summary["end_ns"], counts > 0, counts)
+
+    def _phase_between(self, pattern: Pattern, write: bool, epochs: int) -> Phase:
+        results = [self.vm.epoch(str(pattern), write, self.spec.seed) for _ in range(epochs)]
+        for r in results:
+            for v in r["vcpus"]:
+                self.report.epochs.append(rm.EpochRow(r["epoch"], v["vcpu"], r["pattern"], v["touched"],
+                                                      v["guest_seconds"], r["wall_seconds"], r["start_ns"],
+                                                      r["end_ns"]))
+        summary = {"touches": sum(v["touched"] for r in results for v in r["vcpus"]),
+                   "guest_seconds": sum(max(v["guest_seconds"] for v in r["vcpus"]) for r in results),
+                   "start_ns": results[0]["start_ns"], "end_ns": results[-1]["end_ns"], "seed": self.spec.seed}
+        phase = self._phase_from(pattern, results[0]["epoch"], results[-1]["epoch"], summary)
+        self.state.phases.append(phase)
+        return phase
+
+    def _loop(self, during) -> tuple[Phase, object]:
+        """Guest epochs back to back while ``during()`` runs in this thread."""
+        self.vm.loop_start(str(self.pattern), self.write, self.spec.seed)
+        try:
+            time.sleep(parse_duration(self.spec.settle))
+            result = during()
+        finally:
+            summary = self.vm.loop_stop()
+        if not summary["epochs"]:
+            raise GuestError("the guest ran no epoch during the pass", "raise --settle or check the payload")
+        phase = self._phase_from(self.pattern, summary["first"], summary["last"], summary)
+        self.report.epochs.append(rm.EpochRow(summary["first"], -1, f"{summary['pattern']} x{summary['epochs']}",
+                                              summary["touches"], summary["guest_seconds"],
+                                              (summary["end_ns"] - summary["start_ns"]) / 1e9,
+                                              summary["start_ns"], summary["end_ns"]))
+        self.state.phases.append(phase)
+        return phase, result
+
+    def _touch_phase(self) -> Phase:
+        if self.spec.mode == "between":
+            return self._phase_between(self.pattern, self.write, self.spec.epochs_per_pass)
+        phase, _ = self._loop(lambda: None)
+        return phase
+
+    def _pass(self, ager, index: int):
+        """One ager pass with residency before and after; returns (phase, record, before, after)."""
+        def run_pass():
+            before = self._residency()
+            snap = self._snapshot()
+            record = ager.run_pass(index)
+            after = self._residency()
+            return record, before, after, snap, self._snapshot()
+
+        if self.spec.mode == "between":
+            phase = self._phase_between(self.pattern, self.write, self.spec.epochs_per_pass)
+            record, before, after, s0, s1 = run_pass()
+        else:
+            phase, (record, before, after, s0, s1) = self._loop(run_pass)
+        self._pass_aging = (s0, s1)
+        return phase, record, before, after
+
+    # --- residency --------------------------------------------------------
+    def _residency(self) -> np.ndarray | None:
+        """Page-cache residency of every data page (mincore on the backing file)."""
+        parts = []
+        for i, m in enumerate(self.report.memslots):
+            path = self.vm.backing_path(i)
+            if m.backing not in ("file", "memfd") or path is None:
+                return None
+            parts.append(resident_pages(path, 0, m.size))
+        return np.concatenate(parts) if parts else None
+
+    # --- tracing ----------------------------------------------------------
+    def _start_tracer(self, info: dict) -> None:
+        from kvmctl.experiment.tracing import ExperimentTracer
+
+        self.progress("compiling and attaching BPF programs")
+        self.tracer = ExperimentTracer(info["pid"], self.report.memslots, {threading.get_native_id()},
+                                       int(parse_duration(self.spec.interval) * 1e9))
+        self.report.probes.chosen.update(self.tracer.chosen)
+        self.report.probes.not_observable.update(self.tracer.not_observable)
+        self.report.trace_window.start_ns = self.tracer.window_start_ns
+        h = self.tracer.headers
+        self.report.host.headers = rm.Headers.EXACT if h.exact else rm.Headers.MISMATCHED
+        self.report.host.headers_version = h.release
+        if h.note():
+            self.report.notes.append(h.note())
+
+    def _not_traced(self, reason: str) -> None:
+        self.report.host.headers = rm.Headers.NONE
+        for figure in ("aging.calls", "aging.pages", "aging.background_calls", "aging.bits_cleared",
+                       "contention.mmu_lock_wait_ns", "lost_events", "trace_window.start_ns",
+                       "trace_window.end_ns"):
+            self.report.probes.not_observable[figure] = reason
+
+    def _snapshot(self):
+        return self.tracer.aging_totals() if self.tracer else None
+
+    def _finish_trace(self) -> None:
+        if self.tracer is None:
+            return
+        tracer, self.tracer = self.tracer, None
+        try:
+            touched = sum((p.touch_counts for p in self.state.phases), np.zeros(self.total_pages, np.int64))
+            res = tracer.fill_report(self.report, touched)
+            if res.spte is not None:
+                self._shadow_pages = res.spte.shadow_pages_created
+                self.report.notes.append(
+                    f"kvmmmu:kvm_mmu_set_spte: {res.spte.set_spte} mappings of this VM's data pages, "
+                    f"{res.spte.refaults} of them re-mappings of a page mapped before (re-faults)")
+            if res.paths and sum(res.paths.get("age", {}).values()):
+                age = res.paths["age"]
+                self._paths = {"tdp": age.get("tdp", 0) + age.get("both", 0),
+                               "rmap": age.get("rmap", 0) + age.get("both", 0)}
+        finally:
+            tracer.stop()
+
+    # --- scoring ----------------------------------------------------------
+    def _score_pass(self, p: int, record: PassRecord, phase: Phase, before, after, evicted_prev) -> rm.PassRow:
+        row = rm.PassRow(pass_no=p, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns)
+        if before is not None and after is not None:
+            score = residency_score(before, after, phase.touched)
+            row.hot_resident_fraction = score.hot_resident_fraction
+            row.cold_resident_fraction = score.cold_resident_fraction
+            row.evicted_pages = score.evicted_pages
+            self._scores = getattr(self, "_scores", []) + [score]
+        if evicted_prev is not None:
+            row.refaults = refaults(evicted_prev, phase.touched)
+        if record.idle is not None:
+            ys = young_score(record.idle, record.observed, phase.touched)
+            self._young = getattr(self, "_young", []) + [ys]
+        s0, s1 = self._pass_aging
+        if s0 is not None and s1 is not None:
+            row.aging_calls = s1["calls"] - s0["calls"]
+            row.aging_pages = s1["pages"] - s0["pages"]
+            row.background_calls = s1["background_calls"] - s0["background_calls"]
+        for note in record.notes + record.errors:
+            self.report.notes.append(f"pass {p}: {note}")
+        return row
+
+    def _ground_truth(self) -> None:
+        gt, report = self.report.ground_truth, self.report
+        scores = getattr(self, "_scores", [])
+        if scores:
+            last = scores[-1]
+            gt.hot_pages, gt.cold_pages = last.hot_pages, last.cold_pages
+            gt.hot_resident_fraction = last.hot_resident_fraction
+            evicted = sum(s.evicted_pages for s in scores)
+            gt.evicted_pages = evicted
+            gt.evicted_cold_fraction = sum(s.evicted_cold for s in scores) / evicted if evicted else None
+            if not evicted:
+                report.probes.not_observable["ground_truth.evicted_cold_fraction"] = \
+                    "no page was evicted by any pass (nothing to score)"
+            gt.refaults = sum(r.refaults or 0 for r in report.passes)
+            gt.scored_by = f"{self.spec.ager} (page-cache residency via mincore on the backing file)"
+        else:
+            reason = (f"{self.spec.backing} backing: page-cache residency (mincore) applies only to file and memfd "
+                      "backings; anonymous guest memory is never evicted here (no swap)")
+            for f in ("ground_truth.hot_resident_fraction", "ground_truth.evicted_cold_fraction",
+                      "ground_truth.refaults"):
+                report.probes.not_observable[f] = reason
+        young = getattr(self, "_young", [])
+        if young:
+            gt.precision, gt.recall = young[-1].precision, young[-1].recall
+        else:
+            reason = f"the {self.spec.ager} ager reports no per-page young/idle verdicts"
+            report.probes.not_observable.setdefault("ground_truth.precision", reason)
+            report.probes.not_observable.setdefault("ground_truth.recall", reason)
+
+    def _fallback(self) -> None:
+        r = self.report
+        paths = getattr(self, "_paths", None)
+        shadow = getattr(self, "_shadow_pages", None)
+        res = decide(FallbackInputs(host_mmu=r.host.mmu.value if r.host.mmu else "shadow", path_calls=paths,
+                                    shadow_pages_created=shadow, vm_stats=r.vm_stats))
+        r.fallback.verdict, r.fallback.tdp_share, r.fallback.rmap_share = res.verdict, res.tdp_share, res.rmap_share
+        r.fallback.evidence = res.evidence
+        if res.rmap_share_reason:
+            r.notes.append(f"fallback.rmap_share: {res.rmap_share_reason}")
+            if res.rmap_share is None:
+                r.probes.not_observable["fallback.rmap_share"] = res.rmap_share_reason

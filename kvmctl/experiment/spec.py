@@ -1,0 +1,131 @@
+"""What an experiment does, from flags or a TOML file.
+
+A TOML file holds the same keys as the long flags (``mem = "512M"``,
+``pattern = "hotcold:0.25"``, ``[ager] name = "memcg"`` with the ager's
+options beside it); flags given on the command line override the file.
+Defaults work on a PVM development host: file-backed memory (anonymous
+memory is never reclaimed without swap), the memcg ager, a 25 % hot set.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from kvmctl.errors import UsageError
+from kvmctl.guest.machine import MachineSpec
+from kvmctl.guest.patterns import Pattern
+from kvmctl.kvm import BackingKind
+from kvmctl.kvm.memory import HUGE_2M, PAGE_SIZE
+from kvmctl.units import parse_duration, parse_size
+
+MODES = ("concurrent", "between")
+
+
+@dataclass
+class ExperimentSpec:
+    mem: str = "512M"
+    vcpus: int = 1
+    backing: str = "file"
+    backing_path: str | None = None
+    memslots: int = 1
+    guest_page: str = "4K"
+    share: bool = False
+    pattern: str = "hotcold:0.25"
+    access: str = "read"
+    seed: int = 0
+    populate: bool = True  # a seq write epoch first, then fsync: every page resident and clean
+    ager: str = "memcg"
+    # memcg: each pass squeezes the cgroup to (usage after populate - half the guest's size)
+    ager_options: dict[str, Any] = field(default_factory=lambda: {"squeeze_guest": 0.5})
+    passes: int = 3
+    mode: str = "concurrent"  # ager passes run while the guest touches memory, or between epochs
+    epochs_per_pass: int = 1  # mode "between": epochs before each pass
+    settle: str = "1s"  # mode "concurrent": guest runs this long before each pass starts
+    interval: str = "100ms"  # aging time-series bucket
+    epoch_timeout: str = "600s"
+    trace: bool = True
+    repeat: int = 1
+
+    # --- derived and validated -------------------------------------------
+    def validate(self) -> None:
+        self.machine_spec().validate()
+        Pattern.parse(self.pattern)
+        if self.access not in ("read", "write"):
+            raise UsageError(f"access {self.access!r} is not read or write", "use --access read or --access write")
+        if self.mode not in MODES:
+            raise UsageError(f"mode {self.mode!r} is unknown", f"use one of {', '.join(MODES)}")
+        for name in ("passes", "epochs_per_pass", "repeat"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}",
+                                 f"use --{name.replace('_', '-')} 1 or more")
+        for name in ("settle", "interval", "epoch_timeout"):
+            parse_duration(getattr(self, name), name.replace("_", "-"))
+
+    def machine_spec(self) -> MachineSpec:
+        page = parse_size(self.guest_page, "--guest-page")
+        return MachineSpec(
+            mem_bytes=parse_size(self.mem, "--mem"),
+            vcpus=int(self.vcpus),
+            backing=BackingKind.parse(self.backing),
+            backing_path=self.backing_path,
+            memslots=int(self.memslots),
+            guest_page=page if page in (PAGE_SIZE, HUGE_2M) else -1,
+            shared=bool(self.share),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # --- sources ---------------------------------------------------------------
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "ExperimentSpec":
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"spec file {p} does not exist", "check the path given to --spec") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise UsageError(f"spec file {p} is not valid TOML: {err}", "fix the line it names") from None
+        return cls.from_mapping(data, str(p))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: str = "spec") -> "ExperimentSpec":
+        spec = cls()
+        known = {f.name for f in fields(cls)}
+        ager = data.pop("ager", None)
+        if isinstance(ager, dict):
+            ager = dict(ager)
+            spec.ager = str(ager.pop("name", spec.ager))
+            spec.ager_options = ager
+        elif ager is not None:
+            spec.ager = str(ager)
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise UsageError(f"{where}: unknown key {key!r}", f"known keys: {', '.join(sorted(known))}")
+            expected = type(getattr(spec, name))
+            if expected in (int, bool) and not isinstance(value, expected) or (
+                    expected is str and not isinstance(value, (str, int))):
+                raise UsageError(f"{where}: {key} = {value!r} has the wrong type", f"give a {expected.__name__}")
+            setattr(spec, name, str(value) if expected is str else value)
+        return spec
+
+
+def parse_ager_options(items: list[str]) -> dict[str, Any]:
+    """--ager-opt key=value (numbers become numbers)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--ager-opt {item!r} is not key=value", "write it like --ager-opt squeeze=0.5")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out

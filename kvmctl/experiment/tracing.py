@@ -1,0 +1,156 @@
+"""The experiment's view of the tracer: plain trace records -> report fields.
+
+:mod:`kvmctl.trace` turns kernel events into records without deciding what
+they mean; this module decides: which calls count as aging, which tasks are
+background, which lock waits are mmu_lock, and how per-gfn counts bin into
+heat maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvmctl.report import model as rm
+from kvmctl.trace.catalogue import make_plan, probe_kernel
+from kvmctl.trace.records import EventKind, MemslotRange, TaskClass, TraceResult, TraceTarget
+from kvmctl.trace.loader import find_headers
+from kvmctl.trace.tracer import Tracer, TracerOptions
+
+AGING_KINDS = (EventKind.AGE, EventKind.TEST_AGE)  # clear_young/clear_flush_young and test_young
+BACKGROUND = (TaskClass.KSWAPD, TaskClass.KDAMOND, TaskClass.OTHER)
+_WAITER = {"vm": rm.WaiterClass.VCPU, "ager": rm.WaiterClass.AGER}
+
+
+class ExperimentTracer:
+    def __init__(self, vm_tgid: int, memslots: list[rm.Memslot], ager_tids: set[int], interval_ns: int):
+        self.plan = make_plan(probe_kernel())
+        ranges = [MemslotRange(m.slot, m.hva_start, m.size, m.gpa_start) for m in memslots]
+        self.target = TraceTarget(vm_tgid, ranges, set(ager_tids))
+        self.headers = find_headers()
+        self.tracer = Tracer(self.plan, self.target, TracerOptions(bucket_ns=interval_ns), headers=self.headers)
+        self.memslots = memslots
+        self.tracer.start()
+        self.window_start_ns = self.tracer.window.start_ns
+
+    def _by_task(self, res: TraceResult) -> list[rm.TaskAging]:
+        """One row per task (event kinds summed), classed like the BPF side classes them."""
+        rows: dict[int, rm.TaskAging] = {}
+        for tc in res.aging.by_task:
+            if tc.kind not in {k.label for k in AGING_KINDS}:
+                continue
+            row = rows.get(tc.pid)
+            if row is None:
+                row = rows[tc.pid] = rm.TaskAging(tc.pid, tc.comm, self._task_class(tc), 0, 0)
+            row.calls += tc.calls
+            row.pages += tc.pages
+        return sorted(rows.values(), key=lambda r: -r.calls)
+
+    def _task_class(self, tc) -> rm.TaskClass:
+        if tc.pid in self.target.ager_tids:
+            return rm.TaskClass.OURS
+        if tc.tgid == self.target.vm_tgid:
+            return rm.TaskClass.VM
+        if tc.comm.startswith("kswapd"):
+            return rm.TaskClass.KSWAPD
+        if tc.comm.startswith("kdamond"):
+            return rm.TaskClass.KDAMOND
+        return rm.TaskClass.OTHER
+
+    @property
+    def chosen(self) -> dict[str, str]:
+        return dict(self.plan.chosen)
+
+    @property
+    def not_observable(self) -> dict[str, str]:
+        return dict(self.plan.not_observable)
+
+    def aging_totals(self) -> dict[str, int] | None:
+        """Running totals, for per-pass differences."""
+        res = self.tracer.snapshot()
+        return _totals(res) if res.aging else None
+
+    def stop(self) -> None:
+        self.tracer.stop()
+
+    def fill_report(self, report: rm.Report, touch_counts: np.ndarray | None) -> TraceResult:
+        res = self.tracer.collect()
+        report.trace_window.start_ns, report.trace_window.end_ns = res.window.start_ns, res.window.end_ns
+        report.probes.chosen.update(res.chosen)
+        report.probes.not_observable.update(res.not_observable)
+        report.notes.extend(n for n in dict.fromkeys(self.tracer.notes + res.notes) if n not in report.notes)
+        report.lost_events = res.lost_events
+        if res.lost_events:
+            report.notes.append("lost events: " + ", ".join(f"{k}={v}" for k, v in res.lost.items() if v))
+        if res.aging:
+            t = _totals(res)
+            a = report.aging
+            a.calls, a.pages = t["calls"], t["pages"]
+            a.background_calls, a.background_pages = t["background_calls"], t["background_pages"]
+            a.by_task = self._by_task(res)
+            report.notes.append("aging.calls counts kvm:kvm_age_hva and kvm:kvm_test_age_hva on this VM's memslots; "
+                                "background = kswapd, kdamond and other tasks (neither our ager nor the VM's own "
+                                "threads, whose reclaim is listed under by_task)")
+        if res.series is not None:
+            s = res.series
+            kinds = [k.value for k in AGING_KINDS]
+            bg = [c.value for c in BACKGROUND]
+            a = report.aging
+            a.interval_ns = s.bucket_ns
+            calls = s.calls[:, kinds, :]
+            pages = s.pages[:, kinds, :]
+            for b in range(calls.shape[0]):
+                a.series.append(rm.AgingSample(
+                    t_offset_ns=b * s.bucket_ns, calls=int(calls[b].sum()), pages=int(pages[b].sum()),
+                    background_calls=int(calls[b][:, bg].sum()), background_pages=int(pages[b][:, bg].sum())))
+        if res.spte is not None:
+            report.aging.bits_cleared = res.spte.bits_cleared
+        if res.contention is not None:
+            rows = []
+            for r in sorted(res.contention, key=lambda x: -x.total_ns):
+                rows.append(rm.ContentionRow(
+                    contended=r.count, total_wait_ns=r.total_ns, max_wait_ns=r.max_ns,
+                    avg_wait_ns=int(r.avg_ns), lock_type=r.lock_type, caller=r.caller,
+                    waiter_class=_WAITER.get(r.waiter, rm.WaiterClass.OTHER), is_mmu_lock=r.mmu_lock,
+                    lock=f"{r.lock_addr:#x}"))
+            report.contention.rows = rows
+            mmu = [r for r in res.contention if r.mmu_lock]
+            report.contention.mmu_lock_wait_ns = sum(r.total_ns for r in mmu)
+            report.contention.mmu_lock_contended = sum(r.count for r in mmu)
+        for waiter, buckets in (res.wait_hist or {}).items():
+            report.histograms[f"lock wait ns ({waiter})"] = [rm.Bucket(b.low, b.high, b.count) for b in buckets]
+        for f in res.funcs or []:
+            report.histograms[f"{f.function} latency ns"] = [rm.Bucket(b.low, b.high, b.count) for b in f.hist]
+        if res.per_gfn is not None:
+            aged = res.per_gfn.by_kind.get(EventKind.AGE.label)
+            test = res.per_gfn.by_kind.get(EventKind.TEST_AGE.label)
+            per_page = None if aged is None else aged.astype(np.int64) + (0 if test is None else test)
+            report.heatmaps = _heatmaps(self.memslots, per_page, touch_counts)
+        return res
+
+
+def _totals(res: TraceResult) -> dict[str, int]:
+    all_ = [res.aging.total(k) for k in AGING_KINDS]
+    bg = [res.aging.total(k, BACKGROUND) for k in AGING_KINDS]
+    return {"calls": sum(c.calls for c in all_), "pages": sum(c.pages for c in all_),
+            "background_calls": sum(c.calls for c in bg), "background_pages": sum(c.pages for c in bg)}
+
+
+def _heatmaps(memslots: list[rm.Memslot], aged: np.ndarray | None, touched: np.ndarray | None) -> list[rm.HeatMap]:
+    out = []
+    base = 0
+    for m in memslots:
+        n = m.pages
+        bins = min(rm.HEATMAP_BINS, n)
+        edges = (np.arange(bins, dtype=np.int64) * n) // bins
+
+        def binned(arr):
+            if arr is None:
+                return [0] * bins
+            part = np.zeros(n, dtype=np.int64)
+            seg = arr[base: base + n]
+            part[: len(seg)] = seg
+            return [int(x) for x in np.add.reduceat(part, edges)]
+
+        out.append(rm.HeatMap(m.slot, n, bins, binned(aged), binned(touched)))
+        base += n
+    return out

@@ -53,6 +53,7 @@ class TaskClass(str, enum.Enum):
     OURS = "ours"  # the experiment's own ager
     KSWAPD = "kswapd"
     KDAMOND = "kdamond"
+    VM = "vm"  # the experiment VM's own threads (reclaim while faulting guest memory in)
     OTHER = "other"
 
 

@@ -48,6 +48,9 @@ class MachineSpec:
     shared: bool = False  # vCPUs touch the whole area instead of a partition
     payload: str = "touch"
     cpl: int = 3
+    # Bytes right after the data area that the page tables map but no memslot backs: a guest access
+    # there exits with KVM_EXIT_MMIO (the fault tests use it; 0 = none). A multiple of 2 MiB.
+    mmio_hole: int = 0
 
     def validate(self) -> None:
         align = max(HUGE_2M, self.backing.alignment)
@@ -69,6 +72,8 @@ class MachineSpec:
             raise UsageError(f"guest page size {self.guest_page} is not 4K or 2M", "use --guest-page 4K or 2M")
         if self.cpl not in (0, 3):
             raise UsageError(f"CPL {self.cpl} is not 0 or 3", "use 3 (native) or 0")
+        if self.mmio_hole < 0 or self.mmio_hole % HUGE_2M:
+            raise UsageError(f"MMIO hole of {self.mmio_hole} bytes is not a multiple of 2 MiB", "use 0 or 2 MiB units")
 
 
 @dataclass
@@ -204,7 +209,8 @@ class GuestMachine:
                              "use fewer --memslots")
         slot_size = spec.mem_bytes // spec.memslots
         regions = [(DATA_GPA + i * slot_size, slot_size) for i in range(spec.memslots)]
-        layout = lm.SystemLayout.plan(spec.vcpus, regions, spec.guest_page)
+        mapped = regions + ([(self.mmio_gpa, spec.mmio_hole)] if spec.mmio_hole else [])
+        layout = lm.SystemLayout.plan(spec.vcpus, mapped, spec.guest_page)
         self.layout = layout
         self.system = create_backing(BackingKind.ANON, layout.size)
         self.vm.add_memslot(0, 0, self.system)
@@ -214,7 +220,7 @@ class GuestMachine:
             self.data_memslots.append(self.vm.add_memslot(i + 1, gpa, b))
         sysmem = (ctypes.c_char * layout.size).from_address(self.system.hva)
         words = np.frombuffer(sysmem, dtype=np.uint64)
-        cr3 = lm.build_page_tables(words, layout.page_tables, [(0, layout.size)] + regions, spec.guest_page)
+        cr3 = lm.build_page_tables(words, layout.page_tables, [(0, layout.size)] + mapped, spec.guest_page)
         mv = memoryview(sysmem).cast("B")
         gdt_limit = lm.build_gdt(mv, layout)
         idt_limit = lm.build_idt(mv, lm.CODE_GPA + self.payload.stubs_offset)
@@ -246,6 +252,11 @@ class GuestMachine:
     @property
     def vcpu_thread_ids(self) -> list[int]:
         return [w.native_id for w in self.workers if w.native_id]
+
+    @property
+    def mmio_gpa(self) -> int:
+        """Start of the MMIO hole (MachineSpec.mmio_hole), right after the data area."""
+        return DATA_GPA + self.spec.mem_bytes
 
     def page_gpa(self, page: int) -> int:
         return DATA_GPA + page * PAGE_SIZE
@@ -329,14 +340,7 @@ class GuestMachine:
                 reply = self._outbox.get(timeout=0.2 if timeout is None else min(timeout, 0.2))
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
-                    regs = {}
-                    for i in pending:
-                        regs = self.workers[i].vcpu.register_snapshot() or regs
-                    self.kick_all()
-                    raise GuestError(
-                        f"guest stopped reporting: no answer from vCPU(s) {sorted(pending)} within "
-                        f"{self.epoch_timeout:g}s during {what}", "raise --epoch-timeout or check the payload",
-                        registers=regs)
+                    raise self._watchdog(pending, what)
                 continue
             pending.discard(reply.vcpu)
             if reply.kind == "error" and first_error is None:
@@ -344,9 +348,28 @@ class GuestMachine:
                 self.kick_all()
             elif reply.kind not in (expect, "error") and first_error is None:
                 first_error = GuestError(f"vCPU {reply.vcpu} ended with {reply.kind} during {what}, "
-                                         f"expected {expect}", "check the payload")
+                                         f"expected {expect}", "check the payload",
+                                         registers=self.workers[reply.vcpu].vcpu.register_snapshot())
         if first_error:
             raise first_error
+
+    def _watchdog(self, pending: set[int], what: str) -> GuestError:
+        """Stop the silent vCPUs, then read their registers: KVM_GET_REGS waits for the
+        vCPU mutex that a running KVM_RUN holds, so reading first would hang here too."""
+        self.kick_all()
+        stopped: set[int] = set()
+        give_up = time.monotonic() + 2.0
+        while stopped < pending and time.monotonic() < give_up:
+            try:
+                stopped.add(self._outbox.get(timeout=0.1).vcpu)
+            except queue.Empty:
+                pass
+        regs: dict = {}
+        for i in sorted(stopped & pending):
+            regs = regs or self.workers[i].vcpu.register_snapshot()
+        return GuestError(
+            f"guest stopped reporting: no answer from vCPU(s) {sorted(pending)} within "
+            f"{self.epoch_timeout:g}s during {what}", "raise --epoch-timeout or check the payload", registers=regs)
 
     # --- errors ------------------------------------------------------------
     def guest_error(self, index: int, code: int) -> GuestError:

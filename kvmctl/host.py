@@ -1003,7 +1003,7 @@ def _lockdown(config: KernelConfig) -> Item:
 def _probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, symbols: dict[str, Item],
                tracepoints: dict[str, Item], load_bpf: bool) -> BpfCaps:
     """Files first; then (root only) raw loads, then BCC attempts that the files say can work."""
-    tracefs_item = (_ok(str(tracefs), source="/proc/mounts") if tracefs else
+    tracefs_item = (_ok(str(tracefs), source=str(tracefs)) if tracefs else
                     _missing("tracefs is not readable" + ("" if _is_root() else " (needs root)"),
                              "mount -t tracefs nodev /sys/kernel/tracing" if _is_root() else _ROOT_REMEDY))
     # Attach to a KVM aging tracepoint when there is one, else to one every kernel has.
@@ -1033,12 +1033,11 @@ def _probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, symbols
     elif not tracepoint:
         blocked["compile"] = blocked["fentry"] = blocked["kprobe"] = _missing(
             f"not tried: {tracepoint.reason}", tracepoint.remedy)
-
-    if "compile" not in blocked:
-        if headers and tp:
-            plan["compile"] = tp
-        else:
-            blocked["compile"] = _missing(f"not tried: {headers.reason}", headers.remedy)
+    elif not headers:  # BCC compiles every program against kernel headers
+        blocked["compile"] = blocked["fentry"] = blocked["kprobe"] = _missing(
+            f"not tried: {headers.reason}", headers.remedy)
+    else:
+        plan["compile"] = tp
 
     kprobe_pmu = Path("/sys/bus/event_source/devices/kprobe")
     if config.get("CONFIG_KPROBES") == "n":

@@ -374,7 +374,7 @@ def target_from_memslots(vm_tgid: int, memslots, ager_tids: set[int] | None = No
 
 def _table(prog: LoadedProgram, name: str):
     try:
-        return prog.bpf[name]
+        return prog.bpf[name.encode()]
     except KeyError:
         return None
 

@@ -327,13 +327,15 @@ class ExperimentCgroup:
         if self.path.exists():
             self._write_limit(self._original_limit)
 
-    def reclaim(self, nbytes: int, steps: int = 8) -> ReclaimResult:
+    def reclaim(self, nbytes: int, steps: int = 8, pause_s: float = 0.0) -> ReclaimResult:
         """Make the kernel reclaim about ``nbytes`` from this cgroup, in ``steps`` steps.
 
         v2 writes memory.reclaim. v1 has no such knob: it lowers
         memory.limit_in_bytes step by step to usage - nbytes (each write makes
         the kernel reclaim down to it, or fail with EBUSY when it cannot) and
         then restores the original limit, so the cgroup is never left squeezed.
+        ``pause_s`` between steps gives a running guest time to touch its hot
+        pages again between reclaim's two looks at their accessed state.
         """
         self._check_alive()
         if nbytes <= 0:
@@ -356,6 +358,8 @@ class ExperimentCgroup:
                 result.steps.append(ReclaimStep(value, self.usage_bytes(), error))
                 if error:  # EAGAIN: the kernel found nothing more to reclaim
                     break
+                if pause_s and asked < nbytes:
+                    time.sleep(pause_s)
         else:
             result.method = "memory.limit_in_bytes"
             target = max(PAGE_SIZE, before - nbytes)
@@ -373,6 +377,8 @@ class ExperimentCgroup:
                     result.steps.append(ReclaimStep(limit, self.usage_bytes(), error))
                     if error:
                         break
+                    if pause_s and i < steps:
+                        time.sleep(pause_s)
             finally:
                 if kept:
                     self._write_limit(prior)

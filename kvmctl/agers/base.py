@@ -107,6 +107,7 @@ class PassRecord:
     pages_found_idle: int = 0
     lru_gen_commands: list[str] = field(default_factory=list)
     generations: list[dict[str, int]] = field(default_factory=list)  # MGLRU per-gen counts after the pass
+    counters: dict[str, int] = field(default_factory=dict)  # kernel event counts over the pass (memory.stat deltas)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # Per guest page (see module doc): True = idle (not accessed since marked).

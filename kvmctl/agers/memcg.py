@@ -10,6 +10,7 @@ Options (``ctx.options``):
   squeeze       fraction of the cgroup's current usage to take away (default 0.5)
   target_bytes  squeeze down to this usage instead
   steps         reclaim in this many steps (v1: limit steps; default 8)
+  step_pause_s  sleep between steps so a running guest can re-touch hot pages (default 0)
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def squeeze_target(usage: int, squeeze: float | None, target_bytes: int | None) 
         raise UsageError(f"squeeze must be between 0 and 1 (exclusive), got {squeeze}",
                          "give the fraction of usage to reclaim, e.g. --squeeze 0.5")
     return int(usage * (1.0 - frac)) // PAGE_SIZE * PAGE_SIZE
+
+
+# memory.stat event counters worth a delta per pass (v1 and v2 names): refaults
+# of evicted pages show hot pages that reclaim took and the guest wanted back.
+_COUNTERS = ("workingset_refault_file", "workingset_refault_anon", "workingset_activate_file",
+             "workingset_refault", "pgmajfault", "pgfault", "pgscan", "pgsteal", "pgactivate",
+             "pgdeactivate", "pgrefill", "pgpgin", "pgpgout")
+
+
+def stat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Deltas of the event counters among two memory.stat readings (local, not total_*)."""
+    return {k: after[k] - before[k] for k in _COUNTERS if k in before and k in after}
 
 
 class MemcgAger(Ager):
@@ -89,8 +102,10 @@ class MemcgAger(Ager):
             stat.get("total_active_file", stat.get("active_file", 0))
         if not swap_total_bytes() and file_bytes < nbytes:
             record.notes.append(f"no swap and only {file_bytes} bytes of page cache: the squeeze will stop short")
-        result = cg.reclaim(nbytes, steps=int(self._option("steps", 8)))
+        result = cg.reclaim(nbytes, steps=int(self._option("steps", 8)),
+                            pause_s=float(self._option("step_pause_s", 0.0)))
         record.usage_after = result.usage_after
+        record.counters = stat_delta(stat, cg.stat())
         record.bytes_reclaimed = result.reclaimed
         record.limit_steps = [{"method": result.method, "value": s.value, "usage_after": s.usage_after, "error": s.error}
                               for s in result.steps]

@@ -256,3 +256,11 @@ def test_page_idle_without_pfns_asks_for_root(tmp_path, monkeypatch):
 def test_page_idle_absent_bitmap_is_explained(tmp_path):
     avail = PageIdleAger(tmp_path / "nope").availability()
     assert not avail.ok and "CONFIG_IDLE_PAGE_TRACKING" in avail.remedy
+
+
+def test_stat_delta_keeps_event_counters_only():
+    from kvmctl.agers.memcg import stat_delta
+
+    before = {"workingset_refault_file": 10, "pgmajfault": 1, "cache": 4096, "total_pgmajfault": 5}
+    after = {"workingset_refault_file": 25, "pgmajfault": 1, "cache": 0, "total_pgmajfault": 9}
+    assert stat_delta(before, after) == {"workingset_refault_file": 15, "pgmajfault": 0}

@@ -451,3 +451,45 @@ def kvmctl_children(parent: Memcg) -> list[str]:
         return sorted(p.name for p in parent.path.iterdir() if p.is_dir() and p.name.startswith(NAME_PREFIX))
     except OSError:
         return []
+
+
+_NAME_RE = re.compile(rf"^{NAME_PREFIX}(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_cgroups(parent: Memcg) -> list[Memcg]:
+    """kvmctl cgroups below ``parent`` whose creating process is gone (killed with SIGKILL, say).
+
+    A reused pid makes its cgroup look alive: the safe side.
+    """
+    out = []
+    for name in kvmctl_children(parent):
+        m = _NAME_RE.match(name)
+        if m and not _alive(int(m.group(1))):
+            out.append(parent.child(name))
+    return out
+
+
+def remove_stale(parent: Memcg) -> tuple[list[str], list[str]]:
+    """rmdir the stale kvmctl cgroups that hold no process; returns (removed, kept with reasons)."""
+    removed, kept = [], []
+    for memcg in stale_cgroups(parent):
+        procs = (_read_text(memcg.path / "cgroup.procs", missing_ok=True) or "").split()
+        if procs:
+            kept.append(f"{memcg.rel}: still holds pids {' '.join(procs)}")
+            continue
+        try:
+            memcg.path.rmdir()
+            removed.append(memcg.rel)
+        except OSError as err:
+            kept.append(f"{memcg.rel}: {err.strerror}")
+    return removed, kept

@@ -94,21 +94,28 @@ def pending() -> list[str]:
 
 
 def run_all() -> list[CleanupFailure]:
-    """Run every pending action of this process, newest first; never raises."""
+    """Run every pending action of this process, newest first; never raises.
+
+    A signal handler that raises (kvmctl.cli turns SIGINT/SIGTERM into an
+    exception) may interrupt this loop anywhere; the interruption is recorded
+    as a failure and the loop goes on with the actions still pending.
+    """
     failures: list[CleanupFailure] = []
     me = os.getpid()
     while True:
-        with _lock:
-            mine = [h for h in _stack if h._pid == me]
-            if not mine:
-                # Inherited entries of a parent process are dropped, not run.
-                _stack.clear()
-                return failures
-            handle = mine[-1]
-        fn = handle._take()
-        if fn is None:
-            continue
         try:
-            fn()
-        except BaseException as err:  # keep undoing the rest, even on KeyboardInterrupt
-            failures.append(CleanupFailure(handle.name, err))
+            with _lock:
+                mine = [h for h in _stack if h._pid == me]
+                if not mine:
+                    # Inherited entries of a parent process are dropped, not run.
+                    _stack.clear()
+                    return failures
+                handle = mine[-1]
+            fn = handle._take()
+            if fn is not None:
+                try:
+                    fn()
+                except BaseException as err:  # keep undoing the rest, even on KeyboardInterrupt
+                    failures.append(CleanupFailure(handle.name, err))
+        except BaseException as err:
+            failures.append(CleanupFailure("cleanup (interrupted)", err))

@@ -185,3 +185,23 @@ def test_signal_leaves_no_cgroup(own, signum):
             break
         time.sleep(0.05)
     assert not path.exists(), f"{path} left behind"
+
+
+def test_stale_cgroups_of_dead_kvmctl_processes_are_found_and_removed(own):
+    from kvmctl.cgroup import remove_stale, stale_cgroups
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = own.path / f"kvmctl-{dead.pid}-crashed"
+    stale.mkdir()  # what a SIGKILLed kvmctl leaves behind
+    live = ExperimentCgroup.create("alive", parent=own)
+    try:
+        found = [m.path for m in stale_cgroups(own)]
+        assert stale in found and live.path not in found
+        removed, _ = remove_stale(own)
+        assert f"{own.rel}/{stale.name}" in removed
+        assert not stale.exists() and live.path.exists()
+    finally:
+        if stale.exists():
+            stale.rmdir()
+        live.remove()

@@ -102,3 +102,23 @@ def test_forked_child_never_runs_the_parents_actions(tmp_path):
     assert not marker.exists()
     cleanup.run_all()
     assert marker.read_text() == str(os.getpid())
+
+
+def test_an_exception_raised_between_actions_does_not_stop_the_rest(monkeypatch):
+    """A signal handler raising while run_all is between two actions (simulated on _take)."""
+    order: list[str] = []
+    cleanup.register("a", lambda: order.append("a"))
+    b = cleanup.register("b", lambda: order.append("b"))
+    real_take = cleanup.Handle._take
+    raised = []
+
+    def take_once_interrupted(self):
+        if self is b and not raised:
+            raised.append(True)
+            raise KeyboardInterrupt
+        return real_take(self)
+
+    monkeypatch.setattr(cleanup.Handle, "_take", take_once_interrupted)
+    failures = cleanup.run_all()
+    assert order == ["b", "a"]
+    assert len(failures) == 1 and isinstance(failures[0].error, KeyboardInterrupt)

@@ -49,16 +49,19 @@ for pkg in "${required[@]}"; do
 done
 [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
 
-# Kernel headers: only when the running kernel has none and none are installed.
+# Kernel headers, when the running kernel has none: its own package if the
+# archive has one, else the distribution's default headers (unless some are
+# installed already: any tree serves BCC's tracepoint programs).
 build=/lib/modules/$release/build
-if [[ ! -e $build ]] && ! compgen -G "/usr/src/linux-headers-*/include/generated/autoconf.h" >/dev/null; then
-    apt_update_once
-    if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
+has_headers() { compgen -G "/usr/src/linux-headers-*/include/generated/autoconf.h" >/dev/null; }
+has_pkg() { apt-cache show "$1" >/dev/null 2>&1; }
+if [[ ! -e $build ]]; then
+    # A fresh machine has empty package lists.
+    has_pkg "linux-headers-$release" || has_headers || apt_update_once
+    if has_pkg "linux-headers-$release"; then
         apt_install "linux-headers-$release"
-    elif [[ ${ID:-} == ubuntu ]]; then
-        apt_install linux-headers-generic
-    else
-        apt_install "linux-headers-$arch"
+    elif ! has_headers; then
+        if [[ ${ID:-} == ubuntu ]]; then apt_install linux-headers-generic; else apt_install "linux-headers-$arch"; fi
     fi
 fi
 

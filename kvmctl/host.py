@@ -1043,8 +1043,9 @@ def _probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, symbols
     if config.get("CONFIG_KPROBES") == "n":
         blocked["kprobe"] = _missing("CONFIG_KPROBES is not set", "use a kernel with CONFIG_KPROBES=y",
                                      source=config.source)
-    elif not _exists(kprobe_pmu) and not (tracefs and _exists(tracefs / "kprobe_events")):
-        blocked["kprobe"] = _missing("no kprobe PMU and no kprobe_events in tracefs",
+    elif not any(_exists(p) for p in (kprobe_pmu, Path("/sys/kernel/debug/kprobes"),
+                                      *([tracefs / "kprobe_events"] if tracefs else []))):
+        blocked["kprobe"] = _missing("no kprobe PMU, no debugfs kprobes and no kprobe_events in tracefs",
                                      "use a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
                                      source=str(kprobe_pmu))
     elif "kprobe" not in blocked:

@@ -623,10 +623,21 @@ def load_report(path: str | Path) -> Report:
 
 
 def report_json(report: Report) -> str:
+    """The report as JSON, checked against the schema so every file written loads again.
+
+    A failed check is a bug in the code that filled the report (a string in a
+    bool field, a NaN): ValueError names the field.
+    """
+    data = report.to_dict()
     try:
-        return json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
-    except ValueError as err:  # NaN/inf: a producer bug, named precisely
+        text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    except ValueError as err:
         raise ValueError(f"report holds a non-finite number: {err}") from None
+    try:
+        _load(Report, data, "")
+    except UsageError as err:
+        raise ValueError(f"report does not match schema {SCHEMA_VERSION}: {err.message}") from None
+    return text
 
 
 def write_report(report: Report, path: str | Path) -> Path:

@@ -403,7 +403,7 @@ def _vm_stats(report: Report) -> list[str]:
     cells = []
     for name, value in report.vm_stats.items():
         shown = fmt_count(value) if isinstance(value, int) else f"[{len(value)} buckets, sum {fmt_count(sum(value))}]"
-        cells.append(f"{_clip(name, 22):<22} {shown:>15}")
+        cells.append(f"{_clip(name, 26):<26} {shown:>11}")
     for i in range(0, len(cells), 2):
         lines.append("  ".join(cells[i : i + 2]))
     return lines

@@ -287,3 +287,11 @@ def test_no_chown_without_sudo(tmp_path, monkeypatch):
     monkeypatch.delenv("SUDO_UID", raising=False)
     path = write_report(_report(), tmp_path / "r.json")
     assert path.stat().st_uid == os.geteuid()
+
+
+def test_write_rejects_values_that_would_not_load_again(tmp_path):
+    r = _report()
+    r.host.lockless_aging = "y"  # a string where the schema says bool
+    with pytest.raises(ValueError, match="host.lockless_aging should be true or false"):
+        write_report(r, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()

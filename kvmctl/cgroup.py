@@ -196,6 +196,35 @@ def _write_knob(path: Path, value: str) -> None:
                           "see the kernel log (dmesg) for the cgroup's state", err.errno) from None
 
 
+# --- cgroup v2 delegation --------------------------------------------------------------------
+
+
+def _delegate_memory_v2(parent: Memcg) -> None:
+    """Make sure v2 children of ``parent`` get the memory controller.
+
+    v2 lets a cgroup hand controllers to its children only while it has no
+    processes of its own, except the root cgroup. So: already delegated -> fine;
+    we are in the root cgroup (a lab VM, a container's namespace root) -> enable
+    memory there and disable it again on cleanup if no other child cgroup is
+    left; anything else -> unsupported, with what to do.
+    """
+    control = parent.path / "cgroup.subtree_control"
+    if "memory" in (_read_text(control, missing_ok=True) or "").split():
+        return
+    if parent.rel != "/":
+        raise UnsupportedError(
+            f"cgroup {parent.rel} does not pass the memory controller to child cgroups",
+            "run kvmctl in the root cgroup or in a leaf below a cgroup with +memory in cgroup.subtree_control",
+        )
+    _write_knob(control, "+memory")
+
+    def undo() -> None:
+        if not any(p.is_dir() for p in parent.path.iterdir()):
+            _write_knob(control, "-memory")
+
+    cleanup.register(f"disable memory in {control}", undo)
+
+
 # --- the experiment cgroup -------------------------------------------------------------------
 
 
@@ -260,6 +289,8 @@ class ExperimentCgroup:
             raise UsageError(f"cgroup tag {tag!r} is not a plain name", "use letters, digits, '.', '_' or '-' (max 64)")
         parent = parent or own_memcg()
         memcg = parent.child(f"{NAME_PREFIX}{os.getpid()}-{tag}")
+        if parent.version is CgroupVersion.V2:
+            _delegate_memory_v2(parent)
         try:
             memcg.path.mkdir()
         except FileExistsError:

@@ -100,6 +100,7 @@ def test_bad_tags_are_refused_before_touching_the_host(tag):
 def _fake_v2_child(tmp_path: Path, tag: str) -> ExperimentCgroup:
     parent = Memcg(CgroupVersion.V2, tmp_path, "/test")
     (tmp_path / "cgroup.procs").write_text("")
+    (tmp_path / "cgroup.subtree_control").write_text("cpu memory\n")
     cg = ExperimentCgroup.create(tag, parent=parent)
     for knob, value in (("memory.max", "max\n"), ("memory.current", "8192\n"), ("cgroup.procs", "")):
         (cg.path / knob).write_text(value)
@@ -143,3 +144,23 @@ def test_removed_cgroup_refuses_further_use(tmp_path):
     cg.remove()  # idempotent
     with pytest.raises(UsageError):
         cg.set_limit(1 << 20)
+
+
+def test_v2_without_memory_delegation_is_unsupported(tmp_path):
+    (tmp_path / "cgroup.subtree_control").write_text("cpu\n")
+    with pytest.raises(UnsupportedError) as exc:
+        ExperimentCgroup.create("x", parent=Memcg(CgroupVersion.V2, tmp_path, "/user.slice"))
+    assert "subtree_control" in (exc.value.hint or "")
+    assert list(tmp_path.iterdir()) == [tmp_path / "cgroup.subtree_control"]
+
+
+def test_v2_root_cgroup_gets_memory_enabled_and_disabled_again(tmp_path):
+    control = tmp_path / "cgroup.subtree_control"
+    control.write_text("")
+    (tmp_path / "cgroup.procs").write_text("")
+    cg = ExperimentCgroup.create("root", parent=Memcg(CgroupVersion.V2, tmp_path, "/"))
+    assert control.read_text() == "+memory"
+    assert cg.rel == f"/{cg.name}"
+    assert cleanup.run_all() == []  # removes the (empty) child, then undoes the delegation
+    assert not cg.path.exists()
+    assert control.read_text() == "-memory"

@@ -858,7 +858,8 @@ def _raw_bpf_checks(tracefs: Path | None, tracepoint: str | None) -> tuple[Item,
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = _BpfProgLoadAttr(prog_type=_BPF_PROG_TYPE_TRACEPOINT, insn_cnt=len(_RETURN_ZERO) // 8,
                             insns=ctypes.addressof(insns), license=ctypes.addressof(license_))
-    prog_fd = libc.syscall(numbers["bpf"], _BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+    long = ctypes.c_long  # syscall(2) is variadic: pass full-width integers
+    prog_fd = libc.syscall(long(numbers["bpf"]), long(_BPF_PROG_LOAD), ctypes.byref(attr), long(ctypes.sizeof(attr)))
     if prog_fd < 0:
         item = _missing(_errno_reason("BPF_PROG_LOAD of a tracepoint program failed", ctypes.get_errno()),
                         _ROOT_REMEDY if not _is_root() else "use a kernel with CONFIG_BPF_SYSCALL=y",
@@ -874,7 +875,8 @@ def _raw_bpf_checks(tracefs: Path | None, tracepoint: str | None) -> tuple[Item,
         tp_id = int(_read_strip(id_path) or -1)
         pattr = _PerfEventAttr(type=_PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(_PerfEventAttr), config=tp_id,
                                sample_period=1, sample_type=_PERF_SAMPLE_RAW, wakeup_events=1)
-        perf_fd = libc.syscall(numbers["perf_event_open"], ctypes.byref(pattr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+        perf_fd = libc.syscall(long(numbers["perf_event_open"]), ctypes.byref(pattr), long(-1), long(0), long(-1),
+                               long(_PERF_FLAG_FD_CLOEXEC))
         if perf_fd < 0:
             return syscall_item, _missing(_errno_reason(f"perf_event_open({tracepoint}) failed", ctypes.get_errno()),
                                           _ROOT_REMEDY, source=str(id_path))

@@ -133,7 +133,10 @@ fi
 "$VENV/bin/python" -c "from bcc import BPF" 2>/dev/null \
     || log "warning: BCC does not import in $VENV (is python3-bpfcc installed?); BPF tests will skip"
 
-# 5. The emulated-kernel lab, when this checkout has it.
+# 5. Where the README commands write (JUnit XML, reports); kvmctl creates no directories.
+mkdir -p "$REPO/out/reports"
+
+# 6. The emulated-kernel lab, when this checkout has it.
 if [[ -f $REPO/scripts/setup-lab.sh && ${KVMCTL_SETUP_LAB:-1} != 0 ]]; then
     bash "$REPO/scripts/setup-lab.sh" || log "warning: lab setup failed (exit $?); lab tests will skip"
 fi

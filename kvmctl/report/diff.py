@@ -13,6 +13,7 @@ the noise is unknown and the verdict says so.
 
 from __future__ import annotations
 
+import enum
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -24,7 +25,7 @@ from kvmctl.report.textual import WIDTH, fmt_value
 NOISE_SIGMAS = 2.0
 
 
-class Noise:
+class Noise(str, enum.Enum):
     WITHIN = "within"
     BEYOND = "BEYOND"
     UNKNOWN = "no reps"
@@ -135,7 +136,7 @@ def render_diff(reports: list[tuple[str, Report]]) -> str:
                     fmt_value(d.other.value, unit),
                     "-" if d.delta is None else _signed(d.delta, unit),
                     "-" if d.relative is None else f"{100 * d.relative:+.1f}%",
-                    d.noise,
+                    d.noise.value,
                 )
             )
     lines += [
@@ -156,7 +157,7 @@ def diff_json(reports: list[tuple[str, Report]]) -> dict[str, Any]:
             {
                 "report": path,
                 "context_differences": _context_differences(base, other),
-                "figures": [asdict(d) for d in compare(base, other)],
+                "figures": [asdict(d) | {"noise": d.noise.value} for d in compare(base, other)],
             }
             for path, other in reports[1:]
         ],

@@ -41,12 +41,10 @@ def fmt_ns(ns: float | int | None) -> str:
     """perf's time style: '714.73 us', '13.58 ms'."""
     if ns is None:
         return "-"
-    if abs(ns) < 1000:
-        return f"{ns:.0f} ns"
     for unit, div in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
         if abs(ns) >= div:
             return f"{ns / div:.2f} {unit}"
-    return f"{ns:.0f} ns"  # unreachable for |ns| >= 1000, kept for type checkers
+    return f"{ns:.0f} ns"
 
 
 def fmt_value(value: float | None, unit: Unit) -> str:

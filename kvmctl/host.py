@@ -322,7 +322,7 @@ class PagingCaps:
     npt: Item
     ad_bits: Item
     nested: Item
-    lockless_aging: Item  # CONFIG_KVM_MMU_LOCKLESS_AGING
+    lockless_aging: Item  # CONFIG_KVM_MMU_LOCKLESS_AGING: value True/False, "unknown" without a config
 
 
 @dataclass(frozen=True)
@@ -603,13 +603,13 @@ def _probe_paging(module: str | None, config: KernelConfig, version: tuple[int, 
                             f"{'>=' if version >= LOCKLESS_AGING_SINCE else '<'} {since}, so {guess}",
                             "enable CONFIG_IKCONFIG_PROC or install /boot/config-$(uname -r)", "unknown")
     elif config.get(opt) == "y":
-        lockless = _ok("y", source=config.source, reason="aging walks SPTEs without taking mmu_lock")
+        lockless = _ok(True, source=config.source, reason="aging walks SPTEs without taking mmu_lock")
     elif opt in config.options:
         lockless = _missing(f"{opt} is not set: aging takes mmu_lock", f"build the kernel with {opt}=y",
-                            "n", config.source)
+                            False, config.source)
     else:
         lockless = _missing(f"{opt} is unknown to this kernel (added in {since}): aging takes mmu_lock",
-                            f"use a kernel >= {since}", "n", config.source)
+                            f"use a kernel >= {since}", False, config.source)
     return PagingCaps(tdp_mmu, ept, npt, ad_bits, nested, lockless)
 
 

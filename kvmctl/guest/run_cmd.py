@@ -10,7 +10,6 @@ import time
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.patterns import PATTERN_HELP, Pattern
 from kvmctl.kvm import BackingKind
-from kvmctl.kvm.memory import HUGE_2M, PAGE_SIZE
 from kvmctl.units import format_size, parse_duration, parse_size
 
 
@@ -33,14 +32,13 @@ def add_machine_arguments(parser: argparse.ArgumentParser, default_backing: str 
 
 
 def machine_spec_from_args(args) -> MachineSpec:
-    guest_page = parse_size(args.guest_page, "--guest-page")
     return MachineSpec(
         mem_bytes=parse_size(args.mem, "--mem"),
         vcpus=args.vcpus,
         backing=BackingKind.parse(args.backing),
         backing_path=args.backing_path,
         memslots=args.memslots,
-        guest_page=guest_page if guest_page in (PAGE_SIZE, HUGE_2M) else -1,
+        guest_page=parse_size(args.guest_page, "--guest-page"),  # MachineSpec.validate names bad sizes
         shared=args.share,
     )
 

@@ -51,6 +51,32 @@ class Phase:
 
 
 @dataclass
+class MappingCounts:
+    """kvmmmu:kvm_mmu_set_spte on the data memslots, beside the VM's pages_4k gauge.
+
+    pages_4k counts present 4 KiB SPTEs of every memslot at one instant;
+    set_spte counts mapping events of data gfns over the trace window. They
+    differ by the system memslot's pages (mapped at build, before the window),
+    re-faults (a gfn mapped again after a zap adds an event, not a page) and
+    zaps (writeback's mkclean and reclaim's unmap remove SPTEs that nothing
+    re-maps).
+    """
+
+    set_spte: int
+    refaults: int
+    gfns_mapped: int  # distinct data gfns mapped at least once in the window
+    pages_4k_at_build: int | None  # system memslot only: no data page touched yet
+    pages_4k_at_end: int | None
+
+    def note(self) -> str:
+        return (f"kvmmmu:kvm_mmu_set_spte: {self.set_spte} mappings of {self.gfns_mapped} distinct data gfns, "
+                f"{self.refaults} of them re-mappings after a zap (re-faults); VM stat pages_4k was "
+                f"{self.pages_4k_at_build} after build (system memslot pages, no data page touched yet) and "
+                f"{self.pages_4k_at_end} at the end (present SPTEs: system pages plus data pages mapped "
+                "and not zapped since by writeback or reclaim)")
+
+
+@dataclass
 class ExperimentState:
     """What the run has learned so far; becomes the report, also when cut short."""
 
@@ -72,6 +98,9 @@ class Experiment:
         self.tracer = None
         self.regions: list[Region] = []
         self.total_pages = 0
+        self.stats_at_build: dict = {}
+        self.trace_result = None  # TraceResult of the window, for cross-checks
+        self.mappings: MappingCounts | None = None
 
     # ------------------------------------------------------------------
     def run(self) -> rm.Report:
@@ -88,6 +117,7 @@ class Experiment:
             self.progress("building the VM")
             info = self.vm.build(spec.machine_spec(), None, parse_duration(spec.epoch_timeout))
             self._memslots(info)
+            self.stats_at_build = self.vm.call("stats")
             if spec.trace:
                 self._start_tracer(info)
             else:
@@ -116,6 +146,7 @@ class Experiment:
             del resident_prev
             self._finish_trace()
             report.vm_stats = self.vm.call("stats")
+            self._mapping_counts()
             self._ground_truth()
             self._fallback()
             report.complete = True
@@ -286,17 +317,23 @@ class Experiment:
         try:
             touched = sum((p.touch_counts for p in self.state.phases), np.zeros(self.total_pages, np.int64))
             res = tracer.fill_report(self.report, touched)
+            self.trace_result = res
             if res.spte is not None:
                 self._shadow_pages = res.spte.shadow_pages_created
-                self.report.notes.append(
-                    f"kvmmmu:kvm_mmu_set_spte: {res.spte.set_spte} mappings of this VM's data pages, "
-                    f"{res.spte.refaults} of them re-mappings of a page mapped before (re-faults)")
             if res.paths and sum(res.paths.get("age", {}).values()):
                 age = res.paths["age"]
                 self._paths = {"tdp": age.get("tdp", 0) + age.get("both", 0),
                                "rmap": age.get("rmap", 0) + age.get("both", 0)}
         finally:
             tracer.stop()
+
+    def _mapping_counts(self) -> None:
+        spte = self.trace_result.spte if self.trace_result is not None else None
+        if spte is None:
+            return
+        self.mappings = MappingCounts(spte.set_spte, spte.refaults, int((spte.mappings_per_gfn > 0).sum()),
+                                      self.stats_at_build.get("pages_4k"), self.report.vm_stats.get("pages_4k"))
+        self.report.notes.append(self.mappings.note())
 
     # --- scoring ----------------------------------------------------------
     def _score_pass(self, p: int, record: PassRecord, phase: Phase, before, after, evicted_prev) -> rm.PassRow:

@@ -56,22 +56,26 @@ class MappingCounts:
 
     pages_4k counts present 4 KiB SPTEs of every memslot at one instant;
     set_spte counts mapping events of data gfns over the trace window. They
-    differ by the system memslot's pages (mapped at build, before the window),
-    re-faults (a gfn mapped again after a zap adds an event, not a page) and
-    zaps (writeback's mkclean and reclaim's unmap remove SPTEs that nothing
-    re-maps).
+    differ by the system memslot's pages (mostly mapped at build, before the
+    window), re-faults (a gfn mapped again after a zap adds an event, not a
+    page) and zaps (writeback's mkclean and reclaim's unmap remove SPTEs that
+    nothing re-maps). Right after the populate epoch every data page is
+    mapped and nothing was zapped yet, so pages_4k minus the data pages there
+    is the system memslot's share.
     """
 
     set_spte: int
     refaults: int
     gfns_mapped: int  # distinct data gfns mapped at least once in the window
     pages_4k_at_build: int | None  # system memslot only: no data page touched yet
+    pages_4k_after_populate: int | None  # system pages + every data page (None: --no-populate)
     pages_4k_at_end: int | None
 
     def note(self) -> str:
         return (f"kvmmmu:kvm_mmu_set_spte: {self.set_spte} mappings of {self.gfns_mapped} distinct data gfns, "
                 f"{self.refaults} of them re-mappings after a zap (re-faults); VM stat pages_4k was "
-                f"{self.pages_4k_at_build} after build (system memslot pages, no data page touched yet) and "
+                f"{self.pages_4k_at_build} after build (system memslot pages, no data page touched yet), "
+                f"{self.pages_4k_after_populate} after the populate epoch (system pages plus every data page) and "
                 f"{self.pages_4k_at_end} at the end (present SPTEs: system pages plus data pages mapped "
                 "and not zapped since by writeback or reclaim)")
 
@@ -99,6 +103,7 @@ class Experiment:
         self.regions: list[Region] = []
         self.total_pages = 0
         self.stats_at_build: dict = {}
+        self.stats_after_populate: dict = {}
         self.trace_result = None  # TraceResult of the window, for cross-checks
         self.mappings: MappingCounts | None = None
 
@@ -125,6 +130,7 @@ class Experiment:
             if spec.populate:
                 self.progress("populating guest memory")
                 self._phase_between(Pattern.parse("seq"), write=True, epochs=1)
+                self.stats_after_populate = self.vm.call("stats")
                 self.vm.call("sync_memory")
             ctx = AgerContext(cgroup, self.vm.pid, self._memslot_refs(), options=self._ager_options(cgroup))
             ager.prepare(ctx)
@@ -332,7 +338,8 @@ class Experiment:
         if spte is None:
             return
         self.mappings = MappingCounts(spte.set_spte, spte.refaults, int((spte.mappings_per_gfn > 0).sum()),
-                                      self.stats_at_build.get("pages_4k"), self.report.vm_stats.get("pages_4k"))
+                                      self.stats_at_build.get("pages_4k"), self.stats_after_populate.get("pages_4k"),
+                                      self.report.vm_stats.get("pages_4k"))
         self.report.notes.append(self.mappings.note())
 
     # --- scoring ----------------------------------------------------------

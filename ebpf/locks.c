@@ -1,10 +1,12 @@
 /* Lock contention in the shape of `perf lock contention`.
  *
- * lock:contention_begin stores (timestamp, kernel stack id, lock address,
- * flags) per thread; lock:contention_end adds the wait to a
+ * lock:contention_begin stores (timestamp, kernel stack id, flags) per
+ * (thread, lock address); lock:contention_end adds the wait to a
  * {stack id, waiter class, lock address} key with total/max/count and to a
  * log2 wait histogram per waiter class. Python symbolizes the stacks and
- * recognizes mmu_lock waits by their KVM MMU frames.
+ * recognizes mmu_lock waits by their KVM MMU frames. Keying the pending
+ * waits by lock as well as thread pairs nested waits correctly: a sleeping
+ * lock's slow path may itself spin on the lock's internal wait_lock.
  *
  * Waiter classes: this VM's threads (tgid == CFG_VM_TGID: its vCPUs), agers
  * (our ager tids, kswapd, kdamond), other.
@@ -39,17 +41,21 @@ enum waiter_class {
 };
 
 enum locks_lost {
-	LOST_THREADS_FULL = 0,   /* begin not stored: per-thread map full */
+	LOST_THREADS_FULL = 0,   /* begin not stored: pending-wait map full */
 	LOST_NO_BEGIN = 1,       /* end in the window without a stored begin */
 	LOST_STACK = 2,          /* stack id not stored (stack map full or collision) */
 	LOST_ENTRIES_FULL = 3,   /* contention key not stored: map full */
-	LOST_NESTED = 4,         /* begin on another lock while one was pending */
-	NR_LOCKS_LOST = 5,
+	NR_LOCKS_LOST = 4,
+};
+
+struct start_key {
+	u32 tid;
+	u32 pad;
+	u64 lock;
 };
 
 struct tstamp {
 	u64 ts;
-	u64 lock;
 	s32 stack_id;
 	u32 flags;
 };
@@ -70,7 +76,7 @@ struct contention_val {
 
 BPF_ARRAY(config, u64, NR_CFG);
 BPF_HASH(ager_tids, u32, u8, MAX_AGER_TIDS);
-BPF_HASH(starts, u32, struct tstamp, MAX_THREADS);
+BPF_HASH(starts, struct start_key, struct tstamp, MAX_THREADS);
 BPF_HASH(contended, struct contention_key, struct contention_val, MAX_ENTRIES);
 BPF_STACK_TRACE(stacks, MAX_STACKS);
 BPF_ARRAY(wait_hist, u64, NR_WAITERS * NR_SLOTS);
@@ -106,21 +112,15 @@ static __always_inline u32 waiter_class(u32 tid, u32 tgid)
  * the window opened is still paired; ends count only inside the window. */
 TRACEPOINT_PROBE(lock, contention_begin)
 {
-	u64 now = bpf_ktime_get_ns();
-	u32 tid = bpf_get_current_pid_tgid();
-	u64 lock = (u64)args->lock_addr;
-	struct tstamp *pending = starts.lookup(&tid);
-	if (pending) {
-		/* a mutex spins, then sleeps: two begins, one end; keep the first */
-		if (pending->lock == lock)
-			return 0;
-		lost_inc(LOST_NESTED);
-	}
-	struct tstamp t = {.ts = now, .lock = lock, .flags = args->flags};
+	struct start_key sk = {.tid = bpf_get_current_pid_tgid(), .lock = (u64)args->lock_addr};
+	/* a mutex spins, then sleeps: two begins, one end; keep the first */
+	if (starts.lookup(&sk))
+		return 0;
+	struct tstamp t = {.ts = bpf_ktime_get_ns(), .flags = args->flags};
 	t.stack_id = stacks.get_stackid(args, 0);
 	if (t.stack_id < 0)
 		lost_inc(LOST_STACK);
-	if (starts.update(&tid, &t))
+	if (starts.update(&sk, &t))
 		lost_inc(LOST_THREADS_FULL);
 	return 0;
 }
@@ -129,7 +129,8 @@ TRACEPOINT_PROBE(lock, contention_end)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id, tgid = id >> 32;
-	struct tstamp *t = starts.lookup(&tid);
+	struct start_key sk = {.tid = tid, .lock = (u64)args->lock_addr};
+	struct tstamp *t = starts.lookup(&sk);
 	u64 now = bpf_ktime_get_ns();
 	bool in_window = now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);
 	if (!t) {
@@ -138,9 +139,9 @@ TRACEPOINT_PROBE(lock, contention_end)
 		return 0;
 	}
 	u64 wait = now - t->ts;
-	struct contention_key key = {.stack_id = t->stack_id, .lock = t->lock};
+	struct contention_key key = {.stack_id = t->stack_id, .lock = sk.lock};
 	u32 flags = t->flags;
-	starts.delete(&tid);
+	starts.delete(&sk);
 	if (!in_window)
 		return 0;
 	key.waiter = waiter_class(tid, tgid);

@@ -97,7 +97,6 @@ class LocksLost(enum.IntEnum):
     NO_BEGIN = 1
     STACK = 2
     ENTRIES_FULL = 3
-    NESTED = 4
 
 
 class FuncRole(enum.IntEnum):

@@ -95,6 +95,7 @@ class ExperimentSpec:
     def from_mapping(cls, data: dict[str, Any], where: str = "spec") -> "ExperimentSpec":
         spec = cls()
         known = {f.name for f in fields(cls)}
+        data = dict(data)  # the caller's mapping stays as it was
         ager = data.pop("ager", None)
         if isinstance(ager, dict):
             ager = dict(ager)
@@ -106,12 +107,19 @@ class ExperimentSpec:
             name = key.replace("-", "_")
             if name not in known:
                 raise UsageError(f"{where}: unknown key {key!r}", f"known keys: {', '.join(sorted(known))}")
-            expected = type(getattr(spec, name))
-            if expected in (int, bool) and not isinstance(value, expected) or (
-                    expected is str and not isinstance(value, (str, int))):
+            expected = str if name == "backing_path" else type(getattr(spec, name))  # default None
+            if not _type_ok(expected, value):
                 raise UsageError(f"{where}: {key} = {value!r} has the wrong type", f"give a {expected.__name__}")
             setattr(spec, name, str(value) if expected is str else value)
         return spec
+
+
+def _type_ok(expected: type, value: Any) -> bool:
+    if expected is int:  # TOML true/false are bools, and bool is a subclass of int
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is str:  # sizes and durations may be bare numbers
+        return isinstance(value, (str, int)) and not isinstance(value, bool)
+    return isinstance(value, expected)
 
 
 def parse_ager_options(items: list[str]) -> dict[str, Any]:

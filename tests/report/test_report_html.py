@@ -4,12 +4,10 @@ a real headless Chromium renders every plot without console errors."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from html_check import chromium, parse, run_chromium
 from report_fixtures import make_report
 
 from kvmctl.report.html import plots, render_html
@@ -20,57 +18,13 @@ EXPECTED_PLOTS = {"aging-calls", "aging-pages", "aging-background", "residency",
                   "contention", "heatmap-0"}
 
 
-class _Figures(HTMLParser):
-    """figure id -> {"attrs": figure attributes, "marks": [mark attributes]}; body attributes."""
-
-    def __init__(self):
-        super().__init__()
-        self.figures: dict[str, dict] = {}
-        self.body: dict[str, str] = {}
-        self.external: list[str] = []
-        self._current: str | None = None
-        self._depth = 0
-
-    def handle_starttag(self, tag, attrs):
-        a = {k: v or "" for k, v in attrs}
-        if tag == "body":
-            self.body = a
-        for key in ("src", "href"):
-            if key in a:
-                self.external.append(f"{tag} {key}={a[key]}")
-        if tag == "link" or (tag == "script" and "src" in a):
-            self.external.append(tag)
-        if tag == "figure" and "plot" in a.get("class", ""):
-            self._current = a["id"].removeprefix("plot-")
-            self.figures[self._current] = {"attrs": a, "marks": []}
-            self._depth = 0
-        elif self._current:
-            if tag == "figure":
-                self._depth += 1
-            if "mark" in a.get("class", "").split():
-                self.figures[self._current]["marks"].append(a)
-
-    def handle_endtag(self, tag):
-        if tag == "figure" and self._current:
-            if self._depth:
-                self._depth -= 1
-            else:
-                self._current = None
-
-
-def _parse(page: str) -> _Figures:
-    p = _Figures()
-    p.feed(page)
-    return p
-
-
 def _ys(fig: dict, series: str | None = None, attr: str = "data-y") -> list[float]:
     return [float(m[attr]) for m in fig["marks"] if series is None or m.get("data-row", series) == series]
 
 
 def test_plots_carry_the_reports_values():
     r = make_report()
-    figs = _parse(render_html(r)).figures
+    figs = parse(render_html(r)).figures
     assert set(figs) == EXPECTED_PLOTS
     s = r.aging.series
     assert _ys(figs["aging-calls"]) == [x.calls for x in s]
@@ -91,7 +45,7 @@ def test_plots_carry_the_reports_values():
 
 def test_self_contained():
     page = render_html(make_report())
-    parsed = _parse(page)
+    parsed = parse(page)
     assert parsed.external == []
     # the only URL is the SVG namespace identifier, which is never fetched
     assert set(re.findall(r"https?://[^\s\"'<>]+", page)) == {"http://www.w3.org/2000/svg"}
@@ -102,7 +56,7 @@ def test_empty_report_explains_each_missing_plot():
     r = Report(incomplete_reason="interrupted by SIGTERM during setup")
     r.mark_not_observable("contention.mmu_lock_wait_ns", "lock:contention_begin is not available")
     page = render_html(r)
-    figs = _parse(page).figures
+    figs = parse(page).figures
     assert all(f["attrs"]["data-expected-marks"] == "0" for f in figs.values())
     assert "not observable here: lock:contention_begin is not available" in page
     assert "not measured: the run was cut short first" in page
@@ -115,35 +69,21 @@ def test_untrusted_strings_are_escaped():
     r.contention.rows[0].caller = "<img src=x onerror=alert(1)>"
     page = render_html(r)
     assert "<script>alert(1)" not in page and "<img src=x" not in page
-    assert _parse(page).external == []
-
-
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return exe
-
-
-def _run_chromium(exe: str, page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr",
-           "--v=0", *extra, page.as_uri()]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert parse(page).external == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["shadow", "tdp", "empty"])
 def test_renders_in_headless_chromium(tmp_path, variant):
-    exe = _chromium()
+    exe = chromium()
     report = {"shadow": make_report(), "tdp": make_report(tdp=True), "empty": Report()}[variant]
     page = tmp_path / "report.html"
     page.write_text(render_html(report, title=variant))
     expected = {p.plot_id: ("1" if p.svg else "empty") for p in plots(report)}
 
-    run = _run_chromium(exe, page, tmp_path / "profile", "--dump-dom")
+    run = run_chromium(exe, page, tmp_path / "profile", "--dump-dom")
     assert run.returncode == 0, run.stderr[-2000:]
-    dom = _parse(run.stdout)
+    dom = parse(run.stdout)
     rendered = {fid: f["attrs"].get("data-rendered") for fid, f in dom.figures.items()}
     assert rendered == expected  # every plot checked itself after layout
     assert dom.body.get("data-plots-failed") == "0"
@@ -155,7 +95,7 @@ def test_renders_in_headless_chromium(tmp_path, variant):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / f"report_html_{variant}.png"
     shot.unlink(missing_ok=True)
-    run = _run_chromium(exe, page, tmp_path / "profile2", "--hide-scrollbars", "--window-size=1050,4200",
+    run = run_chromium(exe, page, tmp_path / "profile2", "--hide-scrollbars", "--window-size=1050,4200",
                         f"--screenshot={shot}")
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
@@ -164,14 +104,14 @@ def test_renders_in_headless_chromium(tmp_path, variant):
 @pytest.mark.slow
 def test_chromium_check_catches_a_broken_plot(tmp_path):
     """The in-page check is not a rubber stamp: a plot missing marks is flagged."""
-    exe = _chromium()
+    exe = chromium()
     page_text = render_html(make_report())
     broken = page_text.replace('id="plot-refaults" data-expected-marks="4"', 'id="plot-refaults" data-expected-marks="5"')
     assert broken != page_text
     page = tmp_path / "broken.html"
     page.write_text(broken)
-    run = _run_chromium(exe, page, tmp_path / "profile", "--dump-dom")
-    dom = _parse(run.stdout)
+    run = run_chromium(exe, page, tmp_path / "profile", "--dump-dom")
+    dom = parse(run.stdout)
     assert dom.figures["refaults"]["attrs"]["data-rendered"] == "0"
     assert dom.body["data-plots-failed"] == "1"
     assert any("plot plot-refaults did not render" in line for line in run.stderr.splitlines())

@@ -8,7 +8,7 @@ import io
 import pytest
 from report_fixtures import make_report, with_repeats
 
-from kvmctl.report.model import Bucket, EpochRow, Report, buckets_from_bcc_slots
+from kvmctl.report.model import Bucket, EpochRow, GuestFault, Report, buckets_from_bcc_slots
 from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, hist_unit_label, log2_hist_lines, render_text
 
 
@@ -94,3 +94,19 @@ def test_epoch_rows_for_all_vcpus():
     r.epochs = [EpochRow(3, -1, "hotcold:0.25 x40", 1_802_240, 7.5, 7.6, 1, 2)]
     text = render_text(r)
     assert "    3   all hotcold:0.25 x40" in text
+
+
+def test_guest_fault_shows_registers():
+    r = _incomplete()
+    r.guest_fault = GuestFault("triple fault (KVM_EXIT_SHUTDOWN) in epoch 2", {"rip": 0x401000, "rsp": 0x7FF000})
+    text = render_text(r)
+    assert "fault       triple fault (KVM_EXIT_SHUTDOWN) in epoch 2" in text
+    assert "rip=0x401000 rsp=0x7ff000" in text
+
+
+def test_long_tables_are_elided_at_both_ends():
+    r = make_report(passes=30, epochs=40)
+    text = render_text(r)
+    assert "... 18 passes omitted" in text and "... 28 epochs omitted" in text
+    assert "\n  30 memcg" in text and "\n   39     2 hotcold" in text  # the last rows stay visible
+    assert all(len(line) <= WIDTH for line in text.splitlines())

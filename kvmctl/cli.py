@@ -8,9 +8,12 @@ command runs, so ``kvmctl info`` works on a host without BCC.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from kvmctl import __version__, cleanup
 from kvmctl.errors import ExitCode, Interrupted, KvmctlError
@@ -46,8 +49,52 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# Signals that arrived inside signals_deferred(), oldest first; None outside it.
+_deferred: list[int] | None = None
+
+
 def _raise_interrupted(signum, _frame):
+    if _deferred is not None:
+        _deferred.append(signum)
+        return
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Run a block that a SIGINT/SIGTERM must not cut in half (cleanup, writing a report).
+
+    A signal inside the block is recorded in the yielded list instead of being
+    raised; leaving the block raises :class:`Interrupted` for the first one,
+    unless another exception is already on its way out. A pure-Python flag,
+    not a signal mask: any thread may receive the signal.
+    """
+    global _deferred
+    outer = _deferred
+    mine: list[int] = [] if outer is None else outer
+    _deferred = mine
+    try:
+        yield mine
+    finally:
+        _deferred = outer
+    if outer is None and mine:
+        raise Interrupted(mine[0])
+
+
+@contextlib.contextmanager
+def signals_allowed(deferred: list[int]) -> Iterator[None]:
+    """Inside signals_deferred(): a block that signals interrupt again (the long-running part).
+
+    A signal recorded before the block raises at once, so none is lost.
+    """
+    global _deferred
+    _deferred = None
+    try:
+        if deferred:
+            raise Interrupted(deferred.pop(0))
+        yield
+    finally:
+        _deferred = deferred
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(err.exit_code)
     except BrokenPipeError:
         return int(ExitCode.OK)
+    except Exception as err:  # a bug: still one line, the traceback only on request
+        if os.environ.get("KVMCTL_DEBUG"):
+            raise
+        print(f"kvmctl: internal error: {type(err).__name__}: {err} "
+              "(a kvmctl bug: rerun with KVMCTL_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return int(ExitCode.FAILURE)
     finally:
         # Undo every host change still registered (cgroups, limits, BPF), on
         # every exit path; a second signal during this must not cut it short.

@@ -187,7 +187,8 @@ class Experiment:
         h.kvm_module = caps.kvm.module.value if caps.kvm.module else None
         h.mmu = rm.Mmu.TDP if caps.mmu.value == "tdp" else rm.Mmu.SHADOW
         h.tdp_mmu = bool(caps.paging.tdp_mmu)
-        h.lockless_aging = caps.paging.lockless_aging.value if caps.paging.lockless_aging.available else None
+        lockless = caps.paging.lockless_aging.value
+        h.lockless_aging = lockless if isinstance(lockless, bool) else None
         h.cpus = os.cpu_count()
         h.memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         self.caps = caps

@@ -136,8 +136,14 @@ class Experiment:
             ager.prepare(ctx)
             resident_prev = self._residency()
             evicted_prev: np.ndarray | None = None
+            passes_t0 = time.monotonic()
             for p in range(spec.passes):
-                self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode})")
+                eta = ""
+                if p:
+                    per_pass = (time.monotonic() - passes_t0) / p
+                    eta = f", ETA {per_pass * (spec.passes - p + 1):.0f}s"
+                self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode}), "
+                              f"epoch {self.state.phases[-1].last_epoch + 1 if self.state.phases else 0}{eta}")
                 phase, record, before, after = self._pass(ager, p)
                 self.state.records.append(record)
                 row = self._score_pass(p, record, phase, before, after, evicted_prev)

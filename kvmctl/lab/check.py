@@ -140,12 +140,15 @@ def run_checks(names: list[str]) -> list[CheckResult]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kvmctl.lab.check")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", type=Path, help="also write the JSON results to this file")
     p.add_argument("checks", nargs="*", metavar="CHECK", help=f"any of {', '.join(CHECKS)} (default: all)")
     args = p.parse_args(argv)
     unknown = set(args.checks) - set(CHECKS)
     if unknown:
         p.error(f"unknown check(s) {', '.join(sorted(unknown))}; choose from {', '.join(CHECKS)}")
     results = run_checks(args.checks or list(CHECKS))
+    if args.out:
+        args.out.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     if args.json:
         json.dump([asdict(r) for r in results], sys.stdout, indent=1)
         print()

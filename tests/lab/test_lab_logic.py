@@ -1,0 +1,153 @@
+"""Pure logic of `kvmctl lab`: kernel resolution, bzImage headers, command lines."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from kvmctl.errors import UnsupportedError, UsageError
+from kvmctl.lab import kernel as K
+from kvmctl.lab.runner import LAB_CPU, LabSpec, inside_argv, resolve_command, vng_argv
+
+PY = "/opt/venv/bin/python"
+
+
+def make_bzimage(path: Path, release: str = "6.1.0-56-amd64", magic: bytes = b"HdrS") -> Path:
+    """A file laid out like an x86 bzImage's setup header (boot protocol 2.x)."""
+    data = bytearray(0x4000)
+    data[0x202:0x206] = magic
+    version_at = 0x1200
+    data[0x20E:0x210] = (version_at - 0x200).to_bytes(2, "little")
+    text = f"{release} (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC\0".encode()
+    data[version_at:version_at + len(text)] = text
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_bzimage_release_reads_the_version_string(tmp_path):
+    assert K.bzimage_release(make_bzimage(tmp_path / "bzImage", "6.9.0-rc1+")) == "6.9.0-rc1+"
+
+
+def test_bzimage_release_rejects_a_file_without_boot_header(tmp_path):
+    with pytest.raises(UsageError, match="not an x86 bzImage") as exc:
+        K.bzimage_release(make_bzimage(tmp_path / "vmlinux", magic=b"\x7fELF"))
+    assert exc.value.hint
+
+
+def test_stock_kernel_missing_names_the_setup_script(tmp_path):
+    with pytest.raises(UnsupportedError) as exc:
+        K.stock_kernel(tmp_path)
+    assert "scripts/setup-lab.sh" in exc.value.one_line()
+
+
+def test_stock_kernel_from_an_unpacked_debian_package(tmp_path, monkeypatch):
+    rel = "6.1.0-56-amd64"
+    tree = tmp_path / "kernels" / rel
+    (tree / "boot").mkdir(parents=True)
+    make_bzimage(tree / "boot" / f"vmlinuz-{rel}", rel)
+    (tree / "lib/modules" / rel / "kernel").mkdir(parents=True)
+    (tmp_path / "stock").symlink_to(f"kernels/{rel}")
+    src = tmp_path / "src"
+    (src / f"linux-headers-{rel}").mkdir(parents=True)
+    (src / f"linux-headers-{rel}" / "Makefile").write_text("")
+    (src / "linux-headers-6.1.0-56-common").mkdir()
+    monkeypatch.setattr(K.debian_headers, "__defaults__", (src,))
+    k = K.stock_kernel(tmp_path)
+    assert k.source is K.KernelSource.STOCK and k.release == rel
+    assert k.modules == (tree / "lib/modules" / rel).resolve()
+    assert k.headers == src / f"linux-headers-{rel}"
+    assert k.headers_common == src / "linux-headers-6.1.0-56-common"
+
+
+def test_stock_kernel_without_headers_is_unsupported(tmp_path, monkeypatch):
+    rel = "6.1.0-56-amd64"
+    tree = tmp_path / "stock"
+    (tree / "boot").mkdir(parents=True)
+    make_bzimage(tree / "boot" / f"vmlinuz-{rel}", rel)
+    (tree / "lib/modules" / rel / "kernel").mkdir(parents=True)
+    monkeypatch.setattr(K.debian_headers, "__defaults__", (tmp_path / "nosrc",))
+    with pytest.raises(UnsupportedError, match="headers for the lab kernel"):
+        K.stock_kernel(tmp_path)
+
+
+def test_user_kernel_build_tree(tmp_path):
+    tree = tmp_path / "linux"
+    (tree / "arch/x86/boot").mkdir(parents=True)
+    make_bzimage(tree / "arch/x86/boot/bzImage", "6.12.0-tcy+")
+    (tree / ".config").write_text("CONFIG_KVM_AMD=m\n")
+    (tree / "include/config").mkdir(parents=True)
+    (tree / "include/config/kernel.release").write_text("6.12.0-tcy+\n")
+    (tree / "arch/x86/kvm").mkdir()
+    (tree / "arch/x86/kvm/kvm-amd.ko").write_bytes(b"")
+    k = K.user_kernel(tree)
+    assert (k.source, k.release, k.tree, k.headers) == (K.KernelSource.TREE, "6.12.0-tcy+", tree.resolve(),
+                                                        tree.resolve())
+    assert k.modules == tree
+
+
+def test_user_kernel_tree_without_bzimage_says_how_to_build(tmp_path):
+    (tmp_path / ".config").write_text("")
+    with pytest.raises(UsageError, match="bzImage") as exc:
+        K.user_kernel(tmp_path)
+    assert "make" in exc.value.hint
+
+
+def test_user_kernel_missing_path(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        K.user_kernel(tmp_path / "nope")
+
+
+def test_user_kernel_bare_image_has_no_modules(tmp_path):
+    k = K.user_kernel(make_bzimage(tmp_path / "bzImage", "6.13.0"))
+    assert (k.source, k.modules, k.tree) == (K.KernelSource.IMAGE, None, None)
+
+
+@pytest.mark.parametrize("command, want", [
+    ([], [PY, "-m", "kvmctl.lab.check"]),
+    (["kvmctl", "info", "--json"], [PY, "-m", "kvmctl", "info", "--json"]),
+    (["pytest", "-m", "tdp"], [PY, "-m", "pytest", "-m", "tdp"]),
+    (["python", "-c", "1"], [PY, "-c", "1"]),
+    (["bpftrace", "-l"], ["bpftrace", "-l"]),
+])
+def test_resolve_command_runs_our_interpreter(command, want):
+    assert resolve_command(command, PY) == want
+
+
+def _spec(tmp_path, **kw) -> LabSpec:
+    kernel = K.LabKernel(K.KernelSource.STOCK, Path("/lab/boot/vmlinuz-6.1.0-56-amd64"), "6.1.0-56-amd64",
+                         Path("/lab/lib/modules/6.1.0-56-amd64"), Path("/usr/src/linux-headers-6.1.0-56-amd64"),
+                         Path("/usr/src/linux-headers-6.1.0-56-common"))
+    return LabSpec(kernel=kernel, command=[PY, "-m", "kvmctl", "info"], outdir=tmp_path, python=PY, **kw)
+
+
+def test_vng_argv_emulates_svm_npt_and_shares_outputs(tmp_path):
+    scratch = Path("/tmp/kvmctl-lab-x")
+    argv = vng_argv(_spec(tmp_path, cpus=3, memory=3 << 30), Path("/v/bin/vng"), scratch)
+    assert argv[:3] == ["/v/bin/vng", "--run", "/lab/boot/vmlinuz-6.1.0-56-amd64"]
+    assert "--disable-kvm" in argv
+    assert argv[argv.index("--cpus") + 1] == "3" and argv[argv.index("--memory") + 1] == "3072M"
+    assert f"--qemu-opts=-cpu {LAB_CPU}" in argv and "+svm" in LAB_CPU and "+npt" in LAB_CPU
+    assert f"--rwdir={scratch}" in argv and f"--rwdir={tmp_path.resolve()}" in argv
+    shell = argv[argv.index("--exec") + 1]
+    words = shlex.split(shell)
+    assert words[:3] == ["cd", str(tmp_path.resolve()), "&&"]
+    assert words[3:] == ["exec", *inside_argv(_spec(tmp_path), scratch)]
+    assert words[-5:] == ["--", PY, "-m", "kvmctl", "info"]
+    assert "--headers" in words and "--headers-common" in words
+
+
+def test_vng_argv_boots_a_build_tree_as_a_dir(tmp_path):
+    spec = _spec(tmp_path)
+    tree = tmp_path / "linux"
+    kernel = K.LabKernel(K.KernelSource.TREE, tree / "arch/x86/boot/bzImage", "6.12.0", tree, tree, None)
+    argv = vng_argv(LabSpec(kernel=kernel, command=spec.command, outdir=tmp_path, python=PY), Path("vng"),
+                    Path("/s"))
+    assert argv[2] == str(tree)
+    assert "--headers-common" not in argv[argv.index("--exec") + 1]
+
+
+def test_vng_argv_refuses_to_share_root(tmp_path):
+    with pytest.raises(UsageError, match="cannot share /"):
+        vng_argv(_spec(Path("/")), Path("vng"), Path("/s"))

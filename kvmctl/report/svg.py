@@ -1,8 +1,9 @@
 """Small inline-SVG charts, generated in Python: no scripts, fonts or network.
 
 Every data mark carries ``class="mark"`` plus ``data-x``/``data-y`` (or
-``data-value``) and a ``<title>`` tooltip, so a test can read the plotted
-values back out of the DOM and the page can count what was drawn.
+``data-value``; ``data-xs``/``data-ys`` on the line of a long series) and a
+``<title>`` tooltip, so a test can read the plotted values back out of the
+DOM and the page can count what was drawn.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from html import escape
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 WIDTH, HEIGHT = 720, 260
 LEFT, RIGHT, TOP, BOTTOM = 78, 16, 28, 44
+MAX_POINT_MARKS = 400  # beyond this a series is drawn as a bare line (a 10-minute run has 6,000 samples)
 
 Fmt = Callable[[float], str]
 
@@ -119,6 +121,13 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, x_fmt: Fmt =
         color = PALETTE[i % len(PALETTE)]
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(s.xs, s.ys))
         out.append(f'<g class="series" data-series="{escape(s.name)}">')
+        if len(s.xs) > MAX_POINT_MARKS:  # a long series: the line itself is the one mark
+            xs_text, ys_text = ",".join(f"{x:g}" for x in s.xs), ",".join(f"{y:g}" for y in s.ys)
+            out.append(f'<polyline class="mark" fill="none" stroke="{color}" stroke-width="1.5" points="{points}" '
+                       f'data-xs="{xs_text}" data-ys="{ys_text}"><title>{escape(s.name)}: {len(s.xs)} points'
+                       "</title></polyline>")
+            out.append("</g>")
+            continue
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
         for x, y in zip(s.xs, s.ys):
             out.append(

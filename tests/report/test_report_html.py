@@ -11,7 +11,7 @@ from html_check import chromium, parse, run_chromium
 from report_fixtures import make_report
 
 from kvmctl.report.html import plots, render_html
-from kvmctl.report.model import Report
+from kvmctl.report.model import AgingSample, Report
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "artifacts"
 EXPECTED_PLOTS = {"aging-calls", "aging-pages", "aging-background", "residency", "refaults", "hist-0", "hist-1",
@@ -73,10 +73,10 @@ def test_untrusted_strings_are_escaped():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["shadow", "tdp", "empty"])
+@pytest.mark.parametrize("variant", ["shadow", "tdp", "empty", "long"])
 def test_renders_in_headless_chromium(tmp_path, variant):
     exe = chromium()
-    report = {"shadow": make_report(), "tdp": make_report(tdp=True), "empty": Report()}[variant]
+    report = {"shadow": make_report, "tdp": lambda: make_report(tdp=True), "empty": Report, "long": _long}[variant]()
     page = tmp_path / "report.html"
     page.write_text(render_html(report, title=variant))
     expected = {p.plot_id: ("1" if p.svg else "empty") for p in plots(report)}
@@ -115,3 +115,20 @@ def test_chromium_check_catches_a_broken_plot(tmp_path):
     assert dom.figures["refaults"]["attrs"]["data-rendered"] == "0"
     assert dom.body["data-plots-failed"] == "1"
     assert any("plot plot-refaults did not render" in line for line in run.stderr.splitlines())
+
+
+def _long() -> Report:
+    """A 10-minute run sampled every 100 ms."""
+    r = make_report()
+    r.aging.interval_ns = 100_000_000
+    r.aging.series = [AgingSample(i * 100_000_000, 1000 + i % 97, 3000 + i % 89, 700, 2100) for i in range(6000)]
+    return r
+
+
+def test_long_series_are_lines_that_keep_their_values():
+    r = _long()
+    page = render_html(r)
+    fig = parse(page).figures["aging-calls"]
+    (line,) = fig["marks"]
+    assert [int(v) for v in line["data-ys"].split(",")] == [s.calls for s in r.aging.series]
+    assert len(page) < 1_000_000  # still a file one can mail

@@ -7,7 +7,7 @@ import sys
 import time
 
 from kvmctl import cleanup
-from kvmctl.errors import KvmctlError
+from kvmctl.errors import Interrupted, KvmctlError
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
 _FLAG_KEYS = ("mem", "vcpus", "backing", "backing_path", "memslots", "guest_page", "share", "pattern", "access",
@@ -78,42 +78,64 @@ def _progress(quiet: bool):
 
 
 def main(args) -> int:
-    from kvmctl.experiment.runner import Experiment
-    from kvmctl.report.model import headline_figures, write_report
-    from kvmctl.report.textual import render_text
+    from kvmctl.cli import signals_allowed, signals_deferred  # here: kvmctl.cli imports this module
 
     spec = spec_from_args(args)
     progress = _progress(args.quiet)
     runs = []
     error: BaseException | None = None
-    for i in range(spec.repeat):
-        if spec.repeat > 1:
-            progress(f"repeat {i + 1}/{spec.repeat}")
-        exp = Experiment(spec, command_line=["kvmctl", *sys.argv[1:]], progress=progress)
-        try:
-            exp.run()
-        except BaseException as err:  # the partial report is still written below
-            error = err
-        finally:
-            cleanup.run_all()  # nothing of this run outlives it, whatever happened
-        runs.append(exp.report)
-        if error:
-            break
-    report = runs[-1]
-    if spec.repeat > 1:
-        report.repeats = [headline_figures(r) for r in runs]
-    path = write_report(report, args.output)
-    if args.json:
-        import json
+    # The report path is decided. A SIGINT/SIGTERM from here on waits in `late`
+    # except during the runs themselves, so cleanup and the report write are
+    # never cut in half and every signal leaves a report marked incomplete.
+    with signals_deferred() as late:
+        progress(f"the report goes to {args.output}")
+        from kvmctl.experiment.runner import Experiment
+        from kvmctl.report.model import headline_figures, write_report
+        from kvmctl.report.textual import render_text
 
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        print()
-    elif error is None:
-        sys.stdout.write(render_text(report))
-    progress(f"report written to {path}" + ("" if report.complete else " (incomplete)"))
+        for i in range(spec.repeat):
+            if spec.repeat > 1:
+                progress(f"repeat {i + 1}/{spec.repeat}")
+            exp = Experiment(spec, command_line=["kvmctl", *sys.argv[1:]], progress=progress)
+            try:
+                with signals_allowed(late):
+                    exp.run()
+            except BaseException as err:  # the partial report is still written below
+                error = err
+            cleanup.run_all()  # nothing of this run outlives it, whatever happened
+            if late and error is None:
+                error = Interrupted(late.pop(0))
+            runs.append(exp.report)
+            if error:
+                break
+        report = runs[-1]
+        if spec.repeat > 1:
+            report.repeats = [headline_figures(r) for r in runs]
+        _mark_interrupted(report, error)
+        path = write_report(report, args.output)
+        if late and error is None:  # the signal came while the report was being written
+            error = Interrupted(late[0])
+            _mark_interrupted(report, error)
+            path = write_report(report, args.output)
+        late.clear()  # `error` carries it
+        if args.json:
+            import json
+
+            json.dump(report.to_dict(), sys.stdout, indent=2)
+            print()
+        elif error is None:
+            sys.stdout.write(render_text(report))
+        progress(f"report written to {path}" + ("" if report.complete else " (incomplete)"))
     if error:
         raise error
     return 0
+
+
+def _mark_interrupted(report, error: BaseException | None) -> None:
+    """A run a signal ended is incomplete, even if it ended after its last measurement."""
+    if isinstance(error, Interrupted):
+        report.complete = False
+        report.incomplete_reason = report.incomplete_reason or error.one_line()
 
 
 __all__ = ["main", "set_argparser", "KvmctlError"]

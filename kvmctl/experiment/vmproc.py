@@ -12,6 +12,7 @@ parent runs an ager pass), stats, sync_memory, finish.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -30,10 +31,30 @@ from kvmctl.kvm import BackingKind
 # --- child side -----------------------------------------------------------
 
 
-def _child_main() -> int:
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Never outlive the controller, even one killed with SIGKILL.
+
+    EOF on stdin ends the command loop, but not a guest busy in an epoch;
+    PR_SET_PDEATHSIG kills us when the parent's thread that started us dies.
+    A parent already gone before the prctl is caught by the ppid check.
+    """
+    from kvmctl.kvm.sys import libc
+
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child_main(parent_pid: int | None = None) -> int:
     # The parent handles Ctrl-C and tells us to stop; a terminal's SIGINT
     # to the whole process group must not kill the VM mid-report.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing else may write to the protocol pipe
     machine: GuestMachine | None = None
@@ -166,7 +187,7 @@ class VmProcess:
 
     def __init__(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvmctl.experiment.vmproc"],
+            [sys.executable, "-m", "kvmctl.experiment.vmproc", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         self.pid = self.proc.pid
@@ -236,4 +257,4 @@ class VmProcess:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child_main())
+    raise SystemExit(_child_main(int(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -295,3 +295,30 @@ def test_write_rejects_values_that_would_not_load_again(tmp_path):
     with pytest.raises(ValueError, match="host.lockless_aging should be true or false"):
         write_report(r, tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_schema_doc_names_every_field():
+    """docs/report-schema.md documents every JSON key of the model."""
+    import dataclasses
+    import typing
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "report-schema.md").read_text()
+    seen, todo, missing = set(), [Report], []
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f.metadata.get("key", f.name)
+            if f"`{key}`" not in doc:
+                missing.append(f"{cls.__name__}.{key}")
+            stack = [hints[f.name]]
+            while stack:  # find nested dataclasses inside Optional/list/dict
+                tp = stack.pop()
+                if dataclasses.is_dataclass(tp):
+                    todo.append(tp)
+                stack.extend(typing.get_args(tp))
+    assert missing == []

@@ -11,7 +11,14 @@
  * Waiter classes: this VM's threads (tgid == CFG_VM_TGID: its vCPUs), agers
  * (our ager tids, kswapd, kdamond), other.
  *
- * Options (-D): MAX_THREADS, MAX_ENTRIES, MAX_STACKS, MAX_AGER_TIDS.
+ * Kernel stacks are taken for this VM's threads and the agers only, unless
+ * -DOTHER_STACKS: system-wide, other tasks bring thousands of distinct
+ * stacks whose hash collisions would cost us stacks that matter. Waits of
+ * other tasks are still counted per lock (stack id NO_STACK), so those on
+ * our VM's mmu_lock are found by its address.
+ *
+ * Options (-D): MAX_THREADS, MAX_ENTRIES, MAX_STACKS, STACK_DEPTH, MAX_AGER_TIDS,
+ * OTHER_STACKS.
  * Enum values are mirrored in kvmctl/trace/records.py.
  */
 #include <uapi/linux/ptrace.h>
@@ -26,12 +33,16 @@
 #define MAX_ENTRIES 16384
 #endif
 #ifndef MAX_STACKS
-#define MAX_STACKS 16384
+#define MAX_STACKS 32768
+#endif
+#ifndef STACK_DEPTH
+#define STACK_DEPTH 32
 #endif
 #ifndef MAX_AGER_TIDS
 #define MAX_AGER_TIDS 256
 #endif
 #define NR_SLOTS 64
+#define NO_STACK (-1000) /* stack not collected (other waiters); failures are -errno */
 
 enum waiter_class {
 	WAITER_VM = 0,
@@ -43,7 +54,9 @@ enum waiter_class {
 enum locks_lost {
 	LOST_THREADS_FULL = 0,   /* begin not stored: pending-wait map full */
 	LOST_NO_BEGIN = 1,       /* end in the window without a stored begin */
-	LOST_STACK = 2,          /* stack id not stored (stack map full or collision) */
+	LOST_STACK = 2,          /* wait counted without its stack: -EEXIST (hash bucket taken)
+				    or -EFAULT (no callchain buffer: nested in another
+				    perf/BPF callchain on this CPU) */
 	LOST_ENTRIES_FULL = 3,   /* contention key not stored: map full */
 	NR_LOCKS_LOST = 4,
 };
@@ -58,6 +71,8 @@ struct tstamp {
 	u64 ts;
 	s32 stack_id;
 	u32 flags;
+	u32 waiter;
+	u32 pad;
 };
 
 struct contention_key {
@@ -78,7 +93,14 @@ BPF_ARRAY(config, u64, NR_CFG);
 BPF_HASH(ager_tids, u32, u8, MAX_AGER_TIDS);
 BPF_HASH(starts, struct start_key, struct tstamp, MAX_THREADS);
 BPF_HASH(contended, struct contention_key, struct contention_val, MAX_ENTRIES);
-BPF_STACK_TRACE(stacks, MAX_STACKS);
+/* Stack ids are hashes: a bucket taken by another stack fails with -EEXIST
+ * (LOST_STACK). Many buckets of short stacks keep that rare for the same
+ * memory as BPF_STACK_TRACE's 127 frames; the caller is within the first few
+ * frames anyway. */
+struct short_stack {
+	u64 ip[STACK_DEPTH];
+};
+BPF_TABLE("stacktrace", int, struct short_stack, stacks, MAX_STACKS);
 BPF_ARRAY(wait_hist, u64, NR_WAITERS * NR_SLOTS);
 BPF_ARRAY(lost, u64, NR_LOCKS_LOST);
 
@@ -116,10 +138,17 @@ TRACEPOINT_PROBE(lock, contention_begin)
 	/* a mutex spins, then sleeps: two begins, one end; keep the first */
 	if (starts.lookup(&sk))
 		return 0;
-	struct tstamp t = {.ts = bpf_ktime_get_ns(), .flags = args->flags};
-	t.stack_id = stacks.get_stackid(args, 0);
-	if (t.stack_id < 0)
-		lost_inc(LOST_STACK);
+	u64 id = bpf_get_current_pid_tgid();
+	struct tstamp t = {.ts = bpf_ktime_get_ns(), .flags = args->flags, .stack_id = NO_STACK};
+	t.waiter = waiter_class(id, id >> 32);
+#ifndef OTHER_STACKS
+	if (t.waiter != WAITER_OTHER)
+#endif
+	{
+		t.stack_id = stacks.get_stackid(args, 0);
+		if (t.stack_id < 0)
+			lost_inc(LOST_STACK);
+	}
 	if (starts.update(&sk, &t))
 		lost_inc(LOST_THREADS_FULL);
 	return 0;
@@ -127,9 +156,7 @@ TRACEPOINT_PROBE(lock, contention_begin)
 
 TRACEPOINT_PROBE(lock, contention_end)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = id, tgid = id >> 32;
-	struct start_key sk = {.tid = tid, .lock = (u64)args->lock_addr};
+	struct start_key sk = {.tid = bpf_get_current_pid_tgid(), .lock = (u64)args->lock_addr};
 	struct tstamp *t = starts.lookup(&sk);
 	u64 now = bpf_ktime_get_ns();
 	bool in_window = now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);
@@ -139,12 +166,11 @@ TRACEPOINT_PROBE(lock, contention_end)
 		return 0;
 	}
 	u64 wait = now - t->ts;
-	struct contention_key key = {.stack_id = t->stack_id, .lock = sk.lock};
+	struct contention_key key = {.stack_id = t->stack_id, .waiter = t->waiter, .lock = sk.lock};
 	u32 flags = t->flags;
 	starts.delete(&sk);
 	if (!in_window)
 		return 0;
-	key.waiter = waiter_class(tid, tgid);
 
 	struct contention_val zero = {};
 	struct contention_val *v = contended.lookup_or_try_init(&key, &zero);

@@ -95,7 +95,7 @@ class LocksLost(enum.IntEnum):
 
     THREADS_FULL = 0
     NO_BEGIN = 1
-    STACK = 2
+    STACK = 2  # counted, without a stack: a partial record, not a lost event
     ENTRIES_FULL = 3
 
 
@@ -311,7 +311,8 @@ class TraceResult:
     wait_hist: dict[str, list[Log2Bucket]] | None = None
     funcs: list[FuncLatency] | None = None
     paths: dict[str, dict[str, int]] | None = None  # "age"/"test_age" -> path label -> calls
-    lost: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)  # events missing from some count, by cause
+    partial: dict[str, int] = field(default_factory=dict)  # events counted without a detail (e.g. their stack)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -17,6 +17,7 @@ clock as bpf_ktime_get_ns()).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import mmap
 import time
@@ -262,7 +263,8 @@ class Tracer:
     def _read_lost(self, prog: LoadedProgram, prefix: str, names: type, result: TraceResult) -> None:
         table = _table(prog, "lost")
         for item in names:
-            result.lost[f"{prefix}.{item.name.lower()}"] = int(table[ctypes.c_int(item)].value)
+            into = result.partial if item is LocksLost.STACK else result.lost
+            into[f"{prefix}.{item.name.lower()}"] = int(table[ctypes.c_int(item)].value)
 
     def _read_aging(self, prog: LoadedProgram, result: TraceResult) -> None:
         nk, nc, window = len(EventKind), len(TaskClass), result.window
@@ -325,9 +327,10 @@ class Tracer:
                 return []
             if stack_id not in frames_of:
                 try:
-                    addrs = list(stack_table.walk(stack_id))
+                    ips = stack_table[stack_table.Key(stack_id)].ip
                 except KeyError:
-                    addrs = []
+                    ips = []
+                addrs = list(itertools.takewhile(bool, ips))  # BCC's walk() assumes 127 frames
                 frames_of[stack_id] = [bpf.ksym(a).decode(errors="replace") for a in addrs]
             return frames_of[stack_id]
 

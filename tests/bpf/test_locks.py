@@ -68,3 +68,4 @@ def test_contention_rows_for_our_own_threads(offer):
         if result.lost["locks.entries_full"] == 0:
             assert hist.hist_total(buckets) == sum(r.count for r in rows), waiter
     assert result.lost["locks.threads_full"] == result.lost["locks.entries_full"] == 0, result.lost
+    assert "locks.stack" in result.partial and "locks.stack" not in result.lost

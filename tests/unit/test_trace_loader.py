@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from kvmctl.errors import UnsupportedError
+from kvmctl.errors import PermissionDeniedError, UnsupportedError
+from kvmctl.trace import loader
 from kvmctl.trace.loader import Headers, debian_header_trees, find_headers, kernel_source_env, merge_trees
 
 
@@ -83,3 +86,27 @@ def test_merged_tree_is_the_union_and_is_removed(tmp_path, monkeypatch):
         assert (tree / "include" / "linux" / "kvm_host.h").is_file()
     assert "BCC_KERNEL_SOURCE" not in os.environ
     assert not tree.exists()
+
+
+def test_preflight_errors_carry_a_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(loader, "TRACEFS_CANDIDATES", (tmp_path / "tracing",))
+    with pytest.raises(UnsupportedError) as err:
+        loader.tracefs_root()
+    assert err.value.hint == "mount it: mount -t tracefs nodev /sys/kernel/tracing"
+    (tmp_path / "tracing" / "events").mkdir(parents=True)
+    assert loader.tracefs_root() == tmp_path / "tracing"
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(PermissionDeniedError):
+        loader.require_root()
+
+
+def test_missing_or_wrong_bcc_module_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bcc", None)  # import fails
+    with pytest.raises(UnsupportedError) as err:
+        loader.import_bcc()
+    assert "python3-bpfcc" in err.value.hint
+    monkeypatch.setitem(sys.modules, "bcc", types.ModuleType("bcc"))  # PyPI's unrelated 'bcc'
+    with pytest.raises(UnsupportedError) as err:
+        loader.import_bcc()
+    assert "is not BCC" in err.value.message

@@ -1,32 +1,12 @@
 """Shared helpers for tests that run real VMs on /dev/kvm.
 
-The skip reason comes from kvmctl's own error (message and hint), so a test
-skipped here says exactly what the host lacks and how to fix it.
+Modules that create VMs set ``pytestmark = pytest.mark.kvm``; tests/conftest.py
+skips them with the host probe's reason when /dev/kvm is not usable.
 """
 
 from __future__ import annotations
 
 import os
-
-import pytest
-
-from kvmctl.errors import KvmctlError
-
-
-def kvm_unusable_reason() -> str | None:
-    """None when a VM can be created here; otherwise why not."""
-    from kvmctl.kvm import Kvm
-
-    try:
-        with Kvm() as kvm, kvm.create_vm():
-            return None
-    except KvmctlError as err:
-        return err.one_line()
-
-
-KVM_REASON = kvm_unusable_reason()
-# Apply with `pytestmark = KVM_MARKS` in every module that creates VMs.
-KVM_MARKS = [pytest.mark.kvm, pytest.mark.skipif(KVM_REASON is not None, reason=f"needs /dev/kvm: {KVM_REASON}")]
 
 
 def open_fds() -> set[int]:

@@ -10,7 +10,6 @@ header predates them; everything else must be in the header.
 from __future__ import annotations
 
 import ctypes
-import enum
 import shutil
 import subprocess
 from dataclasses import dataclass

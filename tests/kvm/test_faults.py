@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from kvmtest import KVM_MARKS, kvm_fds
+from kvmtest import kvm_fds
 
 from kvmctl.errors import ExitCode, GuestError
 from kvmctl.guest import longmode as lm
@@ -17,7 +17,7 @@ from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.payload import Payload
 from kvmctl.kvm import exits
 
-pytestmark = KVM_MARKS
+pytestmark = pytest.mark.kvm
 
 MIB = 1 << 20
 UD2, MMIO, PAGE_FAULT, SPIN, HLT = range(5)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kvmtest import KVM_MARKS
 
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.patterns import Pattern, random_key
 from kvmctl.kvm import BackingKind
 from kvmctl.kvm.memory import HUGE_2M
 
-pytestmark = KVM_MARKS
+pytestmark = pytest.mark.kvm
 
 MIB = 1 << 20
 PATTERNS = ["seq", "stride:3", "stride:700", "random", "random:0.3", "hotcold:0.25", "hotcold:0.25:3"]

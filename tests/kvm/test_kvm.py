@@ -8,7 +8,7 @@ import resource
 
 import numpy as np
 import pytest
-from kvmtest import KVM_MARKS, FdLeakCheck, kvm_fds
+from kvmtest import FdLeakCheck, kvm_fds
 
 from kvmctl.errors import KvmIoctlError, UnsupportedError, UsageError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
@@ -17,7 +17,7 @@ from kvmctl.kvm import Backing, BackingKind, Cap, Kvm, create_backing
 from kvmctl.kvm import abi
 from kvmctl.kvm.memory import HUGE_1G, HUGE_2M, PAGE_SIZE, hugetlb_free_pages
 
-pytestmark = KVM_MARKS
+pytestmark = pytest.mark.kvm
 
 MIB = 1 << 20
 # Above RLIMIT_NOFILE, so no fd can ever have this number: every syscall on it is EBADF.

@@ -25,6 +25,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--stock", action="store_true", help="Debian's stock kernel set up by scripts/setup-lab.sh (default)")
     parser.add_argument("--cpus", type=int, default=2, help="vCPUs of the lab machine (default 2)")
     parser.add_argument("--memory", default="2G", help="memory of the lab machine (default 2G)")
+    parser.add_argument("--disk", default="1G",
+                        help="RAM-backed ext4 disk for file-backed guests inside the lab, 0 for none (default 1G)")
+    parser.add_argument("--swap", default="0", help="RAM-backed swap inside the lab (default 0: none, like most hosts)")
     parser.add_argument("--timeout", default="15m", help="stop the lab after this long (default 15m)")
     parser.add_argument("--outdir", type=Path, default=Path.cwd(),
                         help="dir shared read-write with the lab and its working dir (default: here)")
@@ -38,6 +41,10 @@ def _summary(result, release: str) -> str:
     boot = f"{result.boot_s:.1f} s" if result.boot_s is not None else "?"
     return (f"kvmctl lab: {release} booted in {boot} (emulated SVM+NPT; kvm_amd npt={f.get('npt')} "
             f"tdp_mmu={f.get('tdp_mmu')}); exit {result.returncode} after {result.wall_s:.1f} s")
+
+
+def _size_or_zero(text: str, what: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text, what)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
         command=resolve_command(command, python),
         cpus=args.cpus,
         memory=parse_size(args.memory, "--memory"),
+        disk=_size_or_zero(args.disk, "--disk"),
+        swap=_size_or_zero(args.swap, "--swap"),
         timeout=parse_duration(args.timeout, "--timeout"),
         outdir=args.outdir,
         python=python,

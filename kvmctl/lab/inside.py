@@ -21,6 +21,7 @@ from kvmctl.errors import KvmctlError, UnsupportedError
 READY_MARKER = "kvmctl-lab: ready"
 FACTS_FILE = "lab.json"
 LAB_ENV = "KVMCTL_LAB"  # set for the command, so tools can tell they run in a lab
+TMPDIR_ENV = "KVMCTL_TMPDIR"  # where kvmctl puts file-backed guest memory
 
 _SYSFS_PARAMS = Path("/sys/module")
 _SHADOW_DIR = Path("/run/kvmctl-lab")
@@ -45,6 +46,8 @@ class LabFacts:
     lru_gen: str | None  # /sys/kernel/mm/lru_gen/enabled, None if MGLRU is not built
     page_idle: bool
     headers: str | None  # where /lib/modules/<release>/build points
+    disk: str | None  # ext4 on zram: page cache for file-backed guests (the lab's /tmp is tmpfs)
+    swap_bytes: int  # zram swap, so reclaim can also age anonymous guest memory
     problems: list[str] = field(default_factory=list)
 
 
@@ -128,7 +131,49 @@ def link_headers(release: str, headers: Path | None, common: Path | None, proble
     return str(headers)
 
 
-def collect_facts(release: str, headers: str | None, problems: list[str]) -> LabFacts:
+def _zram(index: int, size: int, problems: list[str]) -> Path | None:
+    dev = Path(f"/dev/zram{index}")
+    try:
+        Path(f"/sys/block/zram{index}/disksize").write_text(str(size))
+    except OSError as err:
+        problems.append(f"zram{index}: cannot set disksize: {err.strerror}")
+        return None
+    return dev
+
+
+def make_disks(disk_bytes: int, swap_bytes: int, problems: list[str]) -> tuple[str | None, int]:
+    """RAM-backed block devices: an ext4 scratch disk and swap, both lab-only.
+
+    Reclaim scans only page cache without swap, and tmpfs files are shmem:
+    a real disk filesystem gives file-backed guests the host's semantics.
+    """
+    if not disk_bytes and not swap_bytes:
+        return None, 0
+    err = _run(["modprobe", "zram", "num_devices=2"])
+    if err:
+        problems.append(err)
+        return None, 0
+    disk = None
+    if disk_bytes and (dev := _zram(0, disk_bytes, problems)):
+        mnt = _SHADOW_DIR / "disk"
+        mnt.mkdir(parents=True, exist_ok=True)
+        err = _run(["mkfs.ext4", "-q", "-F", str(dev)]) or _run(["mount", str(dev), str(mnt)])
+        if err:
+            problems.append(err)
+        else:
+            disk = str(mnt)
+    swapped = 0
+    if swap_bytes and (dev := _zram(1, swap_bytes, problems)):
+        err = _run(["mkswap", "-q", str(dev)]) or _run(["swapon", str(dev)])
+        if err:
+            problems.append(err)
+        else:
+            swapped = swap_bytes
+    return disk, swapped
+
+
+def collect_facts(release: str, headers: str | None, disk: str | None, swap_bytes: int,
+                  problems: list[str]) -> LabFacts:
     flags: set[str] = set()
     for line in (_read(Path("/proc/cpuinfo")) or "").splitlines():
         if line.startswith("flags"):
@@ -150,6 +195,8 @@ def collect_facts(release: str, headers: str | None, problems: list[str]) -> Lab
         lru_gen=_read(Path("/sys/kernel/mm/lru_gen/enabled")),
         page_idle=Path("/sys/kernel/mm/page_idle/bitmap").exists(),
         headers=headers,
+        disk=disk,
+        swap_bytes=swap_bytes,
         problems=problems,
     )
     if facts.release != release:
@@ -157,14 +204,16 @@ def collect_facts(release: str, headers: str | None, problems: list[str]) -> Lab
     return facts
 
 
-def prepare(release: str, headers: Path | None, common: Path | None) -> LabFacts:
+def prepare(release: str, headers: Path | None, common: Path | None, disk_bytes: int = 0,
+            swap_bytes: int = 0) -> LabFacts:
     if not in_lab():
         raise UnsupportedError("kvmctl.lab.inside runs only inside a lab VM", "use 'kvmctl lab -- COMMAND' on the host")
     problems: list[str] = []
     mount_pseudo_filesystems(problems)
     load_kvm_amd(problems)
     built = link_headers(release, headers, common, problems)
-    return collect_facts(release, built, problems)
+    disk, swapped = make_disks(disk_bytes, swap_bytes, problems)
+    return collect_facts(release, built, disk, swapped, problems)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,11 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--release", required=True)
     p.add_argument("--headers", type=Path)
     p.add_argument("--headers-common", type=Path)
+    p.add_argument("--disk-bytes", type=int, default=0)
+    p.add_argument("--swap-bytes", type=int, default=0)
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        facts = prepare(args.release, args.headers, args.headers_common)
+        facts = prepare(args.release, args.headers, args.headers_common, args.disk_bytes, args.swap_bytes)
     except KvmctlError as err:
         print(f"kvmctl: error: {err.one_line()}", file=sys.stderr)
         return int(err.exit_code)
@@ -189,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         return 0
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **{LAB_ENV: "1"})
+    if facts.disk:
+        env[TMPDIR_ENV] = facts.disk
     sys.stdout.flush()
     try:
         os.execvpe(command[0], command, env)

@@ -37,6 +37,8 @@ class LabSpec:
     command: list[str]  # argv to exec inside the lab, already resolved
     cpus: int = 2
     memory: int = 2 << 30
+    disk: int = 1 << 30  # zram ext4 scratch disk inside the lab (0: none)
+    swap: int = 0  # zram swap inside the lab (0: none, like the development host)
     timeout: float = 900.0
     outdir: Path = field(default_factory=Path.cwd)
     python: str = sys.executable
@@ -67,7 +69,8 @@ def resolve_command(command: list[str], python: str) -> list[str]:
 
 
 def inside_argv(spec: LabSpec, scratch: Path) -> list[str]:
-    argv = [spec.python, "-m", "kvmctl.lab.inside", "--scratch", str(scratch), "--release", spec.kernel.release]
+    argv = [spec.python, "-m", "kvmctl.lab.inside", "--scratch", str(scratch), "--release", spec.kernel.release,
+            "--disk-bytes", str(spec.disk), "--swap-bytes", str(spec.swap)]
     if spec.kernel.headers is not None:
         argv += ["--headers", str(spec.kernel.headers)]
     if spec.kernel.headers_common is not None:

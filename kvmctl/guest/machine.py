@@ -403,12 +403,17 @@ class GuestMachine:
 
     # --- teardown ----------------------------------------------------------
     def kick_all(self) -> None:
-        """Interrupt every vCPU that is inside KVM_RUN."""
+        """Interrupt every vCPU that is inside KVM_RUN.
+
+        The signal only goes out when a handler is installed (by a machine built on
+        the main thread): with the default disposition SIGUSR1 would kill the process.
+        """
         self._stopping.set()
+        handled = signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
         for w in self.workers:
             if w.vcpu.fd >= 0:
                 w.vcpu.request_exit()
-            if w.is_alive() and w.ident:
+            if handled and w.is_alive() and w.ident:
                 try:
                     signal.pthread_kill(w.ident, KICK_SIGNAL)
                 except (ProcessLookupError, OSError):

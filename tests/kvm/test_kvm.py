@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +333,22 @@ def test_backing_close_unmaps():
     b.close()
     maps = open("/proc/self/maps").read()
     assert f"{start:x}-" not in maps
+
+
+def test_machine_off_the_main_thread_does_not_kill_the_process():
+    """Without a SIGUSR1 handler (installed only from the main thread), closing must not
+    signal the vCPU threads: SIGUSR1's default action would end the whole process."""
+    code = (
+        "import threading\n"
+        "from kvmctl.guest.machine import GuestMachine, MachineSpec\n"
+        "from kvmctl.guest.patterns import Pattern\n"
+        "def work():\n"
+        "    with GuestMachine(MachineSpec(2 << 20, 2)) as m:\n"
+        "        m.run_epoch(Pattern.parse('seq'))\n"
+        "t = threading.Thread(target=work)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "print('survived')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "survived", (p.returncode, p.stderr[-500:])

@@ -94,7 +94,9 @@ class Vm:
         return mem
 
     def remove_memslot(self, slot: int) -> None:
-        mem = next(m for m in self.memslots if m.slot == slot)
+        mem = next((m for m in self.memslots if m.slot == slot), None)
+        if mem is None:
+            raise UsageError(f"memslot {slot} does not exist", f"remove one of {[m.slot for m in self.memslots]}")
         region = abi.kvm_userspace_memory_region(slot, 0, mem.gpa, 0, 0)  # size 0 deletes
         ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, ctypes.addressof(region), "KVM_SET_USER_MEMORY_REGION")
         self.memslots.remove(mem)

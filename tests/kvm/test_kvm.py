@@ -173,6 +173,8 @@ def test_memslot_add_and_remove(kvm):
         vm.add_memslot(5, 2 * MIB, b)
         assert [m.slot for m in vm.memslots] == [0, 5]
         vm.remove_memslot(0)
+        with pytest.raises(UsageError):
+            vm.remove_memslot(0)
         vm.add_memslot(0, 0, a)  # the range and id are free again
         assert vm.memslots[-1].describe()["gpa_end"] == 2 * MIB
 

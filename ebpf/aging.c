@@ -119,22 +119,24 @@ static __always_inline u32 classify(u32 tid, u32 tgid, const char *comm)
 
 static __always_inline void count_gfns(u32 kind, u64 index, u64 n)
 {
-	u64 done = 0;
+	u64 room = index < NR_PAGES ? NR_PAGES - index : 0;
+	if (n > room) {
+		lost_inc(LOST_GFN_INDEX, n - room);
+		n = room;
+	}
+	if (n > MAX_PAGES_PER_EVENT) {
+		lost_inc(LOST_GFN_CLIPPED, n - MAX_PAGES_PER_EVENT);
+		n = MAX_PAGES_PER_EVENT;
+	}
+	u32 base = kind * NR_PAGES + index;
 	for (u32 i = 0; i < MAX_PAGES_PER_EVENT; i++) {
 		if (i >= n)
 			break;
-		if (index + i >= NR_PAGES) {
-			lost_inc(LOST_GFN_INDEX, n - i);
-			return;
-		}
-		u32 idx = kind * NR_PAGES + index + i;
+		u32 idx = base + i;
 		u64 *v = per_gfn.lookup(&idx);
 		if (v)
 			__sync_fetch_and_add(v, 1);
-		done++;
 	}
-	if (n > done)
-		lost_inc(LOST_GFN_CLIPPED, n - done);
 }
 
 /* Count the pages of [start, end) inside our memslots; 0 = not our VM. */

@@ -85,7 +85,6 @@ class Tracer:
         self.options = options or TracerOptions()
         self._headers = headers
         self._programs: dict[str, LoadedProgram] = {}
-        self._mmaps: list[mmap.mmap] = []
         self._func_ids: dict[str, int] = {}
         self._cleanup: cleanup.Handle | None = None
         self.window: TraceWindow | None = None
@@ -134,13 +133,26 @@ class Tracer:
         return self.window
 
     def stop(self) -> None:
-        """Close the window, keep the final figures, detach everything. Idempotent."""
+        """Close the window, keep the final figures, detach everything. Idempotent.
+
+        Safe in finally blocks and signal paths: interrupted while waiting
+        for the end edge, it closes the window at once and still reads the
+        maps, so an interrupted run keeps its (partial) figures.
+        """
         try:
             if self.running:
                 end_ns = self._set_edge(Cfg.END_NS)
-                self._await(end_ns)
-                self.window.end_ns = end_ns
-                self._final = self._read()
+                try:
+                    self._await(end_ns)
+                except BaseException:
+                    end_ns = time.monotonic_ns()
+                    self._write_all(Cfg.END_NS, end_ns)
+                    self.notes.append("window closed early by an interrupt: programs may disagree by "
+                                      "microseconds at its end")
+                    raise
+                finally:
+                    self.window.end_ns = end_ns
+                    self._final = self._read()
         finally:
             if self._cleanup is not None:
                 handle, self._cleanup = self._cleanup, None
@@ -226,9 +238,8 @@ class Tracer:
             time.sleep(left / 1e9)
 
     def _detach(self) -> None:
-        for m in self._mmaps:
-            m.close()
-        self._mmaps.clear()
+        if self.running:  # detached by the cleanup stack before stop() read the maps
+            self.window.end_ns = time.monotonic_ns()
         programs, self._programs = self._programs, {}
         for prog in programs.values():
             prog.bpf.cleanup()

@@ -202,6 +202,8 @@ def load_program(name: str, cflags: list[str], headers: Headers | None = None) -
     with kernel_source_env(headers):
         try:
             bpf = bcc.BPF(src_file=str(src).encode(), cflags=flags)
+        except KvmctlError:  # Interrupted by a signal mid-compile: not the kernel's verdict
+            raise
         except Exception as err:  # BCC raises bare Exception for compile, load and attach failures
             text = str(err)
             if "Failed to compile" in text:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import enum
 import gzip
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmctl.trace.loader import tracefs_root
 from kvmctl.trace.records import FuncRole
 
 MAX_FUNCS = 8  # enter_/leave_ pairs in ebpf/funcs.c
@@ -330,10 +332,6 @@ def detect_mmu(sys_module: Path = Path("/sys/module")) -> tuple[bool, str, int |
 
 def probe_kernel(tracefs: Path | None = None) -> KernelOffer:
     """Read what this kernel offers. Touches nothing; works without root where files allow."""
-    import os
-
-    from kvmctl.trace.loader import tracefs_root
-
     tracefs = tracefs or tracefs_root()
     notes: list[str] = []
     wanted = {t for m in MEASUREMENTS for p in m.candidates if p.kind is AttachKind.TRACEPOINT for t in p.targets}

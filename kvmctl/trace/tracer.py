@@ -123,8 +123,11 @@ class Tracer:
                 self.notes.append(note)
             if "funcs.c" in self._programs:
                 self._attach_functions(self._programs["funcs.c"])
-            start_ns = self._set_edge(Cfg.START_NS)
+            # START in the future first (END is still 0: closed), then END open
+            start_ns = time.monotonic_ns() + EDGE_MARGIN_NS
+            self._write_all(Cfg.START_NS, start_ns)
             self._write_all(Cfg.END_NS, U64_MAX)
+            self._check_edge("start", start_ns)
             self.window = TraceWindow(start_ns)
             self._await(start_ns)
         except BaseException:
@@ -141,7 +144,9 @@ class Tracer:
         """
         try:
             if self.running:
-                end_ns = self._set_edge(Cfg.END_NS)
+                end_ns = time.monotonic_ns() + EDGE_MARGIN_NS
+                self._write_all(Cfg.END_NS, end_ns)
+                self._check_edge("end", end_ns)
                 try:
                     self._await(end_ns)
                 except BaseException:
@@ -223,14 +228,11 @@ class Tracer:
         for prog in self._programs.values():
             _table(prog, "config")[ctypes.c_int(which)] = ctypes.c_uint64(value)
 
-    def _set_edge(self, which: Cfg) -> int:
-        edge = time.monotonic_ns() + EDGE_MARGIN_NS
-        self._write_all(which, edge)
-        late = time.monotonic_ns() - edge
-        if late > 0:
-            self.notes.append(f"window {which.name.lower()} was written {late} ns after it passed: "
+    def _check_edge(self, which: str, edge_ns: int) -> None:
+        late = time.monotonic_ns() - edge_ns
+        if late > 0:  # this process was stalled longer than EDGE_MARGIN_NS
+            self.notes.append(f"window {which} was written {late} ns after it passed: "
                               "programs may disagree by that much at this edge")
-        return edge
 
     @staticmethod
     def _await(edge_ns: int) -> None:

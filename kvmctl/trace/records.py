@@ -245,7 +245,15 @@ class PerGfnCounts:
 
     memslots: list[MemslotRange]
     cap: int
-    by_kind: dict[str, np.ndarray]  # EventKind label -> uint32 array of cap entries
+    by_kind: dict[str, np.ndarray]  # EventKind label -> uint64 array of cap entries
+
+    def by_memslot(self, kind: EventKind) -> list[tuple[MemslotRange, np.ndarray]]:
+        """Each memslot with the counts of its pages (index i is gfn m.gfn_start + i), cut at the cap."""
+        out, base = [], 0
+        for m in self.memslots:
+            out.append((m, self.by_kind[kind.label][base:min(base + m.pages, self.cap)]))
+            base += m.pages
+        return out
 
 
 @dataclass

@@ -62,3 +62,4 @@ def test_quantiles_are_bucket_upper_bounds():
         hist_quantile(buckets, 1.5)
     with pytest.raises(ValueError):
         slot_bounds(-1)
+

@@ -71,7 +71,7 @@ FN_AGE = "kvm_age_gfn"
 FN_TEST_AGE = "kvm_test_age_gfn"
 FN_TDP_AGE = "kvm_tdp_mmu_age_gfn_range"
 FN_TDP_TEST_AGE = "kvm_tdp_mmu_test_age_gfn"
-FN_RMAP_AGE = "rmap-age"  # kvm_rmap_age_gfn_range (6.13+) or kvm_age_rmap (older)
+FN_RMAP_AGE = "rmap-age"  # kvm_rmap_age_gfn_range (6.13+), kvm_age_rmap, or a marker of the inlined walk
 FN_RMAP_TEST_AGE = "rmap-test-age"  # kvm_test_age_rmap (older kernels; 6.13+ shares kvm_rmap_age_gfn_range)
 FN_TEST_CLEAR_YOUNG = "test-clear-young"  # Yu Zhao's series: kvm_arch_test_clear_young & co
 
@@ -81,7 +81,9 @@ FUNCTION_SYMBOLS: dict[str, tuple[str, ...]] = {
     FN_TEST_AGE: ("kvm_test_age_gfn",),
     FN_TDP_AGE: ("kvm_tdp_mmu_age_gfn_range",),
     FN_TDP_TEST_AGE: ("kvm_tdp_mmu_test_age_gfn",),
-    FN_RMAP_AGE: ("kvm_rmap_age_gfn_range", "kvm_age_rmap"),
+    # Debian's 6.1 inlines kvm_age_rmap into kvm_age_gfn; the inlined walk still calls
+    # rmap_walk_init_level, which then marks the rmap path (its latency is only the walk's setup).
+    FN_RMAP_AGE: ("kvm_rmap_age_gfn_range", "kvm_age_rmap", "rmap_walk_init_level"),
     FN_RMAP_TEST_AGE: ("kvm_test_age_rmap",),
     FN_TEST_CLEAR_YOUNG: ("kvm_arch_test_clear_young", "kvm_mmu_notifier_test_clear_young",
                           "kvm_test_clear_young"),

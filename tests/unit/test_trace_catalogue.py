@@ -84,6 +84,16 @@ def test_patched_kernel_probes_test_clear_young():
     assert plan.functions["kvm_arch_test_clear_young"] is FuncRole.OTHER
 
 
+def test_debian_61_marks_its_inlined_rmap_walk_by_rmap_walk_init_level():
+    # symbols of Debian's 6.1 kvm.ko: kvm_age_rmap / kvm_test_age_rmap are inlined into kvm_age_gfn
+    names = {"kvm_age_gfn", "kvm_test_age_gfn", "kvm_tdp_mmu_age_gfn_range", "kvm_tdp_mmu_test_age_gfn",
+             "rmap_walk_init_level", "slot_rmap_walk_next", "kvm_mmu_notifier_clear_young"}
+    symbols = resolve_symbols(names)
+    assert symbols["rmap-age"] == "rmap_walk_init_level" and "rmap-test-age" not in symbols
+    plan = make_plan(dataclasses.replace(LAB_61, symbols=symbols))
+    assert plan.functions["rmap_walk_init_level"] is FuncRole.RMAP
+
+
 def test_inlined_rmap_walker_falls_back_to_the_two_function_path_probe():
     symbols = {k: v for k, v in LAB_61.symbols.items() if not k.startswith("rmap")}
     plan = make_plan(dataclasses.replace(LAB_61, symbols=symbols))

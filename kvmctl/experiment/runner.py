@@ -85,8 +85,15 @@ class ExperimentState:
     """What the run has learned so far; becomes the report, also when cut short."""
 
     report: rm.Report
-    phases: list[Phase] = field(default_factory=list)
+    last_phase: Phase | None = None
+    # Summed over every phase; a phase's own arrays are not kept, so a long run's memory stays flat.
+    touch_counts: np.ndarray | None = None
     records: list[PassRecord] = field(default_factory=list)
+
+    def add_phase(self, phase: Phase) -> None:
+        counts = phase.touch_counts.astype(np.int64)
+        self.touch_counts = counts if self.touch_counts is None else self.touch_counts + counts
+        self.last_phase = phase
 
 
 class Experiment:
@@ -143,7 +150,7 @@ class Experiment:
                     per_pass = (time.monotonic() - passes_t0) / p
                     eta = f", ETA {per_pass * (spec.passes - p + 1):.0f}s"
                 self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode}), "
-                              f"epoch {self.state.phases[-1].last_epoch + 1 if self.state.phases else 0}{eta}")
+                              f"epoch {self.state.last_phase.last_epoch + 1 if self.state.last_phase else 0}{eta}")
                 phase, record, before, after = self._pass(ager, p)
                 self.state.records.append(record)
                 row = self._score_pass(p, record, phase, before, after, evicted_prev)
@@ -242,7 +249,7 @@ class Experiment:
                    "guest_seconds": sum(max(v["guest_seconds"] for v in r["vcpus"]) for r in results),
                    "start_ns": results[0]["start_ns"], "end_ns": results[-1]["end_ns"], "seed": self.spec.seed}
         phase = self._phase_from(pattern, results[0]["epoch"], results[-1]["epoch"], summary)
-        self.state.phases.append(phase)
+        self.state.add_phase(phase)
         return phase
 
     def _loop(self, during) -> tuple[Phase, object]:
@@ -260,7 +267,7 @@ class Experiment:
                                               summary["touches"], summary["guest_seconds"],
                                               (summary["end_ns"] - summary["start_ns"]) / 1e9,
                                               summary["start_ns"], summary["end_ns"]))
-        self.state.phases.append(phase)
+        self.state.add_phase(phase)
         return phase, result
 
     def _touch_phase(self) -> Phase:
@@ -328,7 +335,9 @@ class Experiment:
             return
         tracer, self.tracer = self.tracer, None
         try:
-            touched = sum((p.touch_counts for p in self.state.phases), np.zeros(self.total_pages, np.int64))
+            touched = self.state.touch_counts
+            if touched is None:
+                touched = np.zeros(self.total_pages, np.int64)
             res = tracer.fill_report(self.report, touched)
             self.trace_result = res
             if res.spte is not None:

@@ -6,9 +6,12 @@ each node's generations in the debugfs file, then write
   aging     ``+ memcg_id node_id max_gen_nr [can_swap [force_scan]]``
   eviction  ``- memcg_id node_id min_gen_nr [swappiness [nr_to_reclaim]]``
 Aging with force_scan walks the mm's page tables and, for KVM, the MMU
-notifier's test/clear-young path. Pages accessed since the last aging land in
-the youngest generation, so its size after a pass estimates the hot set; MGLRU
-gives no per-page answer, so the PassRecord carries no bitmap.
+notifier's test/clear-young path. It moves every page referenced since the
+last aging into generation ``max_gen_nr`` (the youngest when the command was
+written) and then opens a new, empty generation ``max_gen_nr + 1``. So after
+a pass, the generation aged into holds the recently used pages: its size
+estimates the hot set (``pages_found_idle`` counts the rest). MGLRU gives no
+per-page answer, so the PassRecord carries no bitmap.
 
 Options: ``enable`` (default True: turn MGLRU features on if needed, restored
 afterwards), ``can_swap`` (1), ``force_scan`` (1), ``evict`` (False),
@@ -51,9 +54,10 @@ class MemcgGens:
     def pages(self) -> int:
         return sum(g.nr_anon + g.nr_file for gens in self.nodes.values() for g in gens)
 
-    def youngest_pages(self) -> int:
-        return sum(max(gens, key=lambda g: g.gen).nr_anon + max(gens, key=lambda g: g.gen).nr_file
-                   for gens in self.nodes.values() if gens)
+    def pages_in(self, gens: dict[int, int]) -> int:
+        """Pages in generation ``gens[node]`` of each node."""
+        return sum(g.nr_anon + g.nr_file for node, node_gens in self.nodes.items() for g in node_gens
+                   if g.gen == gens.get(node))
 
 
 def parse_lru_gen(text: str) -> dict[str, MemcgGens]:
@@ -169,10 +173,9 @@ class MglruAger(Ager):
 
     def _run_pass(self, record: PassRecord) -> None:
         gens = self._gens()
-        for node, node_gens in sorted(gens.nodes.items()):
-            if not node_gens:
-                continue
-            cmd = aging_command(gens.memcg_id, node, max(g.gen for g in node_gens),
+        aged_into = {node: max(g.gen for g in node_gens) for node, node_gens in gens.nodes.items() if node_gens}
+        for node, max_gen in sorted(aged_into.items()):
+            cmd = aging_command(gens.memcg_id, node, max_gen,
                                 int(self._option("can_swap", 1)), int(self._option("force_scan", 1)))
             self._issue(record, cmd)
         if self._option("evict", False):
@@ -191,7 +194,10 @@ class MglruAger(Ager):
         after = self._gens()
         record.generations = [{"node": n, "gen": g.gen, "age_ms": g.age_ms, "nr_anon": g.nr_anon, "nr_file": g.nr_file}
                               for n, gs in sorted(after.nodes.items()) for g in gs]
-        record.notes.append(f"youngest generation holds {after.youngest_pages()} of {after.pages()} pages")
+        young = after.pages_in(aged_into)
+        record.pages_found_idle = after.pages() - young
+        record.notes.append(f"generation(s) aged into {sorted(set(aged_into.values()))} hold {young} of "
+                            f"{after.pages()} pages (used since the previous aging)")
 
     def _issue(self, record: PassRecord, cmd: str) -> None:
         record.lru_gen_commands.append(cmd)

@@ -26,36 +26,33 @@ SIZE = 64 << 20
 # Maps the file shared (as a file-backed guest memslot is), reads every page,
 # reports the mapping's address, then holds the mapping until stdin closes.
 CHILD = textwrap.dedent("""
-    import ctypes, mmap, os, sys
+    import mmap, os, sys
     sys.stdin.readline()                       # wait until moved into the cgroup
-    fd = os.open(sys.argv[1], os.O_RDWR)
-    m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
     total = sum(m[off] for off in range(0, len(m), mmap.PAGESIZE))
-    print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True)
+    maps = open("/proc/self/maps").read().splitlines()
+    print(int(next(l for l in maps if l.endswith(sys.argv[1])).split("-")[0], 16), flush=True)
     sys.stdin.readline()
 """)
 
 
-def _fs_type(path: Path) -> str:
-    best, fstype = "", "?"
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        mnt = left.split()[4]
-        if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best):
-            best, fstype = mnt, right.split()[0]
-    return fstype
-
-
 @pytest.fixture
 def backing(tmp_path) -> Path:
-    if _fs_type(tmp_path) in ("tmpfs", "ramfs"):
-        pytest.skip(f"{tmp_path} is on {_fs_type(tmp_path)}: its pages are not reclaimable without swap")
-    path = tmp_path / "guest.mem"
+    # KVMCTL_TMPDIR names a disk filesystem where /tmp is tmpfs (as in the lab).
+    directory = Path(os.environ.get("KVMCTL_TMPDIR") or tmp_path)
+    path = directory / f"kvmctl-test-{os.getpid()}.mem"
     with open(path, "wb") as f:
         f.write(np.random.default_rng(1).integers(0, 255, SIZE, dtype=np.uint8).tobytes())
-    # Cold cache, so the pages get charged to the cgroup of the child that reads them.
-    drop_page_cache(path)
-    return path
+    try:
+        # Cold cache, so the pages get charged to the cgroup of the child that reads them.
+        drop_page_cache(path)
+        if resident_pages(path).any():
+            pytest.skip(f"{directory} keeps file pages cached (tmpfs-like): nothing for reclaim to evict; "
+                        "set KVMCTL_TMPDIR to a directory on a disk filesystem")
+        yield path
+    finally:
+        path.unlink()
 
 
 @pytest.fixture
@@ -112,7 +109,8 @@ def test_memcg_ager_squeezes_file_pages_out_and_restores_the_limit(reader, backi
     resident = resident_pages(backing)
     assert record.bytes_requested == pytest.approx(usage / 2, rel=0.01)
     assert record.bytes_reclaimed >= 0.4 * usage, record
-    assert 0.3 < resident.mean() < 0.6, f"{resident.mean():.3f} of the file is still resident"
+    # v1 usage also counts the child's own pages; v2 reclaim may overshoot a little
+    assert 0.1 < resident.mean() < 0.6, f"{resident.mean():.3f} of the file is still resident"
     assert record.thread_ids == [threading.get_native_id()]
     assert record.start_ns < record.end_ns
     if cg.version is CgroupVersion.V1:
@@ -199,7 +197,7 @@ def test_stale_cgroups_of_dead_kvmctl_processes_are_found_and_removed(own):
         found = [m.path for m in stale_cgroups(own)]
         assert stale in found and live.path not in found
         removed, _ = remove_stale(own)
-        assert f"{own.rel}/{stale.name}" in removed
+        assert own.child(stale.name).rel in removed
         assert not stale.exists() and live.path.exists()
     finally:
         if stale.exists():

@@ -129,7 +129,8 @@ def test_parse_lru_gen():
     assert ours.memcg_id == 42 and sorted(ours.nodes) == [0, 1]
     assert [g.gen for g in ours.nodes[1]] == [3, 4, 5]
     assert ours.pages() == 130
-    assert ours.youngest_pages() == 20 + 2
+    assert ours.pages_in({0: 4, 1: 5}) == 20 + 2
+    assert ours.pages_in({0: 3}) == 100
 
 
 def test_parse_lru_gen_full_extra_columns_and_bad_lines():
@@ -174,6 +175,8 @@ def test_mglru_pass_issues_one_aging_command_per_node_and_restores_enabled(tmp_p
     assert rec.lru_gen_commands == ["+ 42 0 4 1 1", "+ 42 1 5 1 1"]
     assert [t for p, t in written if p == debugfs] == ["+ 42 0 4 1 1\n", "+ 42 1 5 1 1\n"]
     assert rec.idle is None and len(rec.generations) == 5
+    # the fake debugfs does not age: the generations named in the commands hold 20 + 2 pages
+    assert rec.pages_found_idle == 130 - 22
     ager.restore()
     assert enabled.read_text() == "0x0000"
 

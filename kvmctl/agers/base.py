@@ -31,7 +31,7 @@ import numpy as np
 
 from kvmctl import cleanup
 from kvmctl.cgroup import ExperimentCgroup
-from kvmctl.errors import UnsupportedError, UsageError
+from kvmctl.errors import PermissionDeniedError, UnsupportedError, UsageError
 
 GUEST_PAGE = 4096
 
@@ -41,11 +41,13 @@ class Availability:
     ok: bool
     reason: str
     remedy: str = ""
+    permission: bool = False  # missing only for lack of privilege: exit 5, not 3
 
     def require(self, name: str) -> None:
-        """Raise UnsupportedError unless ok."""
+        """Raise UnsupportedError (PermissionDeniedError for a privilege problem) unless ok."""
         if not self.ok:
-            raise UnsupportedError(f"ager {name} is not available: {self.reason}", self.remedy or None)
+            cls = PermissionDeniedError if self.permission else UnsupportedError
+            raise cls(f"ager {name} is not available: {self.reason}", self.remedy or None)
 
 
 class MemslotRef(NamedTuple):

@@ -110,7 +110,7 @@ class DamonAger(Ager):
             return Availability(False, "a kdamond kvmctl did not create is running: " + ", ".join(foreign),
                                 "DAMON is in use by someone else; kvmctl never touches it (use the passive ager to observe it)")
         if os.geteuid() != 0:
-            return Availability(False, "DAMON sysfs is root-only", "run kvmctl as root")
+            return Availability(False, "DAMON sysfs is root-only", "run kvmctl as root", permission=True)
         return Availability(True, f"no kdamond exists; kvmctl will create its own under {self.admin}")
 
     def _write(self, path: Path, value: str) -> None:

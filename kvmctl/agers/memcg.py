@@ -69,7 +69,8 @@ class MemcgAger(Ager):
         except KvmctlError as err:
             return Availability(False, err.message, err.hint or "")
         if not os.access(memcg.path, os.W_OK):
-            return Availability(False, f"cannot create cgroups below {memcg.rel}", "run kvmctl as root")
+            return Availability(False, f"cannot create cgroups below {memcg.rel}", "run kvmctl as root",
+                                permission=True)
         if memcg.version is CgroupVersion.V2 and not (memcg.path / "memory.reclaim").exists():
             return Availability(False, "cgroup v2 has no memory.reclaim (kernel before 5.19)", "use a kernel >= 5.19")
         how = "memory.reclaim" if memcg.version is CgroupVersion.V2 else "stepped memory.limit_in_bytes"

@@ -124,7 +124,7 @@ class MglruAger(Ager):
             return Availability(False, f"{self.debugfs} is absent",
                                 "mount debugfs: mount -t debugfs nodev /sys/kernel/debug")
         if os.geteuid() != 0:
-            return Availability(False, "the lru_gen debugfs file is root-only", "run kvmctl as root")
+            return Availability(False, "the lru_gen debugfs file is root-only", "run kvmctl as root", permission=True)
         return Availability(True, f"{self.debugfs} (features {self.enabled_path.read_text().strip()})")
 
     # knob handling

@@ -145,7 +145,8 @@ class PageIdleAger(Ager):
             return Availability(False, f"idle page tracking is not in this kernel ({self.bitmap.path} is absent)",
                                 "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y")
         if os.geteuid() != 0:
-            return Availability(False, "pagemap hides PFNs from processes without CAP_SYS_ADMIN", "run kvmctl as root")
+            return Availability(False, "pagemap hides PFNs from processes without CAP_SYS_ADMIN", "run kvmctl as root",
+                                permission=True)
         return Availability(True, f"{self.bitmap.path} and /proc/<pid>/pagemap")
 
     def _prepare(self, ctx: AgerContext) -> None:

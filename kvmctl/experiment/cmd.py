@@ -88,6 +88,9 @@ def main(args) -> int:
     # except during the runs themselves, so cleanup and the report write are
     # never cut in half and every signal leaves a report marked incomplete.
     with signals_deferred() as late:
+        from kvmctl.report.output import check_writable
+
+        check_writable(args.output)
         progress(f"the report goes to {args.output}")
         from kvmctl.experiment.runner import Experiment
         from kvmctl.report.model import headline_figures, write_report

@@ -56,6 +56,21 @@ def _os_error(path: Path, err: OSError) -> KvmctlError:
     return KvmctlError(f"cannot write {path}: {os.strerror(err.errno or 0)}", "check the output path")
 
 
+def check_writable(path: str | Path) -> Path:
+    """Fail before a long run, not after it: the directory exists and takes files, the target is no link."""
+    path = Path(path)
+    _check_target(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise UsageError(f"cannot write {path}: directory {directory} does not exist", "create it first")
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        raise UsageError(f"cannot write {path}: {directory} is on a read-only file system",
+                         "write the report to a writable file system")
+    if not os.access(directory, os.W_OK):
+        raise PermissionDeniedError(f"cannot write {path}: permission denied", "choose a writable directory")
+    return path
+
+
 def write_atomic(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file + fsync + rename."""
     path = Path(path)

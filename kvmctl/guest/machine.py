@@ -15,6 +15,7 @@ its ``out PORT_SYNC``), so the host can age memory with the guest paused.
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import signal
 import threading
@@ -61,6 +62,11 @@ class MachineSpec:
                              f"use at most {lm.MAX_VCPUS} vCPUs")
         if self.memslots < 1:
             raise UsageError(f"--memslots must be at least 1, got {self.memslots}", "use --memslots 1 or more")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if self.mem_bytes > ram:
+            # Every payload touches all of it: more than RAM only thrashes or OOMs a shared host.
+            raise UsageError(f"--mem {self.mem_bytes >> 20} MiB is more than this host's memory ({ram >> 20} MiB)",
+                             "use a smaller --mem")
         if self.mem_bytes % (align * self.memslots):
             raise UsageError(
                 f"--mem {self.mem_bytes} bytes cannot be split into {self.memslots} memslot(s) of whole "

@@ -42,6 +42,9 @@ class Memslot:
         }
 
 
+KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1  # include/linux/kvm_host.h: KVM_SET_USER_MEMORY_REGION's limit
+
+
 def check_memslot(new: Memslot, existing: list[Memslot], max_slots: int) -> None:
     """Reject what KVM would reject, before the ioctl, with a useful message."""
     align = new.backing.kind.alignment
@@ -59,6 +62,9 @@ def check_memslot(new: Memslot, existing: list[Memslot], max_slots: int) -> None
     if not 0 <= new.slot < max_slots:
         raise UsageError(f"memslot id {new.slot} is outside 0..{max_slots - 1} (KVM_CAP_NR_MEMSLOTS)",
                          "use fewer memslots")
+    if new.size // PAGE_SIZE > KVM_MEM_MAX_NR_PAGES:
+        raise UsageError(f"memslot {new.slot}: {new.size // PAGE_SIZE} pages exceed KVM's limit of "
+                         f"{KVM_MEM_MAX_NR_PAGES} pages per memslot", "split the memory into more memslots")
     if new.gpa_end > 1 << 52:
         raise UsageError(f"memslot {new.slot} ends at {new.gpa_end:#x}, beyond the 52-bit guest-physical space",
                          "use less memory")

@@ -174,6 +174,13 @@ def _kprobe_reason(offer: KernelOffer) -> str:
     return reason
 
 
+def _describe(point: AttachPoint, offer: KernelOffer) -> str:
+    """The attach point with kprobe targets named as in /proc/kallsyms."""
+    if point.kind is AttachKind.KPROBE:
+        return " + ".join(f"kprobe:{offer.symbols[t]}" for t in point.targets)
+    return str(point)
+
+
 def _unavailable(point: AttachPoint, offer: KernelOffer) -> str | None:
     """None if the kernel can serve ``point``, else why not."""
     if point.kind is AttachKind.TRACEPOINT:
@@ -210,7 +217,7 @@ def make_plan(offer: KernelOffer, wanted: set[str] | None = None) -> TracePlan:
         for point in m.candidates:
             why = _unavailable(point, offer)
             if why is None:
-                chosen[m.name] = str(point)
+                chosen[m.name] = _describe(point, offer)
                 points[m.name] = point
                 break
             reasons.append(why)

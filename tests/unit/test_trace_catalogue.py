@@ -64,7 +64,7 @@ def test_development_host_uses_tracepoints_and_says_why_the_rest_is_missing():
 def test_lab_kernel_gets_kprobes_bits_cleared_and_both_walkers():
     plan = make_plan(LAB_61)
     assert plan.chosen["aging.latency"] == "kprobe:kvm_age_gfn + kprobe:kvm_test_age_gfn"
-    assert plan.chosen["aging.path"] == "kprobe:kvm_age_gfn + kprobe:kvm_tdp_mmu_age_gfn_range + kprobe:rmap-age"
+    assert plan.chosen["aging.path"] == "kprobe:kvm_age_gfn + kprobe:kvm_tdp_mmu_age_gfn_range + kprobe:kvm_age_rmap"
     assert plan.chosen["aging.bits_cleared"] == "tracepoint:kvmmmu:kvm_tdp_mmu_spte_changed"
     assert plan.accessed_mask == 1 << 5
     assert plan.functions == {
@@ -80,7 +80,7 @@ def test_lab_kernel_gets_kprobes_bits_cleared_and_both_walkers():
 def test_patched_kernel_probes_test_clear_young():
     offer = dataclasses.replace(LAB_61, symbols={**LAB_61.symbols, "test-clear-young": "kvm_arch_test_clear_young"})
     plan = make_plan(offer)
-    assert plan.chosen["aging.test_clear_young"] == "kprobe:test-clear-young"
+    assert plan.chosen["aging.test_clear_young"] == "kprobe:kvm_arch_test_clear_young"
     assert plan.functions["kvm_arch_test_clear_young"] is FuncRole.OTHER
 
 

@@ -159,6 +159,7 @@ def _file_backing(size: int, path, temp_dir: str | None) -> Backing:
         p = Path(path)
         if p.exists() and not p.is_file():
             raise UsageError(f"backing path {p} is not a regular file", "name a regular file or a new path")
+        created = not p.exists()
         try:
             fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as err:
@@ -179,5 +180,7 @@ def _file_backing(size: int, path, temp_dir: str | None) -> Backing:
         hva = _sys.mmap(size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0, "the backing file")
     except BaseException:
         os.close(fd)
+        if not temporary and created:  # a file we made for nothing (full disk, say) is not left behind
+            Path(path).unlink(missing_ok=True)
         raise
     return Backing(BackingKind.FILE, size, hva, shown, fd, hva, size)

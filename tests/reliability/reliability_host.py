@@ -167,10 +167,11 @@ class Outcome:
 
 
 def run_kvmctl(args: list[str], tmp: Path, *, prefix: list[str] | None = None, env: dict[str, str] | None = None,
-               timeout: float = 120, cwd: Path | None = None) -> Outcome:
-    """Run ``python -m kvmctl ARGS`` to the end with a private temp dir."""
+               timeout: float = 120, cwd: Path | None = None, command: list[str] | None = None) -> Outcome:
+    """Run ``python -m kvmctl ARGS`` (or ``command + ARGS``) to the end with a private temp dir."""
     t0 = time.monotonic()
-    proc = subprocess.Popen((prefix or []) + kvmctl_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen((prefix or []) + (command or kvmctl_cmd()) + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
                             text=True, env=env or private_env(tmp / "tmp"), cwd=cwd or tmp)
     out, err = proc.communicate(timeout=timeout)
     return Outcome(proc.pid, proc.returncode, out, err, seconds=time.monotonic() - t0)

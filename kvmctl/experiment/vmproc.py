@@ -19,13 +19,14 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from kvmctl.errors import ExitCode, GuestError, KvmctlError
+from kvmctl.errors import ExitCode, GuestError, KvmctlError, UsageError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import BackingKind
+from kvmctl.kvm.memory import HUGE_2M
 
 
 # --- child side -----------------------------------------------------------
@@ -72,7 +73,9 @@ def _child_main(parent_pid: int | None = None) -> int:
                 if msg.get("cgroup_procs"):
                     Path(msg["cgroup_procs"]).write_text(str(os.getpid()))
                 spec = MachineSpec(**{**msg["spec"], "backing": BackingKind(msg["spec"]["backing"])})
+                spec, misbehave = _test_payload(spec)
                 machine = GuestMachine(spec, epoch_timeout=msg.get("epoch_timeout"))
+                misbehave(machine)
                 machine.start()
                 reply({"ok": {
                     "pid": os.getpid(),
@@ -111,12 +114,43 @@ def _child_main(parent_pid: int | None = None) -> int:
             if isinstance(err, GuestError):
                 break
         except Exception as err:  # noqa: BLE001 - reported to the parent as one line
-            reply({"error": {"type": type(err).__name__, "message": str(err), "hint": None}})
+            reply({"error": {"type": type(err).__name__, "message": f"VM process: {type(err).__name__}: {err}",
+                              "hint": "a kvmctl bug; please report it with the command line"}})
     if loop:
         loop.stop()
     if machine:
         machine.close()
     return 0
+
+
+# Test hook, documented in docs/reliability.md: KVMCTL_TEST_PAYLOAD=faults:<mode> makes the
+# experiment's VM run the `faults` payload, so tests reach the guest-fault paths end to end.
+_FAULT_MODES = {"ud": 0, "mmio": 1, "pf": 2, "spin": 3, "triple": 0}
+_UNMAPPED_GVA = 0x2_0000_0000  # 8 GiB: no page-table entry maps it
+
+
+def _test_payload(spec: MachineSpec):
+    """``spec`` as KVMCTL_TEST_PAYLOAD wants it, and what to do to the built machine before it starts."""
+    text = os.environ.get("KVMCTL_TEST_PAYLOAD")
+    if not text:
+        return spec, lambda machine: None
+    payload, _, mode = text.partition(":")
+    if payload != "faults" or mode not in _FAULT_MODES:
+        raise UsageError(f"KVMCTL_TEST_PAYLOAD={text!r} is not faults:<mode>",
+                         f"unset it, or use one of faults:{', faults:'.join(_FAULT_MODES)}")
+    spec = replace(spec, payload="faults", mmio_hole=HUGE_2M if mode == "mmio" else 0)
+
+    def misbehave(machine: GuestMachine) -> None:
+        arg1 = {"mmio": machine.mmio_gpa + 0x1238, "pf": _UNMAPPED_GVA}.get(mode, 0)
+        for mb in machine.mailboxes:
+            mb.arg0, mb.arg1 = _FAULT_MODES[mode], arg1
+        if mode == "triple":  # no usable IDT: #UD -> #GP -> #DF -> shutdown
+            for vcpu in machine.vm.vcpus:
+                sregs = vcpu.get_sregs()
+                sregs.idt.limit = 0
+                vcpu.set_sregs(sregs)
+
+    return spec, misbehave
 
 
 class _EpochLoop(threading.Thread):
@@ -206,7 +240,10 @@ class VmProcess:
                               "see its message above; the guest memory may exceed the host's")
         msg = json.loads(line)
         if "error" in msg:
-            raise VmProcessError(msg["error"])
+            info = msg["error"]
+            if info.get("type") == GuestError.__name__:  # the same type as in-process, registers included
+                raise GuestError(info["message"], info.get("hint"), info.get("registers"))
+            raise VmProcessError(info)
         return msg["ok"]
 
     def call(self, cmd: str, **kw):

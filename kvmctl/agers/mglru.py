@@ -14,9 +14,10 @@ estimates the hot set (``pages_found_idle`` counts the rest). MGLRU gives no
 per-page answer, so the PassRecord carries no bitmap.
 
 Options: ``enable`` (default True: turn MGLRU features on if needed, restored
-afterwards), ``can_swap`` (1), ``force_scan`` (1), ``evict`` (False),
-``swappiness`` (0 without swap, else 60), ``evict_pages`` (nr_to_reclaim, 0 =
-unbounded).
+afterwards), ``can_swap`` (1), ``force_scan`` (1), ``evict`` (False: after
+aging, evict every generation older than the one aged into, i.e. the pages
+not used since the previous pass), ``swappiness`` (0 without swap, else 60),
+``evict_pages`` (nr_to_reclaim, 0 = unbounded).
 """
 
 from __future__ import annotations
@@ -183,11 +184,15 @@ class MglruAger(Ager):
             swappiness = int(self._option("swappiness", 60 if swap_total_bytes() else 0))
             record.usage_before = self.ctx.cgroup.usage_bytes()
             for node, node_gens in sorted(self._gens().nodes.items()):
-                if len(node_gens) < 3:  # eviction must leave MIN_NR_GENS (2) generations
+                if not node_gens:
+                    continue
+                # Every generation older than the one just aged into: the pages not used since the
+                # previous aging. The kernel keeps the two youngest (MIN_NR_GENS).
+                upto = max(g.gen for g in node_gens) - 2
+                if upto < min(g.gen for g in node_gens):
                     record.notes.append(f"node {node}: only {len(node_gens)} generations, nothing evictable")
                     continue
-                cmd = eviction_command(gens.memcg_id, node, min(g.gen for g in node_gens), swappiness,
-                                       int(self._option("evict_pages", 0)))
+                cmd = eviction_command(gens.memcg_id, node, upto, swappiness, int(self._option("evict_pages", 0)))
                 self._issue(record, cmd)
             record.usage_after = self.ctx.cgroup.usage_bytes()
             record.bytes_reclaimed = max(0, record.usage_before - record.usage_after)

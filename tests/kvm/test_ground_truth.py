@@ -8,10 +8,13 @@ from guest memory and compare page by page.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from kvmctl.guest.machine import GuestMachine, MachineSpec
+from kvmctl.guest.mailbox import Port
 from kvmctl.guest.patterns import Pattern, random_key
 from kvmctl.kvm import BackingKind
 from kvmctl.kvm.memory import HUGE_2M
@@ -109,3 +112,37 @@ def test_2m_guest_pages(backing):
                       epoch_timeout=60) as m:
         run_write_epochs(m, Pattern.parse("random:0.4"))
         run_write_epochs(m, Pattern.parse("stride:2"))
+
+
+def test_progress_exits():
+    """PORT_PROGRESS reports every N touches, with the running count, per vCPU."""
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    with GuestMachine(MachineSpec(4 * MIB, 2), epoch_timeout=60) as m:
+        m.progress_cb = lambda vcpu, touches: seen[vcpu].append(touches)
+        r = m.run_epoch(Pattern.parse("random:0.7"), write=True, seed=SEED, progress_every=64)
+    for v in r.vcpus:
+        want = list(range(64, v.touched + 1, 64))
+        assert seen[v.vcpu] == want and v.progress_exits == len(want)
+
+
+def test_guest_is_parked_between_epochs():
+    """After run_epoch returns, no vCPU runs: memory stays still and registers are readable."""
+    with GuestMachine(MachineSpec(4 * MIB, 2), epoch_timeout=60) as m:
+        r = m.run_epoch(Pattern.parse("seq"), write=True, epoch=41)
+        before = m.stamps().copy()
+        time.sleep(0.05)
+        assert np.array_equal(m.stamps(), before)
+        for vcpu in m.vm.vcpus:  # KVM_GET_REGS would wait for a vCPU inside KVM_RUN
+            regs = vcpu.get_regs()
+            assert regs.rax == r.epoch and regs.rdx & 0xFFFF == int(Port.SYNC)  # just did `out PORT_SYNC`
+        m.run_epoch(Pattern.parse("seq"), write=True)
+        assert np.all(m.stamps() == 43)
+
+
+def test_guest_timing_agrees_with_the_host_clock():
+    """rdtsc deltas converted with KVM_GET_TSC_KHZ fit inside the host's wall time of each epoch."""
+    with GuestMachine(MachineSpec(32 * MIB, 1), epoch_timeout=60) as m:
+        for _ in range(4):
+            r = m.run_epoch(Pattern.parse("random:8"), write=True)
+            assert 0 < r.guest_seconds <= r.wall_seconds * 1.02 + 20e-6, (r.guest_seconds, r.wall_seconds)
+        assert m.tsc_hz > 100e6

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from kvmctl.errors import KvmctlError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
-from kvmctl.guest.mailbox import Port
+from kvmctl.guest.mailbox import SYNC_READY, Port
 from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import kvm_module
 from kvmctl.units import format_size, parse_size
@@ -141,7 +141,9 @@ def bench_create(exe: Path, tmp: Path, runs: int) -> Figure:
         if i >= 2:  # the first two warm caches (imports, numpy, page cache of the payload)
             py.append(dt)
             # C right after, so both see the same load; the C timing starts at open(/dev/kvm)
-            (_, ns), = run_c(exe, tmp / "touch.img", "create", 1, int(Port.SYNC))
+            (_, ns, data), = run_c(exe, tmp / "touch.img", "create", 1, int(Port.SYNC))
+            if int(data) != SYNC_READY:  # the C VM must start where Python's did: at the payload's entry
+                raise SystemExit(f"bench_core: C guest's first PORT_SYNC carried {int(data):#x}, not the ready marker")
             c.append(int(ns) / 1e9)
     p, r = statistics.median(py), statistics.median(c)
     return Figure("VM (1 GiB memslot, 1 vCPU) to first exit", p * 1e3, "ms", r * 1e3, None, "< 10 ms", p < 0.010,

@@ -8,7 +8,8 @@
  *
  * usage: kvm_guest IMAGE create RUNS PORT
  *            build the VM from scratch (open /dev/kvm .. first KVM_RUN) RUNS
- *            times; the first exit must be `out PORT`; prints "create <ns>"
+ *            times; the first exit must be `out PORT`; prints "create <ns> <data>"
+ *            with the value the guest wrote (the payload's ready marker)
  *        kvm_guest IMAGE loop PING_PORT EXIT_PORT
  *            run until `out EXIT_PORT`, counting `out PING_PORT` exits;
  *            prints "loop <exits> <ns>"
@@ -187,8 +188,10 @@ int main(int argc, char **argv)
                 fprintf(stderr, "kvm_guest: first exit on port %#x, expected %#x\n", io_port(&v), port);
                 return 1;
             }
+            uint32_t data;
+            memcpy(&data, (char *)v.run + v.run->io.data_offset, sizeof(data));
             destroy(&v, &im);
-            printf("create %llu\n", (unsigned long long)(t1 - t0));
+            printf("create %llu %u\n", (unsigned long long)(t1 - t0), data);
         }
         return 0;
     }

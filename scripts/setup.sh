@@ -42,7 +42,7 @@ apt_install() {
 }
 
 # 1. System packages. python3-bpfcc is BCC's Python module; never pip's "bcc".
-required=(python3-venv python3-bpfcc bpfcc-tools bpftrace gcc make binutils)
+required=(python3-venv python3-bpfcc bpfcc-tools bpftrace bpftool gcc make binutils)
 missing=()
 for pkg in "${required[@]}"; do
     is_installed "$pkg" || missing+=("$pkg")

@@ -190,7 +190,7 @@ def print_figures(figures: list[Figure]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64M,1G", help="touch benchmark sizes (default 64M,1G)")
-    ap.add_argument("--passes", type=int, default=30, help="steady-state passes per size (default 30)")
+    ap.add_argument("--passes", type=int, default=60, help="steady-state passes per size (default 60)")
     ap.add_argument("--runs", type=int, default=20, help="VM creations to time (default 20)")
     ap.add_argument("--exits", type=int, default=20000, help="port I/O exits per round (default 20000)")
     ap.add_argument("--rounds", type=int, default=3,

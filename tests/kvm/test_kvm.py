@@ -216,7 +216,8 @@ def test_stats_change_after_a_run():
         r = m.run_epoch(Pattern.parse("seq"), write=True)
         assert r.touches == mem // PAGE_SIZE
         grown = m.vm_stats()["pages_4k"] - system_pages
-        assert r.touches <= grown <= r.touches + 8, (grown, r.touches)
+        # + a few: on TDP hosts the guest page-table pages its walks read get mapped too
+        assert r.touches <= grown <= r.touches + 16, (grown, r.touches)
         assert vcpu_stats.read()["exits"] >= exits0 + 2  # two PORT_SYNC exits at least
 
 

@@ -146,3 +146,14 @@ def test_guest_timing_agrees_with_the_host_clock():
             r = m.run_epoch(Pattern.parse("random:8"), write=True)
             assert 0 < r.guest_seconds <= r.wall_seconds * 1.02 + 20e-6, (r.guest_seconds, r.wall_seconds)
         assert m.tsc_hz > 100e6
+
+
+def test_as_many_vcpus_as_kvmctl_supports():
+    from kvmctl.guest import longmode as lm
+    from kvmctl.kvm import Kvm
+
+    with Kvm() as kvm:
+        n = min(lm.MAX_VCPUS, kvm.max_vcpus())
+        with GuestMachine(MachineSpec(128 * MIB, n), kvm=kvm, epoch_timeout=60) as m:
+            run_write_epochs(m, Pattern.parse("random:0.5"))
+            assert len(m.vcpu_thread_ids) == n

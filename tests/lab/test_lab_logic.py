@@ -151,3 +151,29 @@ def test_vng_argv_boots_a_build_tree_as_a_dir(tmp_path):
 def test_vng_argv_refuses_to_share_root(tmp_path):
     with pytest.raises(UsageError, match="cannot share /"):
         vng_argv(_spec(Path("/")), Path("vng"), Path("/s"))
+
+
+def test_inside_refuses_to_touch_the_host():
+    from kvmctl.lab import inside
+
+    if inside.in_lab():
+        pytest.skip("running inside a lab VM")
+    with pytest.raises(UnsupportedError, match="only inside a lab VM"):
+        inside.prepare("6.1.0-56-amd64", None, None)
+
+
+def test_check_results_fail_skip_and_pass(monkeypatch):
+    from kvmctl.lab import check
+
+    def unsupported() -> str:
+        raise UnsupportedError("no MGLRU here", "boot a kernel with CONFIG_LRU_GEN")
+
+    def broken() -> str:
+        raise RuntimeError("bits_cleared=0")
+
+    monkeypatch.setattr(check, "CHECKS", {"a": lambda: "fine", "b": unsupported, "c": broken})
+    a, b, c = check.run_checks(["a", "b", "c"])
+    assert (a.ok, a.skipped, a.detail) == (True, False, "fine")
+    assert (b.ok, b.skipped) == (False, True) and "CONFIG_LRU_GEN" in b.detail
+    assert (c.ok, c.skipped, c.detail) == (False, False, "RuntimeError: bits_cleared=0")
+    assert check.main(["a", "b"]) == 0 and check.main(["c"]) == 1

@@ -17,16 +17,16 @@ clock as bpf_ktime_get_ns()).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import math
 import mmap
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from kvmctl import cleanup
-from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
+from kvmctl.errors import Interrupted, KvmctlError, UnsupportedError, UsageError
 from kvmctl.trace import hist, stacks
 from kvmctl.trace.catalogue import TracePlan
 from kvmctl.trace.loader import Headers, LoadedProgram, find_headers, load_program
@@ -61,13 +61,16 @@ DEFAULT_PER_GFN_CAP = 1 << 21  # 8 GiB of 4 KiB pages
 NR_SLOTS = 64
 U64_MAX = (1 << 64) - 1
 EDGE_MARGIN_NS = 20_000_000  # window edges are set this far ahead, then awaited
+# Older verifiers (Debian's 6.1) reject aging.c's per-gfn loop at 512 pages per event as too complex.
+SMALL_PAGES_PER_EVENT = 64
 
 
-@dataclass
+@dataclasses.dataclass
 class TracerOptions:
     bucket_ns: int = 100_000_000
     max_duration_s: float = 3600.0  # time series length; later events count as lost
     per_gfn_cap: int = DEFAULT_PER_GFN_CAP
+    max_pages_per_event: int = 512  # per-gfn loop bound in aging.c (one 2 MiB huge page)
 
 
 class Tracer:
@@ -82,7 +85,7 @@ class Tracer:
                              f"use at most {MAX_RANGES} data memslots")
         self.plan = plan
         self.target = target
-        self.options = options or TracerOptions()
+        self.options = dataclasses.replace(options) if options else TracerOptions()  # ours to adapt
         self._headers = headers
         self._programs: dict[str, LoadedProgram] = {}
         self._func_ids: dict[str, int] = {}
@@ -116,7 +119,7 @@ class Tracer:
         try:
             headers = self._headers or find_headers()
             for name in sorted(self.plan.programs()):
-                prog = load_program(name, self._cflags(name), headers)
+                prog = self._load(name, headers)
                 self._programs[name] = prog
                 self._configure(prog)
             for note in {n for p in self._programs.values() for n in p.notes}:
@@ -188,12 +191,27 @@ class Tracer:
 
     # setup
 
+    def _load(self, name: str, headers: Headers) -> LoadedProgram:
+        try:
+            return load_program(name, self._cflags(name), headers)
+        except (UnsupportedError, Interrupted):
+            raise
+        except KvmctlError:
+            if name != "aging.c" or self.options.max_pages_per_event <= SMALL_PAGES_PER_EVENT:
+                raise
+        big = self.options.max_pages_per_event
+        self.options.max_pages_per_event = SMALL_PAGES_PER_EVENT
+        self.notes.append(f"this kernel's verifier rejected aging.c's {big}-page per-gfn loop: per-gfn counts "
+                          f"stop at {SMALL_PAGES_PER_EVENT} pages per event (the rest is aging.gfn_clipped)")
+        return load_program(name, self._cflags(name), headers)
+
     def _cflags(self, name: str) -> list[str]:
         flags = [f"-DMAX_RANGES={MAX_RANGES}"]
         if name in ("aging.c", "spte.c"):
             flags.append(f"-DNR_PAGES={max(1, self.nr_pages)}")
         if name == "aging.c":
-            flags += [f"-DBUCKET_NS={self.options.bucket_ns}ULL", f"-DNR_BUCKETS={self.nr_buckets}"]
+            flags += [f"-DBUCKET_NS={self.options.bucket_ns}ULL", f"-DNR_BUCKETS={self.nr_buckets}",
+                      f"-DMAX_PAGES_PER_EVENT={self.options.max_pages_per_event}"]
         if name == "spte.c" and "aging.bits_cleared" in self.plan.points:
             flags += ["-DWITH_TDP_SPTE_CHANGED", f"-DACCESSED_MASK={self.plan.accessed_mask:#x}ULL"]
         return flags

@@ -169,14 +169,19 @@ def _file_backing(size: int, path, temp_dir: str | None) -> Backing:
     try:
         if os.fstat(fd).st_size < size:
             try:
-                os.posix_fallocate(fd, 0, size)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as err:
+                    if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.ftruncate(fd, size)  # a filesystem without fallocate
             except OSError as err:
                 if err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
                     raise UsageError(f"backing file needs {size >> 20} MiB: {err.strerror}",
                                      "free space or use a backing path on another filesystem") from None
-                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                os.ftruncate(fd, size)
+                # e.g. a /proc or /sys file: open() worked, but it cannot hold guest memory
+                raise UsageError(f"backing file {shown or 'in ' + directory} cannot grow to {size >> 20} MiB: "
+                                 f"{err.strerror}", "use a regular file on a writable disk filesystem") from None
         hva = _sys.mmap(size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0, "the backing file")
     except BaseException:
         os.close(fd)

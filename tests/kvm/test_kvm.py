@@ -355,3 +355,10 @@ def test_machine_off_the_main_thread_does_not_kill_the_process():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "survived", (p.returncode, p.stderr[-500:])
+
+
+def test_file_backing_that_cannot_hold_memory():
+    """A path that opens but cannot be sized (procfs) is a usage error, not an OSError."""
+    with pytest.raises(UsageError) as info:
+        create_backing("file", 2 * MIB, path="/proc/version")
+    assert "/proc/version" in info.value.message and info.value.hint

@@ -10,65 +10,19 @@ second test): the experiment has to run passes concurrently with epochs.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from agerhelp import HOT, SIZE, VmChild, prepared_vm
 
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.agers.residency import resident_pages
-from kvmctl.cgroup import ExperimentCgroup
 
 pytestmark = [pytest.mark.kvm, pytest.mark.root, pytest.mark.slow]
-
-SIZE = 256 << 20
-HOT = 0.25
-CHILD = Path(__file__).with_name("vm_child.py")
-
-
-class VmChild:
-    def __init__(self, own):
-        self.proc = subprocess.Popen([sys.executable, str(CHILD), str(SIZE)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.cg = ExperimentCgroup.create("vm", parent=own)
-        self.cg.add_pid(self.proc.pid)
-        reply = self.cmd("go")
-        if not reply:
-            pytest.fail(f"VM child failed: {self.proc.stderr.read()}")
-        self.hva, fd, self.gpa = map(int, reply.split())
-        self.backing = f"/proc/{self.proc.pid}/fd/{fd}"
-
-    def cmd(self, line: str) -> str:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.cmd("quit")
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-        self.cg.remove()
-
-
-def _prepared_vm(own) -> VmChild:
-    child = VmChild(own)
-    try:
-        assert child.cmd("epoch seq w").startswith("done")
-        assert child.cmd("sync") == "synced"  # clean pages: reclaim can drop them without writeback
-        for _ in range(3):
-            assert child.cmd(f"epoch hotcold:{HOT} r").startswith("done")
-    except BaseException:
-        child.close()
-        raise
-    return child
 
 
 @pytest.fixture
 def vm(own):
-    child = _prepared_vm(own)
+    child = prepared_vm(own)
     try:
         yield child
     finally:
@@ -107,7 +61,7 @@ def test_squeeze_with_the_guest_running_evicts_only_cold_pages(own):
     """
     attempts = []
     for _ in range(3):
-        vm = _prepared_vm(own)
+        vm = prepared_vm(own)
         try:
             hot, evicted, record = _squeeze(vm, concurrent=True)
         finally:

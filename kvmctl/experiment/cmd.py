@@ -11,7 +11,8 @@ from kvmctl.errors import Interrupted, KvmctlError
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
 _FLAG_KEYS = ("mem", "vcpus", "backing", "backing_path", "memslots", "guest_page", "share", "pattern", "access",
-              "seed", "ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout", "repeat")
+              "seed", "ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout", "repeat",
+              "vm_nice")
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--mode", choices=("concurrent", "between"),
                    help=f"passes run while the guest touches memory, or between epochs (default {d.mode})")
     a.add_argument("--epochs-per-pass", type=int, help="--mode between: epochs before each pass")
+    a.add_argument("--vm-nice", type=int, help="nice value of the VM process, so a loaded host does not starve "
+                   f"the vCPUs during a pass (default {d.vm_nice})")
     a.add_argument("--settle", help=f"--mode concurrent: guest runs this long before each pass (default {d.settle})")
     t = parser.add_argument_group("tracing and output")
     t.add_argument("--no-trace", dest="trace", action="store_false", default=None, help="attach no BPF programs")

@@ -127,7 +127,7 @@ class Experiment:
             vm_handle = cleanup.register(f"stop VM process {self.vm.pid}", self.vm.close)
             cgroup.add_pid(self.vm.pid)
             self.progress("building the VM")
-            info = self.vm.build(spec.machine_spec(), None, parse_duration(spec.epoch_timeout))
+            info = self.vm.build(spec.machine_spec(), None, parse_duration(spec.epoch_timeout), spec.vm_nice)
             self._memslots(info)
             self.stats_at_build = self.vm.call("stats")
             if spec.trace:

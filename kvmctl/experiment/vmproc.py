@@ -72,6 +72,9 @@ def _child_main(parent_pid: int | None = None) -> int:
             if cmd == "build":
                 if msg.get("cgroup_procs"):
                     Path(msg["cgroup_procs"]).write_text(str(os.getpid()))
+                if msg.get("nice"):
+                    # before any vCPU thread exists: threads inherit their creator's nice value
+                    os.setpriority(os.PRIO_PROCESS, 0, int(msg["nice"]))
                 spec = MachineSpec(**{**msg["spec"], "backing": BackingKind(msg["spec"]["backing"])})
                 spec, misbehave = _test_payload(spec)
                 machine = GuestMachine(spec, epoch_timeout=msg.get("epoch_timeout"))
@@ -250,10 +253,11 @@ class VmProcess:
         self._send({"cmd": cmd, **kw})
         return self._recv()
 
-    def build(self, spec: MachineSpec, cgroup_procs: str | None, epoch_timeout: float | None) -> dict:
+    def build(self, spec: MachineSpec, cgroup_procs: str | None, epoch_timeout: float | None,
+              nice: int = 0) -> dict:
         d = asdict(spec)
         d["backing"] = spec.backing.value
-        self.info = self.call("build", spec=d, cgroup_procs=cgroup_procs, epoch_timeout=epoch_timeout)
+        self.info = self.call("build", spec=d, cgroup_procs=cgroup_procs, epoch_timeout=epoch_timeout, nice=nice)
         return self.info
 
     def epoch(self, pattern: str, write: bool, seed: int = 0) -> dict:

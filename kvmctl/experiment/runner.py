@@ -22,7 +22,7 @@ from kvmctl import cleanup
 from kvmctl.agers import get_ager
 from kvmctl.agers.base import AgerContext, MemslotRef, PassRecord
 from kvmctl.agers.residency import resident_pages
-from kvmctl.cgroup import ExperimentCgroup
+from kvmctl.cgroup import ExperimentCgroup, own_memcg, remove_stale
 from kvmctl.errors import GuestError, Interrupted, KvmctlError
 from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.scoring import refaults, residency_score, young_score
@@ -122,6 +122,9 @@ class Experiment:
             self._host_facts()
             ager = get_ager(spec.ager)
             ager.availability().require(spec.ager)
+            removed, kept = remove_stale(own_memcg())  # left by a kvmctl killed with SIGKILL
+            report.notes.extend([f"removed stale cgroup {r}" for r in removed] +
+                                [f"stale cgroup kept: {k}" for k in kept])
             cgroup = ExperimentCgroup.create(f"exp{int(time.time() * 1000) % 10**8}")
             self.vm = VmProcess()
             vm_handle = cleanup.register(f"stop VM process {self.vm.pid}", self.vm.close)

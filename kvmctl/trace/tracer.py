@@ -16,6 +16,7 @@ clock as bpf_ktime_get_ns()).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import itertools
@@ -262,6 +263,10 @@ class Tracer:
             self.window.end_ns = time.monotonic_ns()
         programs, self._programs = self._programs, {}
         for prog in programs.values():
+            # Ours to run, once: BCC's own atexit cleanup would redo one a signal cut short and
+            # trip over the fds it had closed (a traceback at exit). The kernel detaches the rest
+            # when the process exits.
+            atexit.unregister(prog.bpf.cleanup)
             prog.bpf.cleanup()
 
     # reading

@@ -90,6 +90,9 @@ static __always_inline bool in_window(void)
 static __always_inline s64 gfn_index(u64 gfn)
 {
 	u64 nr = cfg_get(CFG_NR_RANGES);
+	/* unrolled: a rotated loop with a computed trip count (min(nr, MAX_RANGES))
+	 * does not verify on 6.1, which cannot bound the counter against it */
+#pragma unroll
 	for (int i = 0; i < MAX_RANGES; i++) {
 		if (i >= nr)
 			break;
@@ -107,6 +110,9 @@ static __always_inline s64 gfn_index(u64 gfn)
 static __always_inline bool hva_overlaps(u64 start, u64 end)
 {
 	u64 nr = cfg_get(CFG_NR_RANGES);
+	/* unrolled: a rotated loop with a computed trip count (min(nr, MAX_RANGES))
+	 * does not verify on 6.1, which cannot bound the counter against it */
+#pragma unroll
 	for (int i = 0; i < MAX_RANGES; i++) {
 		if (i >= nr)
 			break;

@@ -130,9 +130,7 @@ static __always_inline void count_gfns(u32 kind, u64 index, u64 n)
 	}
 	u32 base = kind * NR_PAGES + index;
 	for (u32 i = 0; i < MAX_PAGES_PER_EVENT; i++) {
-		/* hide i from clang so it keeps the constant bound the verifier
-		 * needs instead of rotating the loop around n */
-		asm volatile("" : "+r"(i));
+		bounded_loop_var(i);
 		if (i >= n)
 			break;
 		u32 idx = base + i;
@@ -152,10 +150,8 @@ static __always_inline u64 our_pages(u32 kind, u64 start, u64 end)
 {
 	u64 nr = cfg_get(CFG_NR_RANGES);
 	u64 pages = 0, gfn_first = 0, gfn_pages = 0;
-	/* unrolled: a rotated loop with a computed trip count (min(nr, MAX_RANGES))
-	 * does not verify on 6.1, which cannot bound the counter against it */
-#pragma unroll
 	for (int i = 0; i < MAX_RANGES; i++) {
+		bounded_loop_var(i);
 		if (i >= nr)
 			break;
 		int k = i;

@@ -84,10 +84,8 @@ static __always_inline void lost_inc(int which)
 static __always_inline bool hva_overlaps(u64 start, u64 end)
 {
 	u64 nr = cfg_get(CFG_NR_RANGES);
-	/* unrolled: a rotated loop with a computed trip count (min(nr, MAX_RANGES))
-	 * does not verify on 6.1, which cannot bound the counter against it */
-#pragma unroll
 	for (int i = 0; i < MAX_RANGES; i++) {
+		bounded_loop_var(i);
 		if (i >= nr)
 			break;
 		int k = i;

@@ -40,6 +40,13 @@ enum cfg {
 	NR_CFG = 4,
 };
 
+/* Keep a loop's constant bound visible to the verifier. Without it clang
+ * rotates `for (i = 0; i < MAX; i++) if (i >= n) break;` into a loop around
+ * a computed trip count min(n, MAX), which 6.1's verifier cannot bound
+ * ("infinite loop detected" / "sequence of 8193 jumps is too complex").
+ * The empty asm emits no instruction; it only hides i from the optimizer. */
+#define bounded_loop_var(i) asm volatile("" : "+r"(i))
+
 /* comm prefixes of the kernel's own agers; compared char by char because
  * BCC cannot load programs that reference string literals. */
 static __always_inline bool comm_is_kswapd(const char *c)

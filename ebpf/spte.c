@@ -90,10 +90,8 @@ static __always_inline bool in_window(void)
 static __always_inline s64 gfn_index(u64 gfn)
 {
 	u64 nr = cfg_get(CFG_NR_RANGES);
-	/* unrolled: a rotated loop with a computed trip count (min(nr, MAX_RANGES))
-	 * does not verify on 6.1, which cannot bound the counter against it */
-#pragma unroll
 	for (int i = 0; i < MAX_RANGES; i++) {
+		bounded_loop_var(i);
 		if (i >= nr)
 			break;
 		int k = i;
@@ -107,13 +105,12 @@ static __always_inline s64 gfn_index(u64 gfn)
 	return -1;
 }
 
+#ifdef WITH_TDP_SPTE_CHANGED
 static __always_inline bool hva_overlaps(u64 start, u64 end)
 {
 	u64 nr = cfg_get(CFG_NR_RANGES);
-	/* unrolled: a rotated loop with a computed trip count (min(nr, MAX_RANGES))
-	 * does not verify on 6.1, which cannot bound the counter against it */
-#pragma unroll
 	for (int i = 0; i < MAX_RANGES; i++) {
+		bounded_loop_var(i);
 		if (i >= nr)
 			break;
 		int k = i;
@@ -125,6 +122,7 @@ static __always_inline bool hva_overlaps(u64 start, u64 end)
 	}
 	return false;
 }
+#endif
 
 static __always_inline bool from_our_vm(void)
 {
@@ -144,7 +142,9 @@ static __always_inline u64 *per_gfn_slot(u64 gfn, bool mapping)
 	return mapping ? mappings.lookup(&idx) : cleared.lookup(&idx);
 }
 
-/* Remember whether this task's current aging notifier call is about us. */
+#ifdef WITH_TDP_SPTE_CHANGED
+/* Remember whether this task's current aging notifier call is about us
+ * (only the spte_changed attribution needs it: not attached otherwise). */
 static __always_inline int mark_aging(u64 start, u64 end)
 {
 	u32 tid = bpf_get_current_pid_tgid();
@@ -172,6 +172,7 @@ TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
 {
 	return mark_aging(args->start, args->end);
 }
+#endif
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 {

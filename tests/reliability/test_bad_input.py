@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from reliability_host import HostState, Outcome, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
+from reliability_host import HostState, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
 
 from kvmctl.errors import ExitCode, KvmctlError, UsageError
 from kvmctl.report.model import SCHEMA_VERSION, Report, write_report

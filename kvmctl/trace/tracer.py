@@ -238,6 +238,8 @@ class Tracer:
             try:
                 prog.bpf.attach_kprobe(event=symbol.encode(), fn_name=f"enter_{i}".encode())
                 prog.bpf.attach_kretprobe(event=symbol.encode(), fn_name=f"leave_{i}".encode())
+            except KvmctlError:  # Interrupted by a signal: not the kernel's verdict
+                raise
             except Exception as err:  # BCC raises bare Exception
                 raise UnsupportedError(f"cannot attach a kprobe to {symbol}: {err}",
                                        "check 'kvmctl info' for kprobe support on this kernel") from None

@@ -23,6 +23,7 @@ MIB = 1 << 20
 UD2, MMIO, PAGE_FAULT, SPIN, HLT = range(5)
 UNMAPPED = 0x2_0000_0000  # 8 GiB: above the data area, so no page-table entry maps it
 PF_USER = 0x4  # #PF error code: user mode, read, page not present
+RESET_RIP = 0xFFF0
 
 
 def payload_code_range() -> range:
@@ -116,7 +117,9 @@ def test_broken_idt_triple_faults(torn_down):
             vcpu.set_sregs(sregs)
             m.run_payload(UD2)
     assert "triple fault" in info.value.message
-    assert info.value.registers["rip"] in payload_code_range()
+    # VMX keeps the faulting state; SVM resets the vCPU on shutdown (rip = the reset vector 0xfff0)
+    rip = info.value.registers["rip"]
+    assert rip in payload_code_range() or rip == RESET_RIP, hex(rip)
 
 
 def test_machine_is_usable_after_a_fault_elsewhere(torn_down):

@@ -69,6 +69,7 @@ def _share(paths: dict[str, int]) -> str:
 def tdp_aging() -> str:
     from kvmctl.guest.machine import GuestMachine, MachineSpec
     from kvmctl.guest.patterns import Pattern
+    from kvmctl.trace.records import FuncRole
     from kvmctl.trace.tracer import Tracer, target_from_memslots
 
     plan = _plan(PATH_MEASUREMENTS | {"aging.bits_cleared"})
@@ -77,7 +78,7 @@ def tdp_aging() -> str:
         with Tracer(plan, target_from_memslots(os.getpid(), m.data_memslots)) as tracer:
             pageout(m.data_memslots)
         result = tracer.collect()
-    age = [f for f in result.funcs or [] if f.role == "age"]
+    age = [f for f in result.funcs or [] if f.role == FuncRole.OUTER_AGE.name.lower()]
     calls = sum(f.calls for f in age)
     hist_calls = sum(b.count for f in age for b in f.hist)
     cleared = result.spte.bits_cleared if result.spte else None

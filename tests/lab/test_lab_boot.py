@@ -50,9 +50,19 @@ def test_lab_self_check(self_check, check):
     assert result["ok"], result["detail"]
 
 
-def test_lab_kvmctl_info_says_tdp(tmp_path):
-    res = lab(tmp_path, "kvmctl", "info", "--json")
-    assert res.returncode == 0, res.stderr[-2000:]
-    info = json.loads(res.stdout)
+def test_lab_info_says_tdp_and_the_mglru_ager_runs(tmp_path):
+    """One boot: `kvmctl info` inside says TDP; the MGLRU ager ages the VM's memcg and restores the knob."""
+    py = sys.executable
+    script = (f"cat /sys/kernel/mm/lru_gen/enabled > lru_gen_before.txt"
+              f" && {py} -m kvmctl info --json > info.json"
+              f" && {py} -m kvmctl experiment --ager mglru --mem 32M --passes 2 --no-trace --quiet -o mglru.json"
+              f" && cat /sys/kernel/mm/lru_gen/enabled > lru_gen_after.txt")
+    res = lab(tmp_path, "sh", "-c", script)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((tmp_path / "info.json").read_text())
     assert info["mmu"] == "tdp"
     assert info["kernel"]["release"] == SUMMARY_RE.search(res.stderr).group(1)
+    report = json.loads((tmp_path / "mglru.json").read_text())
+    assert report["complete"], report.get("incomplete_reason")
+    assert [p["ager"] for p in report["passes"]] == ["mglru", "mglru"]
+    assert (tmp_path / "lru_gen_after.txt").read_text() == (tmp_path / "lru_gen_before.txt").read_text()

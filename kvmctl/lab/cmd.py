@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kvmctl.lab.kernel import resolve_kernel
 from kvmctl.lab.probe import check_lab, find_vng
-from kvmctl.lab.runner import LabSpec, resolve_command, run_lab
+from kvmctl.lab.runner import LabResult, LabSpec, resolve_command, run_lab
 from kvmctl.units import parse_duration, parse_size
 
 
@@ -36,7 +36,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
 
-def _summary(result, release: str) -> str:
+def _summary(result: LabResult, release: str) -> str:
     f = result.facts
     boot = f"{result.boot_s:.1f} s" if result.boot_s is not None else "?"
     return (f"kvmctl lab: {release} booted in {boot} (emulated SVM+NPT; kvm_amd npt={f.get('npt')} "

@@ -51,36 +51,6 @@ class Phase:
 
 
 @dataclass
-class MappingCounts:
-    """kvmmmu:kvm_mmu_set_spte on the data memslots, beside the VM's pages_4k gauge.
-
-    pages_4k counts present 4 KiB SPTEs of every memslot at one instant;
-    set_spte counts mapping events of data gfns over the trace window. They
-    differ by the system memslot's pages (mostly mapped at build, before the
-    window), re-faults (a gfn mapped again after a zap adds an event, not a
-    page) and zaps (writeback's mkclean and reclaim's unmap remove SPTEs that
-    nothing re-maps). Right after the populate epoch every data page is
-    mapped and nothing was zapped yet, so pages_4k minus the data pages there
-    is the system memslot's share.
-    """
-
-    set_spte: int
-    refaults: int
-    gfns_mapped: int  # distinct data gfns mapped at least once in the window
-    pages_4k_at_build: int | None  # system memslot only: no data page touched yet
-    pages_4k_after_populate: int | None  # system pages + every data page (None: --no-populate)
-    pages_4k_at_end: int | None
-
-    def note(self) -> str:
-        return (f"kvmmmu:kvm_mmu_set_spte: {self.set_spte} mappings of {self.gfns_mapped} distinct data gfns, "
-                f"{self.refaults} of them re-mappings after a zap (re-faults); VM stat pages_4k was "
-                f"{self.pages_4k_at_build} after build (system memslot pages, no data page touched yet), "
-                f"{self.pages_4k_after_populate} after the populate epoch (system pages plus every data page) and "
-                f"{self.pages_4k_at_end} at the end (present SPTEs: system pages plus data pages mapped "
-                "and not zapped since by writeback or reclaim)")
-
-
-@dataclass
 class ExperimentState:
     """What the run has learned so far; becomes the report, also when cut short."""
 
@@ -112,7 +82,6 @@ class Experiment:
         self.stats_at_build: dict = {}
         self.stats_after_populate: dict = {}
         self.trace_result = None  # TraceResult of the window, for cross-checks
-        self.mappings: MappingCounts | None = None
 
     # ------------------------------------------------------------------
     def run(self) -> rm.Report:
@@ -356,10 +325,13 @@ class Experiment:
         spte = self.trace_result.spte if self.trace_result is not None else None
         if spte is None:
             return
-        self.mappings = MappingCounts(spte.set_spte, spte.refaults, int((spte.mappings_per_gfn > 0).sum()),
-                                      self.stats_at_build.get("pages_4k"), self.stats_after_populate.get("pages_4k"),
-                                      self.report.vm_stats.get("pages_4k"))
-        self.report.notes.append(self.mappings.note())
+        sp = self.report.spte
+        sp.set_spte, sp.refaults = spte.set_spte, spte.refaults
+        sp.gfns_mapped = int((spte.mappings_per_gfn > 0).sum())
+        sp.shadow_pages_created = spte.shadow_pages_created
+        sp.pages_4k_at_build = self.stats_at_build.get("pages_4k")
+        sp.pages_4k_after_populate = self.stats_after_populate.get("pages_4k")
+        sp.pages_4k_at_end = self.report.vm_stats.get("pages_4k")
 
     # --- scoring ----------------------------------------------------------
     def _score_pass(self, p: int, record: PassRecord, phase: Phase, before, after, evicted_prev) -> rm.PassRow:

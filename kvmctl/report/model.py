@@ -222,6 +222,19 @@ class GroundTruth:
 
 
 @dataclass
+class Spte:
+    """Mappings of the VM's data pages (kvmmmu tracepoints) beside the pages_4k gauge."""
+
+    set_spte: int | None = None  # kvm_mmu_set_spte events on data gfns in the trace window
+    refaults: int | None = None  # of those, re-mappings of a gfn mapped before (after a zap)
+    gfns_mapped: int | None = None  # distinct data gfns mapped at least once
+    shadow_pages_created: int | None = None  # kvm_mmu_get_page events that created a shadow page
+    pages_4k_at_build: int | None = None  # VM stat pages_4k after the VM was built (system pages)
+    pages_4k_after_populate: int | None = None  # ... after the populate epoch (system + every data page)
+    pages_4k_at_end: int | None = None  # ... at the end of the run
+
+
+@dataclass
 class Fallback:
     verdict: Verdict | None = None
     tdp_share: float | None = None  # share of aging calls on the TDP path
@@ -318,6 +331,7 @@ class Report:
     contention: Contention = field(default_factory=Contention)
     ground_truth: GroundTruth = field(default_factory=GroundTruth)
     fallback: Fallback = field(default_factory=Fallback)
+    spte: Spte = field(default_factory=Spte)
     lost_events: int | None = None
     epochs: list[EpochRow] = field(default_factory=list)
     passes: list[PassRow] = field(default_factory=list)

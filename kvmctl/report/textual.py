@@ -237,6 +237,20 @@ def _ground_truth(report: Report) -> list[str]:
     return lines
 
 
+def _spte(report: Report) -> list[str]:
+    sp = report.spte
+    if sp.set_spte is None:
+        return []
+    lines = _section("Mappings of data pages (kvmmmu tracepoints)")
+    lines += _field("set_spte", f"{fmt_count(sp.set_spte)} mappings of {fmt_count(sp.gfns_mapped)} gfns, "
+                                f"{fmt_count(sp.refaults)} re-faults", 16)
+    if sp.shadow_pages_created is not None:
+        lines += _field("shadow pages", f"{fmt_count(sp.shadow_pages_created)} created", 16)
+    lines += _field("pages_4k", f"{fmt_count(sp.pages_4k_at_build)} built, {fmt_count(sp.pages_4k_after_populate)} "
+                                f"populated, {fmt_count(sp.pages_4k_at_end)} at end", 16)
+    return lines
+
+
 def _elide(rows: list, head: int = _LIST_HEAD) -> tuple[list, int, list]:
     if len(rows) <= 2 * head:
         return rows, 0, []
@@ -448,6 +462,7 @@ def render_text(report: Report) -> str:
         _headline,
         _fallback,
         _ground_truth,
+        _spte,
         _passes,
         _aging,
         _histograms,

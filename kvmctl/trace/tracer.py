@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from kvmctl import cleanup
-from kvmctl.errors import Interrupted, KvmctlError, UnsupportedError, UsageError
+from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
 from kvmctl.trace import hist, stacks
 from kvmctl.trace.catalogue import TracePlan
 from kvmctl.trace.loader import Headers, LoadedProgram, find_headers, load_program
@@ -62,8 +62,6 @@ DEFAULT_PER_GFN_CAP = 1 << 21  # 8 GiB of 4 KiB pages
 NR_SLOTS = 64
 U64_MAX = (1 << 64) - 1
 EDGE_MARGIN_NS = 20_000_000  # window edges are set this far ahead, then awaited
-# Older verifiers (Debian's 6.1) reject aging.c's per-gfn loop at 512 pages per event as too complex.
-SMALL_PAGES_PER_EVENT = 64
 
 
 @dataclasses.dataclass
@@ -86,7 +84,7 @@ class Tracer:
                              f"use at most {MAX_RANGES} data memslots")
         self.plan = plan
         self.target = target
-        self.options = dataclasses.replace(options) if options else TracerOptions()  # ours to adapt
+        self.options = options or TracerOptions()
         self._headers = headers
         self._programs: dict[str, LoadedProgram] = {}
         self._func_ids: dict[str, int] = {}
@@ -120,7 +118,7 @@ class Tracer:
         try:
             headers = self._headers or find_headers()
             for name in sorted(self.plan.programs()):
-                prog = self._load(name, headers)
+                prog = load_program(name, self._cflags(name), headers)
                 self._programs[name] = prog
                 self._configure(prog)
             for note in {n for p in self._programs.values() for n in p.notes}:
@@ -191,20 +189,6 @@ class Tracer:
         return self._final
 
     # setup
-
-    def _load(self, name: str, headers: Headers) -> LoadedProgram:
-        try:
-            return load_program(name, self._cflags(name), headers)
-        except (UnsupportedError, Interrupted):
-            raise
-        except KvmctlError:
-            if name != "aging.c" or self.options.max_pages_per_event <= SMALL_PAGES_PER_EVENT:
-                raise
-        big = self.options.max_pages_per_event
-        self.options.max_pages_per_event = SMALL_PAGES_PER_EVENT
-        self.notes.append(f"this kernel's verifier rejected aging.c's {big}-page per-gfn loop: per-gfn counts "
-                          f"stop at {SMALL_PAGES_PER_EVENT} pages per event (the rest is aging.gfn_clipped)")
-        return load_program(name, self._cflags(name), headers)
 
     def _cflags(self, name: str) -> list[str]:
         flags = [f"-DMAX_RANGES={MAX_RANGES}"]

@@ -89,6 +89,7 @@ class Interrupted(KvmctlError):
         import signal
 
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name}", "partial results were kept and marked incomplete")
+        super().__init__(f"interrupted by {name}",
+                         "host changes were undone; an experiment keeps its report, marked incomplete")
         self.signum = signum
         self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED

@@ -165,7 +165,8 @@ CASES = [
          marks=(root,)),
     case("nobody-experiment-traced", "experiment --mem 64M -o {out}", PERMISSION, "root", nobody=True,
          marks=(root,)),
-    case("nobody-damon", f"{EXP} --mem 64M --ager damon", PERMISSION, "damon", "run kvmctl as root", nobody=True, marks=(root,)),
+    case("nobody-damon", f"{EXP} --mem 64M --ager damon", PERMISSION, "damon", "run kvmctl as root", nobody=True,
+         marks=(root,)),
     case("nobody-report-unwritable", "report html {reports}/good.json -o /r.html", PERMISSION, "permission denied",
          nobody=True, marks=(root,)),
 ]

@@ -29,8 +29,10 @@ def sibling():
     path = parent.path / f"reliability-sibling-{os.getpid()}"
     path.mkdir()
     try:
-        knobs = ({"memory.limit_in_bytes": str(300 * MIB), "memory.soft_limit_in_bytes": str(200 * MIB)}
-                 if parent.version is CgroupVersion.V1 else {"memory.max": str(300 * MIB), "memory.high": str(200 * MIB)})
+        if parent.version is CgroupVersion.V1:
+            knobs = {"memory.limit_in_bytes": str(300 * MIB), "memory.soft_limit_in_bytes": str(200 * MIB)}
+        else:
+            knobs = {"memory.max": str(300 * MIB), "memory.high": str(200 * MIB)}
         for name, value in knobs.items():
             (path / name).write_text(value)
         yield path, knobs

@@ -110,8 +110,8 @@ def test_signal_leaves_partial_report_and_clean_host(case: Case, tmp_path, host_
     assert code != 0, f"{why}: the run ended before the signal arrived; shorten the offsets"
     assert code == 128 + signum, f"{why}: exit {code}\n{o.stderr}"
     errors = [line for line in o.stderr_lines if line.startswith("kvmctl: error:")]
-    assert errors == [f"kvmctl: error: interrupted by {signum.name} (partial results were kept and marked "
-                      "incomplete)"], f"{why}\n{o.stderr}"
+    assert errors == [f"kvmctl: error: interrupted by {signum.name} (host changes were undone; an experiment "
+                      "keeps its report, marked incomplete)"], f"{why}\n{o.stderr}"
     assert out.exists(), f"{why}: no report at {out}\n{o.stderr}"
     report = json.loads(out.read_text())
     assert report["complete"] is False, why

@@ -73,6 +73,9 @@ TRACEPOINTS = (
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 LOCKLESS_AGING_SINCE = (6, 15)
 BCC_SELFTEST_TIMEOUT_S = 30.0
+# Inside `kvmctl lab` the CPU is emulated (~17x slower) and one BCC compile
+# takes minutes, not seconds.
+BCC_SELFTEST_TIMEOUT_LAB_S = 240.0
 _ROOT_REMEDY = "run as root (sudo)"
 _SETUP_REMEDY = "run scripts/setup.sh as root"
 
@@ -228,6 +231,10 @@ def pick_error_line(stderr: str, exception: str) -> str:
 
 
 # --- small readers ---------------------------------------------------------------------------
+
+
+def _bcc_timeout() -> float:
+    return BCC_SELFTEST_TIMEOUT_LAB_S if os.environ.get("KVMCTL_LAB") else BCC_SELFTEST_TIMEOUT_S
 
 
 def _is_root() -> bool:
@@ -963,10 +970,10 @@ def _run_bcc_child(plan: dict[str, str]) -> dict[str, dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-c", "from kvmctl.host import _bcc_child; _bcc_child()", json.dumps(plan)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BCC_SELFTEST_TIMEOUT_S, env=env,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_bcc_timeout(), env=env,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        why = f"BCC self-test did not finish within {BCC_SELFTEST_TIMEOUT_S:.0f} s"
+        why = f"BCC self-test did not finish within {_bcc_timeout():.0f} s"
         return {kind: {"ok": False, "error": why} for kind in plan}
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])

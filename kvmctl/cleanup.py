@@ -24,6 +24,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from kvmctl.errors import Interrupted
+
 # Reentrant: a signal handler may run run_all() in the main thread while that
 # thread is inside register() or release().
 _lock = threading.RLock()
@@ -60,12 +62,26 @@ class Handle:
         return fn
 
     def release(self) -> None:
-        """Run the action now and unregister it; exceptions reach the caller."""
+        """Run the action now and unregister it; exceptions reach the caller.
+
+        An action a signal cut short (SIGINT/SIGTERM arrive as exceptions)
+        stays registered in its place, so ``run_all()`` finishes it; one that
+        failed on its own ran once and is not tried again.
+        """
         if self._pid != os.getpid():
             return
+        with _lock:
+            index = _stack.index(self) if self in _stack else len(_stack)
         fn = self._take()
-        if fn is not None:
+        if fn is None:
+            return
+        try:
             fn()
+        except (Interrupted, KeyboardInterrupt):
+            with _lock:
+                self._fn = fn
+                _stack.insert(min(index, len(_stack)), self)
+            raise
 
     def discard(self) -> None:
         """Unregister without running (the change was undone another way)."""

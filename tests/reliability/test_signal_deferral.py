@@ -84,3 +84,26 @@ def test_main_prints_one_line_and_undoes_what_it_registered(capsys, tmp_path):
     assert code == ExitCode.USAGE
     assert len(err) == 1 and err[0].startswith("kvmctl: error: report ") and err[0].endswith(")")
     assert undone == [True] and cleanup.pending() == []
+
+
+def test_release_cut_short_by_a_signal_stays_pending_in_its_place():
+    """cgroup.remove() interrupted mid-way (EBUSY retries) must still be finished by run_all()."""
+    from kvmctl import cleanup
+
+    order = []
+    cleanup.register("older", lambda: order.append("older"))
+    state = {"interrupt": True}
+
+    def remove():
+        if state.pop("interrupt", False):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0.5)
+        order.append("removed")
+
+    handle = cleanup.register("remove cgroup", remove)
+    cleanup.register("newer", lambda: order.append("newer"))
+    with pytest.raises(Interrupted):
+        handle.release()
+    assert handle.pending and cleanup.pending() == ["older", "remove cgroup", "newer"]
+    assert cleanup.run_all() == []
+    assert order == ["newer", "removed", "older"]

@@ -155,3 +155,61 @@ def test_sigkill_of_the_controller_takes_the_vm_child_with_it(tmp_path):
                     if err.errno != errno.EBUSY or time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
+
+
+# Deterministic cases for the two spans a random offset rarely hits: the
+# cleanup after the run and the report write. A prelude (run in the kvmctl
+# process only) slows each down and announces it; the signal lands inside.
+SLOW_WRITE = """
+import time, kvmctl.report.model as m
+_write = m.write_report
+def slow_write(report, path):
+    print("[test] writing the report", file=sys.stderr, flush=True)
+    time.sleep(1.5)
+    return _write(report, path)
+m.write_report = slow_write
+"""
+SLOW_CLEANUP = """
+import time, kvmctl.experiment.vmproc as v
+_close = v.VmProcess.close
+def slow_close(self):
+    print("[test] stopping the VM", file=sys.stderr, flush=True)
+    time.sleep(1.5)
+    return _close(self)
+v.VmProcess.close = slow_close
+"""
+
+
+@pytest.mark.parametrize("prelude, marker", [(SLOW_WRITE, "writing the report"), (SLOW_CLEANUP, "stopping the VM")],
+                         ids=["during-report-write", "during-cleanup"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_signal_during_cleanup_or_write_finishes_them_and_marks_incomplete(tmp_path, host_before, prelude, marker,
+                                                                             signum):
+    import sys
+
+    out = tmp_path / "report.json"
+    code_text = f"import sys\n{prelude}\nfrom kvmctl.cli import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code_text, "experiment", "--mem", "64M", "--passes", "1",
+                             "--no-trace", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=private_env(tmp_path / "tmp"), cwd=tmp_path)
+    try:
+        seen = wait_for_line(proc.stderr, marker, time.monotonic() + 90)
+        assert seen and marker in seen[-1], "".join(seen)
+        send(proc, signum)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    o = Outcome(proc.pid, code, "", "".join(seen) + rest)
+    assert "Traceback" not in o.stderr, o.stderr
+    assert code == 128 + signum, o.stderr
+    assert [line for line in o.stderr_lines if line.startswith("kvmctl: error:")] == \
+        [f"kvmctl: error: interrupted by {signum.name} (host changes were undone; an experiment keeps its report, "
+         "marked incomplete)"], o.stderr
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and "interrupted" in report["incomplete_reason"]
+    assert report["passes"], "the run itself had finished: its figures are all there"
+    assert not list(tmp_path.glob(".report.json.*"))
+    assert_nothing_left(o, tmp_path, host_before)

@@ -7,7 +7,8 @@
 # Environment:
 #   KVMCTL_LAB_DIR   cache dir (default /var/lib/kvmctl/lab; not under /var/cache,
 #                    which virtme-ng hides behind a tmpfs inside the lab)
-#   KVMCTL_LAB_KPKG  kernel package to unpack (default: what linux-image-amd64 depends on)
+#   KVMCTL_LAB_KPKG  another Debian kernel package to unpack beside the stock one (A/B runs:
+#                    kvmctl lab --kernel $KVMCTL_LAB_DIR/kernels/<release>/boot/vmlinuz-<release>)
 set -euo pipefail
 
 LAB_DIR=${KVMCTL_LAB_DIR:-/var/lib/kvmctl/lab}
@@ -78,7 +79,8 @@ if [[ ! -s $tree/lib/modules/$kver/modules.dep ]]; then
     need_root
     PATH=$PATH:/usr/sbin:/sbin depmod -b "$tree" "$kver"
 fi
-ln -sfn "kernels/$kver" "$LAB_DIR/stock"
+# The stock link follows linux-image-amd64 only, never an extra package.
+[[ -n ${KVMCTL_LAB_KPKG:-} ]] || ln -sfn "kernels/$kver" "$LAB_DIR/stock"
 
 # 3. Matching headers: installing them is harmless to the host's boot.
 hpkg=linux-headers-$kver

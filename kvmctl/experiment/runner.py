@@ -22,7 +22,7 @@ from kvmctl import cleanup
 from kvmctl.agers import get_ager
 from kvmctl.agers.base import AgerContext, MemslotRef, PassRecord
 from kvmctl.agers.residency import resident_pages
-from kvmctl.cgroup import ExperimentCgroup, own_memcg, remove_stale
+from kvmctl.cgroup import ExperimentCgroup, own_memcg, stale_cgroups
 from kvmctl.errors import GuestError, Interrupted, KvmctlError
 from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.scoring import refaults, residency_score, young_score
@@ -91,9 +91,10 @@ class Experiment:
             self._host_facts()
             ager = get_ager(spec.ager)
             ager.availability().require(spec.ager)
-            removed, kept = remove_stale(own_memcg())  # left by a kvmctl killed with SIGKILL
-            report.notes.extend([f"removed stale cgroup {r}" for r in removed] +
-                                [f"stale cgroup kept: {k}" for k in kept])
+            # A kvmctl killed with SIGKILL leaves its (empty) cgroup behind. It is not ours to
+            # remove: name it so that whoever ran that kvmctl can.
+            report.notes.extend(f"stale cgroup {m.rel} of a kvmctl that no longer runs: remove it with rmdir {m.path}"
+                                for m in stale_cgroups(own_memcg()))
             cgroup = ExperimentCgroup.create(f"exp{int(time.time() * 1000) % 10**8}")
             self.vm = VmProcess()
             vm_handle = cleanup.register(f"stop VM process {self.vm.pid}", self.vm.close)

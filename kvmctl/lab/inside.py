@@ -109,8 +109,11 @@ def link_headers(release: str, headers: Path | None, common: Path | None, proble
     if headers is None:
         problems.append(f"no headers for {release}: BCC programs cannot be compiled in this lab")
         return None
-    if not moddir.exists():
-        moddir.mkdir(parents=True)  # /lib/modules is the guest's own tmpfs when modules are absent
+    try:
+        moddir.mkdir(parents=True, exist_ok=True)  # virtme-ng's tmpfs /lib/modules when modules are absent
+    except OSError as err:
+        problems.append(f"cannot create {moddir}: {err.strerror}; BCC has no headers in this lab")
+        return None
     orig, shadow = _SHADOW_DIR / "modules-orig", _SHADOW_DIR / "modules"
     orig.mkdir(parents=True, exist_ok=True)
     shadow.mkdir(parents=True, exist_ok=True)

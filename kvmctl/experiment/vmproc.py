@@ -95,6 +95,11 @@ def _child_main(parent_pid: int | None = None) -> int:
             elif cmd == "loop_start":
                 loop = _EpochLoop(machine, Pattern.parse(msg["pattern"]), msg["write"], msg.get("seed", 0))
                 loop.start()
+                try:
+                    loop.wait_epochs(msg.get("min_epochs", 0))
+                except BaseException:
+                    loop = None  # it ended: nothing left to stop
+                    raise
                 reply({"ok": True})
             elif cmd == "loop_stop":
                 reply({"ok": loop.stop()})
@@ -171,19 +176,35 @@ class _EpochLoop(threading.Thread):
                         "epochs": 0, "touches": 0, "guest_seconds": 0.0, "start_ns": None, "end_ns": None}
         self.error: BaseException | None = None
         self._halt = threading.Event()
+        self._progress = threading.Condition()
+        self._ended = False
 
     def run(self) -> None:
         s = self.summary
         try:
             while not self._halt.is_set():
                 r = self.machine.run_epoch(self.pattern, self.write, self.seed)
-                s["start_ns"] = s["start_ns"] or r.start_ns
-                s["end_ns"], s["last"] = r.end_ns, r.epoch
-                s["epochs"] += 1
-                s["touches"] += r.touches
-                s["guest_seconds"] += r.guest_seconds
+                with self._progress:
+                    s["start_ns"] = s["start_ns"] or r.start_ns
+                    s["end_ns"], s["last"] = r.end_ns, r.epoch
+                    s["epochs"] += 1
+                    s["touches"] += r.touches
+                    s["guest_seconds"] += r.guest_seconds
+                    self._progress.notify_all()
         except BaseException as err:  # noqa: BLE001 - re-raised by stop()
             self.error = err
+        finally:
+            with self._progress:
+                self._ended = True
+                self._progress.notify_all()
+
+    def wait_epochs(self, n: int) -> None:
+        """Return once the loop ran ``n`` epochs (the guest really runs), or raise what ended it first."""
+        with self._progress:
+            self._progress.wait_for(lambda: self.summary["epochs"] >= n or self._ended)
+            if self.summary["epochs"] >= n:
+                return
+        self.stop()  # raises the loop's error
 
     def stop(self) -> dict:
         self._halt.set()
@@ -263,9 +284,13 @@ class VmProcess:
     def epoch(self, pattern: str, write: bool, seed: int = 0) -> dict:
         return self.call("epoch", pattern=pattern, write=write, seed=seed)
 
-    def loop_start(self, pattern: str, write: bool, seed: int = 0) -> None:
-        """Run epochs back to back in the child until :meth:`loop_stop`."""
-        self.call("loop_start", pattern=pattern, write=write, seed=seed)
+    def loop_start(self, pattern: str, write: bool, seed: int = 0, min_epochs: int = 0) -> None:
+        """Run epochs back to back in the child until :meth:`loop_stop`.
+
+        With ``min_epochs`` the call returns only once the loop ran that many
+        epochs, so that whatever the caller does next meets a running guest.
+        """
+        self.call("loop_start", pattern=pattern, write=write, seed=seed, min_epochs=min_epochs)
         self._looping = True
 
     def loop_stop(self) -> dict:

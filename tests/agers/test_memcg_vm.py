@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from agerhelp import HOT, SIZE, VmChild, prepared_vm
+from agerhelp import HOT, SIZE, prepared_vm
+from hostvm import VmChild
 
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.agers.residency import resident_pages
@@ -36,13 +37,13 @@ def _squeeze(vm: VmChild, concurrent: bool) -> tuple[np.ndarray, np.ndarray, obj
     before = resident_pages(vm.backing)
     assert before.all()
     ager = get_ager("memcg")
-    ager.prepare(AgerContext(vm.cg, vm.proc.pid, [(1, vm.hva, SIZE, vm.gpa, vm.backing)], options={"squeeze": 0.5}))
+    ager.prepare(AgerContext(vm.cg, vm.pid, vm.slot_refs(), options={"squeeze": 0.5}))
     try:
         if concurrent:
-            assert vm.cmd(f"spin hotcold:{HOT} r") == "spinning"
+            vm.spin(f"hotcold:{HOT}", write=False, min_epochs=2)  # the guest really runs during the pass
         record = ager.run_pass(0)
         if concurrent:
-            assert vm.cmd("stop").startswith("stopped")
+            assert vm.stop() >= 2
     finally:
         ager.restore()
     assert vm.cg.limit_bytes() is None

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from agerhelp import HOT as HOT_FRACTION
 from agerhelp import SIZE as VM_SIZE
-from agerhelp import VmChild
+from hostvm import VmChild
 
 from kvmctl.agers import AgerContext, get_ager
 
@@ -82,12 +82,12 @@ def test_process_pages(page_idle):
 
 @pytest.mark.kvm
 def test_guest_pages_through_kvm(page_idle, own):
-    vm = VmChild(own)
+    vm = VmChild(own, VM_SIZE)
     try:
-        assert vm.cmd("epoch seq w").startswith("done")
-        page_idle.prepare(AgerContext(vm.cg, vm.proc.pid, [(1, vm.hva, VM_SIZE, vm.gpa, vm.backing)]))
+        assert vm.epoch("seq", write=True) > 0
+        page_idle.prepare(AgerContext(vm.cg, vm.pid, vm.slot_refs()))
         page_idle.run_pass(0)
-        assert vm.cmd(f"epoch hotcold:{HOT_FRACTION} r").startswith("done")
+        assert vm.epoch(f"hotcold:{HOT_FRACTION}", write=False) > 0
         pages = VM_SIZE // 4096
         hot = np.zeros(pages, dtype=bool)
         hot[: round(HOT_FRACTION * pages)] = True

@@ -31,7 +31,7 @@ from kvmctl.trace.catalogue import make_plan
 from kvmctl.trace.loader import tracefs_root
 from kvmctl.trace.records import EventKind, MemslotRange, TaskClass
 from kvmctl.trace.tracer import Tracer
-from bpftest import VmChild
+from hostvm import VmChild
 from tracefs_instance import TraceLine, TracefsInstance
 
 pytestmark = [pytest.mark.bpf, pytest.mark.kvm, pytest.mark.root, pytest.mark.slow]
@@ -84,15 +84,15 @@ def test_bpf_aging_counts_match_tracefs_instance(own, offer, ager_tid):
     vm = VmChild(own, SIZE)
     try:
         (slot,) = vm.memslots
-        assert vm.cmd("epoch seq w").startswith("done")  # fault every page in, charged to the VM's cgroup
-        vm_threads = _threads(vm.proc.pid)
+        assert vm.epoch("seq", write=True) > 0  # fault every page in, charged to the VM's cgroup
+        vm_threads = _threads(vm.pid)
         with TracefsInstance(tracefs_root(), _filters(slot)) as inst:
             tracer = Tracer(plan, vm.target({ager_tid}))
             try:
                 window = tracer.start()
-                vm.cmd("epoch seq r")
+                vm.epoch("seq", write=False)
                 vm.cg.reclaim(SIZE // 2)  # in this thread: our ager
-                vm.cmd("epoch seq r")  # refault what reclaim dropped
+                vm.epoch("seq", write=False)  # refault what reclaim dropped
                 time.sleep(0.3)
             finally:
                 tracer.stop()

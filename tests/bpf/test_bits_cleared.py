@@ -9,7 +9,7 @@ the per-gfn array must add up to it.
 from __future__ import annotations
 
 import pytest
-from bpftest import VmChild
+from hostvm import VmChild
 
 from kvmctl.trace.catalogue import make_plan
 from kvmctl.trace.tracer import Tracer
@@ -25,9 +25,9 @@ def test_bits_cleared_after_an_aging_pass(own, offer, ager_tid):
     assert "aging.bits_cleared" in plan.chosen, plan.not_observable
     vm = VmChild(own, SIZE)
     try:
-        assert vm.cmd("epoch seq w").startswith("done")
+        assert vm.epoch("seq", write=True) > 0
         with Tracer(plan, vm.target({ager_tid})) as tracer:
-            assert vm.cmd(f"epoch hotcold:{HOT} r").startswith("done")
+            assert vm.epoch(f"hotcold:{HOT}", write=False) > 0
             vm.cg.reclaim(SIZE // 4)
         result = tracer.collect()
     finally:

@@ -10,7 +10,7 @@ exceed calls, and every outer call is counted under exactly one path.
 from __future__ import annotations
 
 import pytest
-from bpftest import VmChild
+from hostvm import VmChild
 
 from kvmctl.trace import hist
 from kvmctl.trace.catalogue import make_plan
@@ -27,11 +27,11 @@ def test_aging_function_latency_young_and_path(own, offer, ager_tid):
     assert {"aging.latency", "aging.young", "aging.path"} <= set(plan.chosen), plan.not_observable
     vm = VmChild(own, SIZE)
     try:
-        assert vm.cmd("epoch seq w").startswith("done")
+        assert vm.epoch("seq", write=True) > 0
         with Tracer(plan, vm.target({ager_tid})) as tracer:
-            assert vm.cmd("spin hotcold:0.25 r") == "spinning"
+            vm.spin("hotcold:0.25", write=False)
             vm.cg.reclaim(SIZE // 2)
-            assert vm.cmd("stop").startswith("stopped")
+            vm.stop()
         result = tracer.collect()
     finally:
         vm.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bpftest import VmChild
+from hostvm import VmChild
 
 from kvmctl.trace.catalogue import make_plan
 from kvmctl.trace.tracer import Tracer
@@ -35,11 +35,11 @@ def test_set_spte_maps_every_touched_gfn_and_counts_refaults(own, offer, ager_ti
     try:
         stats0 = vm.stats()
         with Tracer(plan, vm.target({ager_tid})) as tracer:
-            assert vm.cmd("epoch seq w").startswith("done")
+            assert vm.epoch("seq", write=True) > 0
             first = tracer.snapshot()
             stats1 = vm.stats()
             vm.cg.reclaim(SIZE // 2)
-            assert vm.cmd("epoch seq w").startswith("done")
+            assert vm.epoch("seq", write=True) > 0
         result = tracer.collect()
     finally:
         vm.close()

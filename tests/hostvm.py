@@ -1,0 +1,66 @@
+"""A VM for the host tests: kvmctl's own VM child process (VmProcess), in an experiment cgroup of its own.
+
+The cgroup is joined before the child maps guest memory, so every page the
+guest faults is charged there, as in an experiment.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+from kvmctl.agers import MemslotRef
+from kvmctl.cgroup import ExperimentCgroup, Memcg
+from kvmctl.experiment.vmproc import VmProcess
+from kvmctl.guest.machine import MachineSpec
+from kvmctl.kvm import BackingKind
+from kvmctl.trace.records import MemslotRange, TraceTarget
+
+
+class VmChild:
+    """One vCPU, ``size`` bytes of data memory on ``backing``; always ``close()`` it."""
+
+    def __init__(self, own: Memcg, size: int, backing: BackingKind = BackingKind.FILE, tag: str = "vm"):
+        self.size = size
+        with ExitStack() as undo:  # on a failed start: end the child, then remove its cgroup
+            self.cg = ExperimentCgroup.create(tag, parent=own)
+            undo.callback(self.cg.remove)
+            self.proc = VmProcess()
+            undo.callback(self.proc.close)
+            self.pid = self.proc.pid
+            self.cg.add_pid(self.pid)
+            info = self.proc.build(MachineSpec(mem_bytes=size, vcpus=1, backing=backing), None, None)
+            undo.pop_all()
+        self.memslots = [MemslotRange(m["slot"], m["hva_start"], m["size"], m["gpa_start"]) for m in info["memslots"]]
+        self.backing = self.proc.backing_path(0)  # the first data memslot's, None if anonymous
+
+    def epoch(self, pattern: str, write: bool) -> int:
+        """Run one epoch; the pages touched."""
+        return sum(v["touched"] for v in self.proc.epoch(pattern, write)["vcpus"])
+
+    def spin(self, pattern: str, write: bool, min_epochs: int = 0) -> None:
+        """Run epochs back to back until :meth:`stop`, after ``min_epochs`` of them."""
+        self.proc.loop_start(pattern, write, min_epochs=min_epochs)
+
+    def stop(self) -> int:
+        """Stop spinning; the epochs run."""
+        return self.proc.loop_stop()["epochs"]
+
+    def sync(self) -> None:
+        """Write the guest memory back to its files: clean pages reclaim can drop without writeback."""
+        self.proc.call("sync_memory")
+
+    def stats(self) -> dict:
+        """The VM's binary stats."""
+        return self.proc.call("stats")
+
+    def slot_refs(self) -> list[MemslotRef]:
+        """The data memslots as an ager's context wants them."""
+        return [MemslotRef(m.slot, m.hva_start, m.size, m.gpa_start, self.proc.backing_path(i))
+                for i, m in enumerate(self.memslots)]
+
+    def target(self, ager_tids: set[int] | None = None) -> TraceTarget:
+        return TraceTarget(self.pid, list(self.memslots), set(ager_tids or ()))
+
+    def close(self) -> None:
+        self.proc.close()
+        self.cg.remove()

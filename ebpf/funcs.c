@@ -16,6 +16,7 @@
  */
 #include <uapi/linux/ptrace.h>
 
+#define KVMCTL_AGING_MARKER
 #include "ranges.h"
 
 #define NR_FUNCS 8 /* FUNC_PROBES instances below */
@@ -81,49 +82,21 @@ static __always_inline void lost_inc(int which)
 		__sync_fetch_and_add(v, 1);
 }
 
-static __always_inline bool hva_overlaps(u64 start, u64 end)
+static __always_inline struct slot_range *range_lookup(int k)
 {
-	u64 nr = cfg_get(CFG_NR_RANGES);
-	for (int i = 0; i < MAX_RANGES; i++) {
-		bounded_loop_var(i);
-		if (i >= nr)
-			break;
-		int k = i;
-		struct slot_range *r = ranges.lookup(&k);
-		if (!r)
-			break;
-		if (start < r->hva_end && end > r->hva_start)
-			return true;
-	}
-	return false;
+	return ranges.lookup(&k);
 }
 
-static __always_inline int mark_aging(u64 start, u64 end)
+static __always_inline void aging_tid_mark(u32 tid, bool ours)
 {
-	u32 tid = bpf_get_current_pid_tgid();
-	if (hva_overlaps(start, end)) {
-		u8 one = 1;
+	u8 one = 1;
+	if (ours)
 		aging_tids.update(&tid, &one);
-	} else {
+	else
 		aging_tids.delete(&tid);
-	}
-	return 0;
 }
 
-TRACEPOINT_PROBE(kvm, kvm_age_hva)
-{
-	return mark_aging(args->start, args->end);
-}
-
-TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
-{
-	return mark_aging(args->hva, args->hva + 1);
-}
-
-TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
-{
-	return mark_aging(args->start, args->end);
-}
+AGING_MARKER_PROBES
 
 static __always_inline u32 role_of(u32 fn)
 {

@@ -2,8 +2,9 @@
  * memslot ranges and the configuration words Python writes before attaching.
  *
  * Only types and map-free helpers live here: BCC rewrites map accesses
- * (map.lookup()) in the main file only, so each program declares its own
- * `config` and `ranges` maps and the small helpers that read them.
+ * (map.lookup()) in the main file only, and refuses them inside macros, so
+ * each program declares its own `config` and `ranges` maps and the one-line
+ * accessors that read them; the shared logic calls those accessors.
  *
  * An hva is only meaningful inside the VM process, and the aging
  * tracepoints fire in the ager's context (kswapd, kdamond, a reclaiming
@@ -59,5 +60,56 @@ static __always_inline bool comm_is_kdamond(const char *c)
 	return c[0] == 'k' && c[1] == 'd' && c[2] == 'a' && c[3] == 'm' && c[4] == 'o' && c[5] == 'n' &&
 	       c[6] == 'd';
 }
+
+
+/* The aging marker (programs that #define KVMCTL_AGING_MARKER first):
+ * remember which threads are inside an aging notifier call about our hva
+ * ranges. The tracepoints fire just before KVM walks the range, so what the
+ * thread does next (a probed function, an SPTE change) belongs to our VM.
+ * The program defines the accessors declared here, next to its maps, and
+ * expands AGING_MARKER_PROBES once. */
+#ifdef KVMCTL_AGING_MARKER
+static __always_inline u64 cfg_get(int which);
+/* ranges[k], or 0 */
+static __always_inline struct slot_range *range_lookup(int k);
+/* store (ours) or forget tid in the program's aging_tids map */
+static __always_inline void aging_tid_mark(u32 tid, bool ours);
+
+static __always_inline bool hva_overlaps(u64 start, u64 end)
+{
+	u64 nr = cfg_get(CFG_NR_RANGES);
+	for (int i = 0; i < MAX_RANGES; i++) {
+		bounded_loop_var(i);
+		if (i >= nr)
+			break;
+		struct slot_range *r = range_lookup(i);
+		if (!r)
+			break;
+		if (start < r->hva_end && end > r->hva_start)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline int mark_aging(u64 start, u64 end)
+{
+	aging_tid_mark(bpf_get_current_pid_tgid(), hva_overlaps(start, end));
+	return 0;
+}
+
+#define AGING_MARKER_PROBES                                                    \
+	TRACEPOINT_PROBE(kvm, kvm_age_hva)                                     \
+	{                                                                      \
+		return mark_aging(args->start, args->end);                     \
+	}                                                                      \
+	TRACEPOINT_PROBE(kvm, kvm_test_age_hva)                                \
+	{                                                                      \
+		return mark_aging(args->hva, args->hva + 1);                   \
+	}                                                                      \
+	TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)                             \
+	{                                                                      \
+		return mark_aging(args->start, args->end);                     \
+	}
+#endif
 
 #endif

@@ -20,6 +20,9 @@
  */
 #include <uapi/linux/ptrace.h>
 
+#ifdef WITH_TDP_SPTE_CHANGED
+#define KVMCTL_AGING_MARKER /* only the spte_changed attribution needs it: not attached otherwise */
+#endif
 #include "ranges.h"
 
 #ifndef NR_PAGES
@@ -86,6 +89,11 @@ static __always_inline bool in_window(void)
 	return now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);
 }
 
+static __always_inline struct slot_range *range_lookup(int k)
+{
+	return ranges.lookup(&k);
+}
+
 /* Per-gfn index of gfn in our memslots, or -1. */
 static __always_inline s64 gfn_index(u64 gfn)
 {
@@ -94,8 +102,7 @@ static __always_inline s64 gfn_index(u64 gfn)
 		bounded_loop_var(i);
 		if (i >= nr)
 			break;
-		int k = i;
-		struct slot_range *r = ranges.lookup(&k);
+		struct slot_range *r = range_lookup(i);
 		if (!r)
 			break;
 		u64 pages = (r->hva_end - r->hva_start) >> KVMCTL_PAGE_SHIFT;
@@ -104,25 +111,6 @@ static __always_inline s64 gfn_index(u64 gfn)
 	}
 	return -1;
 }
-
-#ifdef WITH_TDP_SPTE_CHANGED
-static __always_inline bool hva_overlaps(u64 start, u64 end)
-{
-	u64 nr = cfg_get(CFG_NR_RANGES);
-	for (int i = 0; i < MAX_RANGES; i++) {
-		bounded_loop_var(i);
-		if (i >= nr)
-			break;
-		int k = i;
-		struct slot_range *r = ranges.lookup(&k);
-		if (!r)
-			break;
-		if (start < r->hva_end && end > r->hva_start)
-			return true;
-	}
-	return false;
-}
-#endif
 
 static __always_inline bool from_our_vm(void)
 {
@@ -143,35 +131,16 @@ static __always_inline u64 *per_gfn_slot(u64 gfn, bool mapping)
 }
 
 #ifdef WITH_TDP_SPTE_CHANGED
-/* Remember whether this task's current aging notifier call is about us
- * (only the spte_changed attribution needs it: not attached otherwise). */
-static __always_inline int mark_aging(u64 start, u64 end)
+static __always_inline void aging_tid_mark(u32 tid, bool ours)
 {
-	u32 tid = bpf_get_current_pid_tgid();
-	if (hva_overlaps(start, end)) {
-		u8 one = 1;
-		if (aging_tids.update(&tid, &one))
-			lost_inc(LOST_AGING_TIDS_FULL);
-	} else {
+	u8 one = 1;
+	if (!ours)
 		aging_tids.delete(&tid);
-	}
-	return 0;
+	else if (aging_tids.update(&tid, &one))
+		lost_inc(LOST_AGING_TIDS_FULL);
 }
 
-TRACEPOINT_PROBE(kvm, kvm_age_hva)
-{
-	return mark_aging(args->start, args->end);
-}
-
-TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
-{
-	return mark_aging(args->hva, args->hva + 1);
-}
-
-TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
-{
-	return mark_aging(args->start, args->end);
-}
+AGING_MARKER_PROBES
 #endif
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)

@@ -1,38 +1,3 @@
 """Host tests of cgroups and agers: skip with the probe's reason, leave no cgroup behind."""
 
-from __future__ import annotations
-
-import os
-
-import pytest
-
-from kvmctl import cleanup
-from kvmctl.cgroup import Memcg, kvmctl_children, own_memcg
-from kvmctl.errors import KvmctlError
-
-
-@pytest.fixture(scope="session")
-def own() -> Memcg:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates memory cgroups below this process's memcg")
-    try:
-        memcg = own_memcg()
-    except KvmctlError as err:
-        pytest.skip(f"no usable memory cgroup: {err.one_line()}")
-    if not os.access(memcg.path, os.W_OK):
-        pytest.skip(f"cannot create cgroups below {memcg.path}")
-    return memcg
-
-
-@pytest.fixture(autouse=True)
-def no_cgroup_left_behind(request):
-    """After every test: cleanup ran clean and no kvmctl cgroup of ours remains."""
-    yield
-    failures = cleanup.run_all()
-    assert failures == [], f"cleanup failed: {failures}"
-    try:
-        memcg = own_memcg()
-    except KvmctlError:
-        return
-    mine = [n for n in kvmctl_children(memcg) if n.startswith(f"kvmctl-{os.getpid()}-")]
-    assert mine == [], f"cgroups left below {memcg.rel}: {mine}"
+from hostfixtures import no_cgroup_left_behind, own  # noqa: F401 - fixtures, used by name

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +176,28 @@ def run_kvmctl(args: list[str], tmp: Path, *, prefix: list[str] | None = None, e
                             text=True, env=env or private_env(tmp / "tmp"), cwd=cwd or tmp)
     out, err = proc.communicate(timeout=timeout)
     return Outcome(proc.pid, proc.returncode, out, err, seconds=time.monotonic() - t0)
+
+
+def run_until_line(command: list[str], tmp: Path, marker: str, act: Callable[[subprocess.Popen], set[int] | None],
+                   *, timeout: float = 60, why: str = "") -> Outcome:
+    """Run ``command`` with a private temp dir; once its stderr shows ``marker``, ``act(proc)``; then its outcome.
+
+    ``act`` may return the BPF program ids the run held (for assert_nothing_left). A run that has not ended
+    ``timeout`` seconds after ``act`` is killed.
+    """
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=private_env(tmp / "tmp"), cwd=tmp)
+    try:
+        seen = wait_for_line(proc.stderr, marker, time.monotonic() + 90)
+        assert seen and marker in seen[-1], f"{why}{''.join(seen)}"
+        bpf_ids = act(proc) or set()
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # our own child, by its Popen handle
+            proc.wait()
+    return Outcome(proc.pid, code, "", "".join(seen) + rest, bpf_ids)
 
 
 def assert_one_line_error(o: Outcome, code: int, *phrases: str) -> str:

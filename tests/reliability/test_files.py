@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
-import time
 
 import pytest
 from reliability_host import (
-    Outcome,
     assert_nothing_left,
     assert_one_line_error,
     kvmctl_cmd,
     private_env,
     run_kvmctl,
-    wait_for_line,
+    run_until_line,
 )
 
 from kvmctl.errors import ExitCode
@@ -61,19 +58,9 @@ def test_symlink_planted_during_the_run_is_not_followed(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("precious")
     out = tmp_path / "r.json"
-    proc = subprocess.Popen(kvmctl_cmd(*SMALL, "--passes", "2", "-o", str(out)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=private_env(tmp_path / "tmp"), cwd=tmp_path)
-    try:
-        seen = wait_for_line(proc.stderr, "pass 1/", time.monotonic() + 90)
-        assert "pass 1/" in seen[-1], "".join(seen)
-        out.symlink_to(victim)  # after kvmctl checked the path, before it writes
-        rest = proc.stderr.read()
-        code = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    o = Outcome(proc.pid, code, "", "".join(seen) + rest)
+    # the link appears after kvmctl checked the path, before it writes
+    o = run_until_line(kvmctl_cmd(*SMALL, "--passes", "2", "-o", str(out)), tmp_path, "pass 1/",
+                       lambda proc: out.symlink_to(victim), timeout=90)
     assert_one_line_error(o, ExitCode.USAGE, "refusing to write", "symbolic link")
     assert victim.read_text() == "precious" and out.is_symlink()
     assert not list(tmp_path.glob(".r.json.*")), "a temporary report file was left"

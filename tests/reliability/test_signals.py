@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import pytest
 from reliability_host import (
     HostState,
-    Outcome,
     assert_nothing_left,
     bpf_prog_ids_of,
     kvmctl_cgroups,
     kvmctl_cmd,
     private_env,
+    run_until_line,
     send,
     vm_processes,
     wait_for_line,
@@ -87,21 +87,15 @@ def test_signal_leaves_partial_report_and_clean_host(case: Case, tmp_path, host_
     why = f"seed {SEED}: {signum.name} {offset:.2f}s after {case.phase!r}"
     out = tmp_path / "report.json"
     args = ["experiment", "--mem", "128M", "--passes", "3", "-o", str(out)] + ([] if case.trace else ["--no-trace"])
-    proc = subprocess.Popen(kvmctl_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=private_env(tmp_path / "tmp"), cwd=tmp_path)
-    try:
-        seen = wait_for_line(proc.stderr, case.phase, time.monotonic() + 90)
-        assert seen and case.phase in seen[-1], f"{why}: phase never started: {''.join(seen)}"
+
+    def interrupt(proc: subprocess.Popen) -> set[int]:
         time.sleep(offset)
         bpf_ids = bpf_prog_ids_of(proc.pid) if case.trace else set()
         send(proc, signum)
-        rest = proc.stderr.read()
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    o = Outcome(proc.pid, code, "", "".join(seen) + rest, bpf_ids)
+        return bpf_ids
+
+    o = run_until_line(kvmctl_cmd(*args), tmp_path, case.phase, interrupt, why=f"{why}: phase never started: ")
+    code = o.returncode
     assert "Traceback" not in o.stderr, f"{why}\n{o.stderr}"
     if code == 0 and case.at_end:  # the signal lost the race with the end of the run
         assert json.loads(out.read_text())["complete"] is True, why
@@ -189,20 +183,9 @@ def test_signal_during_cleanup_or_write_finishes_them_and_marks_incomplete(tmp_p
 
     out = tmp_path / "report.json"
     code_text = f"import sys\n{prelude}\nfrom kvmctl.cli import main\nsys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code_text, "experiment", "--mem", "64M", "--passes", "1",
-                             "--no-trace", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=private_env(tmp_path / "tmp"), cwd=tmp_path)
-    try:
-        seen = wait_for_line(proc.stderr, marker, time.monotonic() + 90)
-        assert seen and marker in seen[-1], "".join(seen)
-        send(proc, signum)
-        rest = proc.stderr.read()
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    o = Outcome(proc.pid, code, "", "".join(seen) + rest)
+    o = run_until_line([sys.executable, "-c", code_text, "experiment", "--mem", "64M", "--passes", "1",
+                        "--no-trace", "-o", str(out)], tmp_path, marker, lambda proc: send(proc, signum))
+    code = o.returncode
     assert "Traceback" not in o.stderr, o.stderr
     assert code == 128 + signum, o.stderr
     assert [line for line in o.stderr_lines if line.startswith("kvmctl: error:")] == \

@@ -67,7 +67,7 @@ def hugetlb_free_pages(page_size: int, counter: str = "free_hugepages") -> int:
 
 
 @dataclass
-class Backing:
+class Backing(_sys.FdOwner):
     kind: BackingKind
     size: int
     hva: int
@@ -85,15 +85,7 @@ class Backing:
         if self._map_len:
             _sys.munmap(self._map_base, self._map_len)
             self._map_len = 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()
 
 
 def create_backing(kind: BackingKind | str, size: int, path: str | os.PathLike | None = None,

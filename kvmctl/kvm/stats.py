@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from kvmctl.kvm import abi
+from kvmctl.kvm.sys import FdOwner
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def parse_descriptors(blob: bytes, header: abi.kvm_stats_header) -> list[StatDes
     return out
 
 
-class Stats:
+class Stats(FdOwner):
     """An open stats fd of a VM or vCPU."""
 
     def __init__(self, fd: int):
@@ -84,14 +85,3 @@ class Stats:
             values = struct.unpack_from(f"<{d.size}Q", data, d.offset)
             out[d.name] = list(values) if d.is_histogram or d.size != 1 else values[0]
         return out
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Self
 
 from kvmctl.errors import KvmIoctlError, KvmctlError
 
@@ -56,3 +57,23 @@ def munmap(addr: int, length: int) -> None:
 def madvise(addr: int, length: int, advice: int) -> None:
     if _madvise(addr, length, advice) != 0:
         raise OSError(ctypes.get_errno(), "madvise")
+
+
+class FdOwner:
+    """Owns one fd, ``self.fd`` (-1 once closed): :meth:`close` releases it, and so does leaving a ``with``.
+
+    Subclasses that hold more (mappings, child fds) release those first and then call ``super().close()``.
+    """
+
+    fd: int = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kvmctl.errors import KvmIoctlError, PermissionDeniedError, UnsupportedError
 from kvmctl.kvm import abi
-from kvmctl.kvm.sys import ioctl
+from kvmctl.kvm.sys import FdOwner, ioctl
 
 KVM_DEVICE = "/dev/kvm"
 
@@ -22,7 +22,7 @@ def kvm_module() -> str | None:
     return None
 
 
-class Kvm:
+class Kvm(FdOwner):
     """The KVM system fd. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, device: str = KVM_DEVICE):
@@ -75,14 +75,3 @@ class Kvm:
 
         fd = ioctl(self.fd, abi.KVM_CREATE_VM, vm_type, "KVM_CREATE_VM")
         return Vm(self, fd)
-
-    def close(self) -> None:
-        if getattr(self, "fd", -1) >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 
 from kvmctl.errors import UsageError
 from kvmctl.kvm import abi
 from kvmctl.kvm.memory import PAGE_SIZE, Backing
 from kvmctl.kvm.stats import Stats
-from kvmctl.kvm.sys import ioctl
+from kvmctl.kvm.sys import FdOwner, ioctl
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def check_memslot(new: Memslot, existing: list[Memslot], max_slots: int) -> None
                 f"[{old.gpa:#x}, {old.gpa_end:#x})", "place the memslots at disjoint guest-physical ranges")
 
 
-class Vm:
+class Vm(FdOwner):
     """A KVM VM. Created by :meth:`kvmctl.kvm.Kvm.create_vm`."""
 
     def __init__(self, kvm, fd: int):
@@ -131,13 +130,5 @@ class Vm:
         if self._stats:
             self._stats.close()
             self._stats = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        super().close()
         self.memslots.clear()  # backings belong to the caller
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -9,14 +9,15 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from agerhelp import cold_file
 
 from kvmctl import cleanup
 from kvmctl.agers import AgerContext, get_ager
-from kvmctl.agers.residency import drop_page_cache, resident_pages
+from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import CgroupVersion, ExperimentCgroup, parse_proc_cgroup
 
 pytestmark = pytest.mark.root
@@ -38,21 +39,9 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.fixture
-def backing(tmp_path) -> Path:
-    # KVMCTL_TMPDIR names a disk filesystem where /tmp is tmpfs (as in the lab).
-    directory = Path(os.environ.get("KVMCTL_TMPDIR") or tmp_path)
-    path = directory / f"kvmctl-test-{os.getpid()}.mem"
-    with open(path, "wb") as f:
-        f.write(np.random.default_rng(1).integers(0, 255, SIZE, dtype=np.uint8).tobytes())
-    try:
-        # Cold cache, so the pages get charged to the cgroup of the child that reads them.
-        drop_page_cache(path)
-        if resident_pages(path).any():
-            pytest.skip(f"{directory} keeps file pages cached (tmpfs-like): nothing for reclaim to evict; "
-                        "set KVMCTL_TMPDIR to a directory on a disk filesystem")
+def backing(tmp_path) -> Iterator[Path]:
+    with cold_file(tmp_path, SIZE, seed=1) as path:
         yield path
-    finally:
-        path.unlink()
 
 
 @pytest.fixture

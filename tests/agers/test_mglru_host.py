@@ -10,18 +10,16 @@ commands pass can_swap=1, even on hosts without swap.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import numpy as np
 import pytest
+from agerhelp import cold_file
 
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.agers.mglru import ENABLED
-from kvmctl.agers.residency import drop_page_cache, resident_pages
+from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import ExperimentCgroup
 
 pytestmark = pytest.mark.root
@@ -123,14 +121,7 @@ def test_aging_moves_recently_touched_pages_to_the_youngest_generation(mglru, ow
 
 
 def test_eviction_takes_the_pages_unused_since_the_previous_pass(mglru, own, tmp_path):
-    directory = Path(os.environ.get("KVMCTL_TMPDIR") or tmp_path)
-    path = directory / f"kvmctl-test-{os.getpid()}.mem"
-    path.write_bytes(np.random.default_rng(3).integers(0, 255, SIZE, dtype=np.uint8).tobytes())
-    try:
-        drop_page_cache(path)
-        if resident_pages(path).any():
-            pytest.skip(f"{directory} keeps file pages cached (tmpfs-like) and there is no swap: nothing to evict; "
-                        "set KVMCTL_TMPDIR to a directory on a disk filesystem")
+    with cold_file(tmp_path, SIZE, seed=3) as path:
         child = Child(own, str(path))
         try:
             mglru.prepare(AgerContext(child.cg, child.proc.pid, child.ctx_slots, options={"evict": True}))
@@ -146,5 +137,3 @@ def test_eviction_takes_the_pages_unused_since_the_previous_pass(mglru, own, tmp
             assert resident[HOT:].mean() <= 0.1
         finally:
             child.close()
-    finally:
-        path.unlink()

@@ -1,5 +1,6 @@
-/* Types shared by the aging, spte and funcs programs: the experiment VM's
- * memslot ranges and the configuration words Python writes before attaching.
+/* Shared by the aging, spte, funcs and locks programs: the experiment VM's
+ * memslot ranges, the configuration words Python writes before attaching,
+ * and the aging marker of funcs.c and spte.c.
  *
  * Only types and map-free helpers live here: BCC rewrites map accesses
  * (map.lookup()) in the main file only, and refuses them inside macros, so
@@ -60,7 +61,6 @@ static __always_inline bool comm_is_kdamond(const char *c)
 	return c[0] == 'k' && c[1] == 'd' && c[2] == 'a' && c[3] == 'm' && c[4] == 'o' && c[5] == 'n' &&
 	       c[6] == 'd';
 }
-
 
 /* The aging marker (programs that #define KVMCTL_AGING_MARKER first):
  * remember which threads are inside an aging notifier call about our hva

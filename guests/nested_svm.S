@@ -23,7 +23,7 @@
  * how L1 hands L2 its arguments (r8-r11) and gets the counts back (r12, r13).
  * r15 (mailbox) is never written by L2.
  *
- * Errors go out on PORT_ERROR with NSVM_ERR_*; for an unexpected #VMEXIT the
+ * Errors go out on PORT_ERROR with ERR_NSVM_* (mailbox.inc); for an unexpected #VMEXIT the
  * mailbox holds the exit code (fault_vector), EXITINFO1 (fault_error),
  * EXITINFO2 (fault_cr2) and L2's RIP (fault_rip).
  */
@@ -32,10 +32,6 @@
     .include "runtime.inc"
 
 .equ NSVM_RESERVED,       512           /* pages at the region's end: 2 MiB */
-.equ NSVM_ERR_NO_SVM,     0x10
-.equ NSVM_ERR_NO_NPT,     0x11
-.equ NSVM_ERR_VMEXIT,     0x12
-.equ NSVM_ERR_TOO_SMALL,  0x13
 
 .equ MSR_EFER,            0xc0000080
 .equ MSR_VM_HSAVE_PA,     0xc0010117
@@ -106,12 +102,12 @@ entry:
     mov eax, 0x80000001
     cpuid
     bt ecx, 2
-    mov eax, NSVM_ERR_NO_SVM
+    mov eax, ERR_NSVM_NO_SVM
     jnc error
     mov eax, 0x8000000a
     cpuid
     bt edx, 0
-    mov eax, NSVM_ERR_NO_NPT
+    mov eax, ERR_NSVM_NO_NPT
     jnc error
 
     mov ecx, MSR_EFER
@@ -130,7 +126,7 @@ sync:
     jne error
     mov rax, [r15 + MB_PAGES]
     cmp rax, NSVM_RESERVED + 1
-    mov eax, NSVM_ERR_TOO_SMALL
+    mov eax, ERR_NSVM_TOO_SMALL
     jb error
 
     call setup_vmcb                   /* rbx = VMCB; rebuilt each epoch: cheap, and stateless */
@@ -175,7 +171,7 @@ bad_vmexit:
     mov [r15 + MB_FAULT_CR2], rax
     mov rax, [rbx + VMCB_RIP]
     mov [r15 + MB_FAULT_RIP], rax
-    mov eax, NSVM_ERR_VMEXIT
+    mov eax, ERR_NSVM_VMEXIT
     jmp error
 
 bad_magic:

@@ -388,6 +388,23 @@ class GuestMachine:
             detail = f" at address {mb.fault_cr2:#x}" if vec == 14 else ""
             return GuestError(f"guest vCPU {index} took {name} at rip {mb.fault_rip:#x}{detail}",
                               "a payload bug or an unmapped address", registers=regs)
+        if code == GuestErrorCode.NSVM_VMEXIT:
+            regs.update(exit_code=mb.fault_vector, exit_info1=mb.fault_error, exit_info2=mb.fault_cr2,
+                        l2_rip=mb.fault_rip)
+            return GuestError(f"guest vCPU {index}: unexpected #VMEXIT {mb.fault_vector:#x} from the nested guest at "
+                              f"L2 rip {mb.fault_rip:#x} (EXITINFO1 {mb.fault_error:#x}, EXITINFO2 {mb.fault_cr2:#x})",
+                              "a nested_svm payload bug; the VMCB exit fields are in the registers", registers=regs)
+        hints = {
+            GuestErrorCode.NSVM_NO_SVM: ("the vCPU has no SVM (CPUID 0x80000001 ECX.SVM)",
+                                         "run on an AMD host with nested=1, e.g. inside kvmctl lab"),
+            GuestErrorCode.NSVM_NO_NPT: ("the vCPU has no nested paging (CPUID 0x8000000A EDX.NP)",
+                                         "load kvm_amd with npt=1 on the host of this VM"),
+            GuestErrorCode.NSVM_TOO_SMALL: ("the nested_svm region has 512 pages or fewer",
+                                            "give the VM more than 2 MiB of data memory per vCPU"),
+        }
+        if code in hints:
+            msg, hint = hints[GuestErrorCode(code)]
+            return GuestError(f"guest vCPU {index}: {msg}", hint, registers=regs)
         what = {GuestErrorCode.BAD_MAGIC: "mailbox magic mismatch", GuestErrorCode.BAD_PATTERN: "unknown pattern"}
         return GuestError(f"guest vCPU {index} reported {what.get(code, f'error {code}')}",
                           "host and payload disagree: rebuild with `make -C guests`", registers=regs)

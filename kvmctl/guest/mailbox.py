@@ -36,6 +36,11 @@ class Port(enum.IntEnum):
 class GuestErrorCode(enum.IntEnum):
     BAD_MAGIC = 1
     BAD_PATTERN = 2
+    # nested_svm.S (NSVM_ERR_*)
+    NSVM_NO_SVM = 0x10
+    NSVM_NO_NPT = 0x11
+    NSVM_VMEXIT = 0x12
+    NSVM_TOO_SMALL = 0x13
     FAULT_BASE = 0x100
 
 

@@ -9,7 +9,7 @@ from importlib import resources
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.guest.mailbox import PAYLOAD_MAGIC
 
-PAYLOADS = ("touch", "pingpong", "faults")
+PAYLOADS = ("touch", "pingpong", "faults", "nested_svm")
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,7 @@ class Experiment:
             last = scores[-1]
             gt.hot_pages, gt.cold_pages = last.hot_pages, last.cold_pages
             gt.hot_resident_fraction = last.hot_resident_fraction
+            gt.cold_resident_fraction = last.cold_resident_fraction
             evicted = sum(s.evicted_pages for s in scores)
             gt.evicted_pages = evicted
             gt.evicted_cold_fraction = sum(s.evicted_cold for s in scores) / evicted if evicted else None

@@ -82,6 +82,10 @@ class Experiment:
         self.stats_at_build: dict = {}
         self.stats_after_populate: dict = {}
         self.trace_result = None  # TraceResult of the window, for cross-checks
+        self._scores: list = []  # ResidencyScore per pass
+        self._young: list = []  # YoungScore per pass, for agers with per-page verdicts
+        self._paths: dict[str, int] | None = None  # aging calls per path (function probes)
+        self._shadow_pages: int | None = None
 
     # ------------------------------------------------------------------
     def run(self) -> rm.Report:
@@ -342,12 +346,12 @@ class Experiment:
             row.hot_resident_fraction = score.hot_resident_fraction
             row.cold_resident_fraction = score.cold_resident_fraction
             row.evicted_pages = score.evicted_pages
-            self._scores = getattr(self, "_scores", []) + [score]
+            self._scores.append(score)
         if evicted_prev is not None:
             row.refaults = refaults(evicted_prev, phase.touched)
         if record.idle is not None:
             ys = young_score(record.idle, record.observed, phase.touched)
-            self._young = getattr(self, "_young", []) + [ys]
+            self._young.append(ys)
         s0, s1 = self._pass_aging
         if s0 is not None and s1 is not None:
             row.aging_calls = s1["calls"] - s0["calls"]
@@ -359,7 +363,7 @@ class Experiment:
 
     def _ground_truth(self) -> None:
         gt, report = self.report.ground_truth, self.report
-        scores = getattr(self, "_scores", [])
+        scores = self._scores
         if scores:
             last = scores[-1]
             gt.hot_pages, gt.cold_pages = last.hot_pages, last.cold_pages
@@ -379,7 +383,7 @@ class Experiment:
             for f in ("ground_truth.hot_resident_fraction", "ground_truth.evicted_cold_fraction",
                       "ground_truth.refaults"):
                 report.probes.not_observable[f] = reason
-        young = getattr(self, "_young", [])
+        young = self._young
         if young:
             gt.precision, gt.recall = young[-1].precision, young[-1].recall
         else:
@@ -389,8 +393,7 @@ class Experiment:
 
     def _fallback(self) -> None:
         r = self.report
-        paths = getattr(self, "_paths", None)
-        shadow = getattr(self, "_shadow_pages", None)
+        paths, shadow = self._paths, self._shadow_pages
         res = decide(FallbackInputs(host_mmu=r.host.mmu.value if r.host.mmu else "shadow", path_calls=paths,
                                     shadow_pages_created=shadow, vm_stats=r.vm_stats))
         r.fallback.verdict, r.fallback.tdp_share, r.fallback.rmap_share = res.verdict, res.tdp_share, res.rmap_share

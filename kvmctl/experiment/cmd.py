@@ -12,7 +12,7 @@ from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
 _FLAG_KEYS = ("mem", "vcpus", "backing", "backing_path", "memslots", "guest_page", "share", "pattern", "access",
               "seed", "ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout", "repeat",
-              "vm_nice")
+              "vm_nice", "nested")
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--epochs-per-pass", type=int, help="--mode between: epochs before each pass")
     a.add_argument("--vm-nice", type=int, help="nice value of the VM process, so a loaded host does not starve "
                    f"the vCPUs during a pass (default {d.vm_nice})")
+    a.add_argument("--nested", action="store_true", default=None,
+                   help="nested-VM fallback on SVM hosts: an L2 guest touches the memory after pass 0 "
+                        "(needs --mode between --pattern seq)")
     a.add_argument("--settle", help=f"--mode concurrent: guest runs this long before each pass (default {d.settle})")
     t = parser.add_argument_group("tracing and output")
     t.add_argument("--no-trace", dest="trace", action="store_false", default=None, help="attach no BPF programs")
@@ -59,6 +62,9 @@ def spec_from_args(args) -> ExperimentSpec:
         value = getattr(args, key, None)
         if value is not None:
             setattr(spec, key, value)
+    if spec.nested:  # the nested payload touches in seq order, between passes
+        spec.mode = args.mode or ("between" if not args.spec else spec.mode)
+        spec.pattern = args.pattern or ("seq" if not args.spec else spec.pattern)
     if args.ager and not args.spec and args.ager != "memcg":
         spec.ager_options = {}
     if args.ager_opt:

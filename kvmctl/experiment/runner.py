@@ -23,7 +23,7 @@ from kvmctl.agers import get_ager
 from kvmctl.agers.base import AgerContext, MemslotRef, PassRecord
 from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import ExperimentCgroup, own_memcg, stale_cgroups
-from kvmctl.errors import GuestError, Interrupted, KvmctlError
+from kvmctl.errors import GuestError, Interrupted, KvmctlError, UnsupportedError
 from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.scoring import refaults, residency_score, young_score
 from kvmctl.experiment.spec import ExperimentSpec
@@ -93,6 +93,12 @@ class Experiment:
         spec, report = self.spec, self.report
         try:
             self._host_facts()
+            if spec.nested:
+                nested = self.caps.paging.nested
+                if not nested or "svm" not in str(self.caps.kvm.hw_virt.value or ""):
+                    raise UnsupportedError(f"--nested needs an AMD SVM host with nested guests: "
+                                           f"{nested.reason or 'the CPU has no svm flag'}",
+                                           "run it inside kvmctl lab (emulated SVM+NPT)")
             ager = get_ager(spec.ager)
             ager.availability().require(spec.ager)
             # A kvmctl killed with SIGKILL leaves its (empty) cgroup behind. It is not ours to
@@ -111,7 +117,11 @@ class Experiment:
                 self._start_tracer(info)
             else:
                 self._not_traced("tracing disabled (--no-trace)")
-            if spec.populate:
+            if spec.nested:
+                self.progress("mapping guest memory from the host (the nested guest runs after pass 0)")
+                self.vm.call("host_touch")
+                self.vm.call("sync_memory")
+            elif spec.populate:
                 self.progress("populating guest memory")
                 self._phase_between(Pattern.parse("seq"), write=True, epochs=1)
                 self.stats_after_populate = self.vm.call("stats")
@@ -216,6 +226,12 @@ class Experiment:
                      summary["start_ns"], summary["end_ns"], counts > 0, counts)
 
     def _phase_between(self, pattern: Pattern, write: bool, epochs: int) -> Phase:
+        if epochs == 0:  # a pass before the guest ran at all
+            now = time.monotonic_ns()
+            phase = Phase(0, -1, 0, 0, 0.0, now, now, np.zeros(self.total_pages, bool),
+                          np.zeros(self.total_pages, np.int32))
+            self.state.add_phase(phase)
+            return phase
         results = [self.vm.epoch(str(pattern), write, self.spec.seed) for _ in range(epochs)]
         for r in results:
             for v in r["vcpus"]:
@@ -263,7 +279,8 @@ class Experiment:
             return record, before, after, snap, self._snapshot()
 
         if self.spec.mode == "between":
-            phase = self._phase_between(self.pattern, self.write, self.spec.epochs_per_pass)
+            epochs = 0 if self.spec.nested and index == 0 else self.spec.epochs_per_pass
+            phase = self._phase_between(self.pattern, self.write, epochs)
             record, before, after, s0, s1 = run_pass()
         else:
             phase, (record, before, after, s0, s1) = self._loop(run_pass)
@@ -357,6 +374,8 @@ class Experiment:
             row.aging_calls = s1["calls"] - s0["calls"]
             row.aging_pages = s1["pages"] - s0["pages"]
             row.background_calls = s1["background_calls"] - s0["background_calls"]
+            if s0.get("paths") is not None and s1.get("paths") is not None:
+                row.aging_paths = {k: s1["paths"].get(k, 0) - s0["paths"].get(k, 0) for k in s1["paths"]}
         for note in record.notes + record.errors:
             self.report.notes.append(f"pass {p}: {note}")
         return row
@@ -398,6 +417,19 @@ class Experiment:
                                     shadow_pages_created=shadow, vm_stats=r.vm_stats))
         r.fallback.verdict, r.fallback.tdp_share, r.fallback.rmap_share = res.verdict, res.tdp_share, res.rmap_share
         r.fallback.evidence = res.evidence
+        if self.spec.nested and r.passes:
+            def share(paths: dict[str, int] | None) -> str:
+                total = sum((paths or {}).values())
+                if not total:
+                    return "no aging call seen by the function probes"
+                return ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(paths.items()) if v)
+
+            after: dict[str, int] = {}
+            for row in r.passes[1:]:
+                for k, v in (row.aging_paths or {}).items():
+                    after[k] = after.get(k, 0) + v
+            r.fallback.evidence.insert(0, f"before the nested guest ran (pass 0): {share(r.passes[0].aging_paths)}; "
+                                          f"after it ran (passes 1..{len(r.passes) - 1}): {share(after)}")
         if res.rmap_share_reason:
             r.notes.append(f"fallback.rmap_share: {res.rmap_share_reason}")
             if res.rmap_share is None:

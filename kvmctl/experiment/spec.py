@@ -52,6 +52,10 @@ class ExperimentSpec:
     # need root and only reorder CPU time; they change nothing in the kernel.
     vm_nice: int = -10
     trace: bool = True
+    # Nested-VM fallback (SVM hosts, e.g. in kvmctl lab): the nested_svm payload runs at CPL0 and
+    # VMRUNs an L2 that touches the memory. Pass 0 ages before any L2 ran (TDP roots only), later
+    # passes after it (shadow roots exist), so the report shows the paths before and after.
+    nested: bool = False
     repeat: int = 1
 
     # --- derived and validated -------------------------------------------
@@ -60,6 +64,9 @@ class ExperimentSpec:
         Pattern.parse(self.pattern)
         if self.access not in ("read", "write"):
             raise UsageError(f"access {self.access!r} is not read or write", "use --access read or --access write")
+        if self.nested and (self.mode != "between" or Pattern.parse(self.pattern).kind.name != "SEQ"):
+            raise UsageError("--nested runs the nested_svm payload, which touches memory in seq order between passes",
+                             "use --nested with --mode between --pattern seq")
         if self.mode not in MODES:
             raise UsageError(f"mode {self.mode!r} is unknown", f"use one of {', '.join(MODES)}")
         for name in ("passes", "epochs_per_pass", "repeat"):
@@ -81,6 +88,8 @@ class ExperimentSpec:
             memslots=int(self.memslots),
             guest_page=page if page in (PAGE_SIZE, HUGE_2M) else -1,
             shared=bool(self.share),
+            payload="nested_svm" if self.nested else "touch",
+            cpl=0 if self.nested else 3,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -67,7 +67,11 @@ class ExperimentTracer:
     def aging_totals(self) -> dict[str, int] | None:
         """Running totals, for per-pass differences."""
         res = self.tracer.snapshot()
-        return _totals(res) if res.aging else None
+        if not res.aging:
+            return None
+        totals = _totals(res)
+        totals["paths"] = dict(res.paths["age"]) if res.paths else None
+        return totals
 
     def stop(self) -> None:
         self.tracer.stop()

@@ -106,6 +106,12 @@ def _child_main(parent_pid: int | None = None) -> int:
                 loop = None
             elif cmd == "stats":
                 reply({"ok": machine.vm_stats()})
+            elif cmd == "host_touch":
+                # map every data page in this process (no guest access): what the nested
+                # experiment ages before any nested guest ran
+                for b in machine.backings:
+                    b.view()[::4096] = 1
+                reply({"ok": True})
             elif cmd == "sync_memory":
                 for b in machine.backings:
                     if b.fd >= 0:

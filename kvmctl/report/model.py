@@ -267,6 +267,7 @@ class PassRow:
     aging_calls: int | None = None  # during the pass
     aging_pages: int | None = None
     background_calls: int | None = None
+    aging_paths: dict[str, int] | None = None  # kvm_age_gfn calls per path during the pass (function probes)
 
 
 @dataclass

@@ -67,3 +67,18 @@ def test_lab_info_says_tdp_and_the_mglru_ager_runs(tmp_path):
     assert report["complete"], report.get("incomplete_reason")
     assert [p["ager"] for p in report["passes"]] == ["mglru", "mglru"]
     assert (tmp_path / "lru_gen_after.txt").read_text() == (tmp_path / "lru_gen_before.txt").read_text()
+
+
+def test_lab_nested_experiment_shows_aging_fall_back_to_rmap(tmp_path):
+    """`kvmctl experiment --nested`: pass 0 ages before any L2 ran (TDP path only), pass 1 after the
+    nested guest touched memory (every call walks the rmaps too); the report's verdict says so."""
+    res = lab(tmp_path, "kvmctl", "experiment", "--nested", "--mem", "32M", "--passes", "2", "--quiet",
+              "-o", "nested.json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "nested.json").read_text())
+    assert report["complete"], report.get("incomplete_reason")
+    before, after = report["passes"][0]["aging_paths"], report["passes"][1]["aging_paths"]
+    assert before["tdp"] > 0 and before["rmap"] == before["both"] == 0, before
+    assert after["rmap"] + after["both"] > 0, after
+    assert report["fallback"]["verdict"] == "rmap (nested)"
+    assert report["fallback"]["evidence"][0].startswith("before the nested guest ran (pass 0): tdp")

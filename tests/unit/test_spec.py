@@ -176,3 +176,16 @@ def test_squeeze_guest_becomes_a_target_below_the_usage():
     exp.spec.ager_options = {"squeeze_guest": 1.0, "steps": 4}
     assert exp._ager_options(_Usage(100 * MiB)) == {"target_bytes": 4096, "steps": 4}  # never below a page
     assert exp.spec.ager_options == {"squeeze_guest": 1.0, "steps": 4}  # the spec is not consumed
+
+
+def test_nested_runs_the_svm_payload_at_cpl0_between_passes():
+    from kvmctl.errors import UsageError
+    from kvmctl.experiment.spec import ExperimentSpec
+
+    spec = ExperimentSpec(nested=True, mode="between", pattern="seq")
+    spec.validate()
+    m = spec.machine_spec()
+    assert (m.payload, m.cpl) == ("nested_svm", 0)
+    for bad in (dict(mode="concurrent", pattern="seq"), dict(mode="between", pattern="hotcold:0.25")):
+        with pytest.raises(UsageError, match="--nested"):
+            ExperimentSpec(nested=True, **bad).validate()

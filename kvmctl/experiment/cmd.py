@@ -62,6 +62,10 @@ def spec_from_args(args) -> ExperimentSpec:
         value = getattr(args, key, None)
         if value is not None:
             setattr(spec, key, value)
+    if args.mode is None and not args.spec and spec.ager in ("mglru", "page_idle"):
+        # these agers mark or age, then read back after an epoch: the guest runs between passes
+        # (as the KVM selftest access_tracking_perf_test drives MGLRU), not during them
+        spec.mode = "between"
     if spec.nested:  # the nested payload touches in seq order, between passes
         spec.mode = args.mode or ("between" if not args.spec else spec.mode)
         spec.pattern = args.pattern or ("seq" if not args.spec else spec.pattern)

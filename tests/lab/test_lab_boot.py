@@ -56,7 +56,8 @@ def test_lab_info_says_tdp_and_the_mglru_ager_runs(tmp_path):
     py = sys.executable
     script = (f"cat /sys/kernel/mm/lru_gen/enabled > lru_gen_before.txt"
               f" && {py} -m kvmctl info --json > info.json"
-              f" && {py} -m kvmctl experiment --ager mglru --mem 32M --passes 2 --no-trace -o mglru.json"
+              f" && {py} -m kvmctl experiment --ager mglru --mode between --mem 32M --passes 2 --no-trace "
+              f"-o mglru.json"
               f" && cat /sys/kernel/mm/lru_gen/enabled > lru_gen_after.txt")
     res = lab(tmp_path, "sh", "-c", script)
     assert res.returncode == 0, res.stderr[-3000:]

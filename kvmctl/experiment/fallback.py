@@ -17,7 +17,8 @@ from kvmctl.report.model import Verdict
 @dataclass
 class FallbackInputs:
     host_mmu: str  # "tdp" or "shadow"
-    path_calls: dict[str, int] | None = None  # "tdp"/"rmap" -> aging calls seen by function probes
+    # aging calls seen by function probes, by the walkers they ran: "tdp", "rmap", "both", "none"
+    path_calls: dict[str, int] | None = None
     shadow_pages_created: int | None = None  # kvm_mmu_get_page events for this VM
     vm_stats: dict = field(default_factory=dict)
     nested_shadow_pages: int | None = None  # shadow pages for a nested guest's roots (lab)
@@ -41,10 +42,12 @@ def decide(inp: FallbackInputs) -> FallbackResult:
     if inp.shadow_pages_created is not None:
         ev.append(f"kvmmmu:kvm_mmu_get_page fired {inp.shadow_pages_created} times for this VM")
     paths = inp.path_calls or {}
-    total = sum(paths.values())
+    total = sum(paths.values())  # every aging call once, whichever walkers it ran
     if total:
-        tdp, rmap = paths.get("tdp", 0), paths.get("rmap", 0)
-        ev.append(f"function probes: {tdp} aging calls on the TDP path, {rmap} on the rmap path")
+        both = paths.get("both", 0)
+        tdp, rmap = paths.get("tdp", 0) + both, paths.get("rmap", 0) + both
+        ev.append(f"function probes: {tdp} aging calls on the TDP path, {rmap} on the rmap path"
+                  + (f" ({both} of {total} calls walked both)" if both else ""))
         tdp_share, rmap_share = tdp / total, rmap / total
         if rmap and inp.host_mmu == "tdp":
             verdict = Verdict.RMAP_NESTED

@@ -338,8 +338,7 @@ class Experiment:
                 self._shadow_pages = res.spte.shadow_pages_created
             if res.paths and sum(res.paths.get("age", {}).values()):
                 age = res.paths["age"]
-                self._paths = {"tdp": age.get("tdp", 0) + age.get("both", 0),
-                               "rmap": age.get("rmap", 0) + age.get("both", 0)}
+                self._paths = dict(age)
         finally:
             tracer.stop()
 

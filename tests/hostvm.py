@@ -13,11 +13,16 @@ from kvmctl.cgroup import ExperimentCgroup, Memcg
 from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.kvm import BackingKind
+from kvmctl.placement import AUTO, resolve_placement
 from kvmctl.trace.records import MemslotRange, TraceTarget
 
 
 class VmChild:
-    """One vCPU, ``size`` bytes of data memory on ``backing``; always ``close()`` it."""
+    """One vCPU, ``size`` bytes of data memory on ``backing``; always ``close()`` it.
+
+    Placed as an experiment places its VM (nice -10, CPUs split from the ager's
+    where there are enough): run ager passes inside ``with pinned(child.placement.ager)``.
+    """
 
     def __init__(self, own: Memcg, size: int, backing: BackingKind = BackingKind.FILE, tag: str = "vm"):
         self.size = size
@@ -28,7 +33,9 @@ class VmChild:
             undo.callback(self.proc.close)
             self.pid = self.proc.pid
             self.cg.add_pid(self.pid)
-            info = self.proc.build(MachineSpec(mem_bytes=size, vcpus=1, backing=backing), None, None)
+            self.placement = resolve_placement(AUTO, AUTO, vcpus=1)
+            info = self.proc.build(MachineSpec(mem_bytes=size, vcpus=1, backing=backing), None, None,
+                                   nice=-10, cpus=self.placement.vm)
             undo.pop_all()
         self.memslots = [MemslotRange(m["slot"], m["hva_start"], m["size"], m["gpa_start"]) for m in info["memslots"]]
         self.backing = self.proc.backing_path(0)  # the first data memslot's, None if anonymous

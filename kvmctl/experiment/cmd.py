@@ -12,7 +12,7 @@ from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
 _FLAG_KEYS = ("mem", "vcpus", "backing", "backing_path", "memslots", "guest_page", "share", "pattern", "access",
               "seed", "ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout", "repeat",
-              "vm_nice", "nested")
+              "vm_nice", "vm_cpus", "ager_cpus", "nested")
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,10 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--epochs-per-pass", type=int, help="--mode between: epochs before each pass")
     a.add_argument("--vm-nice", type=int, help="nice value of the VM process, so a loaded host does not starve "
                    f"the vCPUs during a pass (default {d.vm_nice})")
+    a.add_argument("--vm-cpus", metavar="CPULIST", help="CPUs of the VM process, like 1-3; auto: all but the "
+                   f"ager's when every vCPU keeps a CPU; all: unpinned (default {d.vm_cpus})")
+    a.add_argument("--ager-cpus", metavar="CPULIST", help="CPUs of kvmctl itself, where reclaim runs; auto: the "
+                   f"first CPU when the VM is split off; all: unpinned (default {d.ager_cpus})")
     a.add_argument("--nested", action="store_true", default=None,
                    help="nested-VM fallback on SVM hosts: an L2 guest touches the memory after pass 0 "
                         "(needs --mode between --pattern seq)")

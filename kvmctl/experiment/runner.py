@@ -29,6 +29,7 @@ from kvmctl.experiment.scoring import refaults, residency_score, young_score
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched
+from kvmctl.placement import CpuPlacement, format_cpu_list, pinned, thread_affinities
 from kvmctl.report import model as rm
 from kvmctl.units import parse_duration
 
@@ -90,6 +91,11 @@ class Experiment:
     # ------------------------------------------------------------------
     def run(self) -> rm.Report:
         """Run to the end; on any exception the partial report is kept in ``self.report``."""
+        placement = self.spec.placement()
+        with pinned(placement.ager):  # this thread and the tracer's: where the ager's reclaim runs
+            return self._run(placement)
+
+    def _run(self, placement: CpuPlacement) -> rm.Report:
         spec, report = self.spec, self.report
         try:
             self._host_facts()
@@ -110,7 +116,9 @@ class Experiment:
             vm_handle = cleanup.register(f"stop VM process {self.vm.pid}", self.vm.close)
             cgroup.add_pid(self.vm.pid)
             self.progress("building the VM")
-            info = self.vm.build(spec.machine_spec(), None, parse_duration(spec.epoch_timeout), spec.vm_nice)
+            info = self.vm.build(spec.machine_spec(), None, parse_duration(spec.epoch_timeout), spec.vm_nice,
+                                 placement.vm)
+            report.notes.append(self._placement_note(placement, info["vcpu_tids"]))
             self._memslots(info)
             self.stats_at_build = self.vm.call("stats")
             if spec.trace:
@@ -177,6 +185,13 @@ class Experiment:
         return report
 
     # --- host and VM facts ------------------------------------------------
+    def _placement_note(self, placement: CpuPlacement, vcpu_tids: list[int]) -> str:
+        """The placement asked for, and the vCPU threads' affinity read back from the kernel."""
+        seen = thread_affinities(self.vm.pid)
+        vcpus = sorted({format_cpu_list(seen[t]) for t in vcpu_tids if t in seen})
+        return f"CPU placement: {placement.describe()}; vCPU threads may run on CPUs {' / '.join(vcpus)} " \
+               "(sched_getaffinity of each vCPU thread)"
+
     def _host_facts(self) -> None:
         from kvmctl.host import probe_host
 

@@ -19,6 +19,7 @@ from kvmctl.guest.machine import MachineSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import BackingKind
 from kvmctl.kvm.memory import HUGE_2M, PAGE_SIZE
+from kvmctl.placement import CpuPlacement, resolve_placement
 from kvmctl.units import parse_duration, parse_size
 
 MODES = ("concurrent", "between")
@@ -51,6 +52,10 @@ class ExperimentSpec:
     # waits for a CPU through that window loses its hot set. Negative values
     # need root and only reorder CPU time; they change nothing in the kernel.
     vm_nice: int = -10
+    # CPU lists (cpulist format), "auto" or "all". Reclaim runs in the ager's context: a vCPU
+    # sharing its CPU stalls through the pass and loses its hot set (see kvmctl.placement).
+    vm_cpus: str = "auto"
+    ager_cpus: str = "auto"
     trace: bool = True
     # Nested-VM fallback (SVM hosts, e.g. in kvmctl lab): the nested_svm payload runs at CPL0 and
     # VMRUNs an L2 that touches the memory. Pass 0 ages before any L2 ran (TDP roots only), later
@@ -77,6 +82,10 @@ class ExperimentSpec:
             raise UsageError(f"vm-nice {self.vm_nice} is outside -20..19", "use a nice value like -10 or 0")
         for name in ("settle", "interval", "epoch_timeout"):
             parse_duration(getattr(self, name), name.replace("_", "-"))
+        self.placement()
+
+    def placement(self) -> CpuPlacement:
+        return resolve_placement(self.vm_cpus, self.ager_cpus, int(self.vcpus))
 
     def machine_spec(self) -> MachineSpec:
         page = parse_size(self.guest_page, "--guest-page")

@@ -75,6 +75,8 @@ def _child_main(parent_pid: int | None = None) -> int:
                 if msg.get("nice"):
                     # before any vCPU thread exists: threads inherit their creator's nice value
                     os.setpriority(os.PRIO_PROCESS, 0, int(msg["nice"]))
+                if msg.get("cpus"):  # likewise inherited: every vCPU thread runs on these CPUs
+                    os.sched_setaffinity(0, msg["cpus"])
                 spec = MachineSpec(**{**msg["spec"], "backing": BackingKind(msg["spec"]["backing"])})
                 spec, misbehave = _test_payload(spec)
                 machine = GuestMachine(spec, epoch_timeout=msg.get("epoch_timeout"))
@@ -281,10 +283,11 @@ class VmProcess:
         return self._recv()
 
     def build(self, spec: MachineSpec, cgroup_procs: str | None, epoch_timeout: float | None,
-              nice: int = 0) -> dict:
+              nice: int = 0, cpus: frozenset[int] | None = None) -> dict:
         d = asdict(spec)
         d["backing"] = spec.backing.value
-        self.info = self.call("build", spec=d, cgroup_procs=cgroup_procs, epoch_timeout=epoch_timeout, nice=nice)
+        self.info = self.call("build", spec=d, cgroup_procs=cgroup_procs, epoch_timeout=epoch_timeout, nice=nice,
+                              cpus=sorted(cpus) if cpus else None)
         return self.info
 
     def epoch(self, pattern: str, write: bool, seed: int = 0) -> dict:

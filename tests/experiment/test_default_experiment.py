@@ -9,8 +9,11 @@ explained.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from kvmctl.placement import format_cpu_list, resolve_placement
 from kvmctl.report import model as rm
 from exphelp import assert_memslots_consistent, assert_nulls_explained, by_class, dig, run_cli
 
@@ -94,3 +97,12 @@ def test_trace_window_covers_the_run(report):
     assert isinstance(report["lost_events"], int) and report["lost_events"] >= 0
     if report["lost_events"]:
         assert any(n.startswith("lost events:") for n in report["notes"])
+
+
+def test_vm_and_ager_run_on_separate_cpus_as_read_back(report):
+    """auto placement: one vCPU, and on a host with 2+ CPUs the ager keeps the first to itself."""
+    placement = resolve_placement("auto", "auto", vcpus=1)
+    note = next(n for n in report["notes"] if n.startswith("CPU placement: "))
+    assert placement.describe() in note
+    expected = format_cpu_list(placement.vm if placement.vm is not None else frozenset(os.sched_getaffinity(0)))
+    assert note.endswith(f"vCPU threads may run on CPUs {expected} (sched_getaffinity of each vCPU thread)"), note

@@ -89,6 +89,11 @@ CASES = [
     case("run-vcpus-beyond-kvmctl", "run --vcpus 100000", USAGE, "more than kvmctl supports"),
     case("run-vcpus-beyond-kvm", "run --mem 64M --vcpus 4", USAGE, "exceed this host's KVM limit of 2",
          prelude=KVM_LIMIT_2, marks=(kvm,)),
+    # CPU placement
+    case("exp-vm-cpus-outside-affinity", f"{EXP} --vm-cpus 4095", USAGE, "names CPUs 4095 this process may not use"),
+    case("exp-ager-cpus-garbage", f"{EXP} --ager-cpus 1-a", USAGE, "is not a CPU list"),
+    case("exp-vm-cpus-backwards", f"{EXP} --vm-cpus 3-1", USAGE, "empty or negative range"),
+    case("exp-vm-nice-out-of-range", f"{EXP} --vm-nice 40", USAGE, "outside -20..19"),
     # patterns
     case("run-pattern-unknown", "run --pattern bogus", USAGE, "bad pattern 'bogus'"),
     case("run-pattern-fraction", "run --pattern hotcold:2", USAGE, "bad pattern"),

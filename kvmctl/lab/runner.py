@@ -4,6 +4,11 @@ The host's root is shared read-only; the output dir and a scratch dir are
 shared read-write, so reports written inside land on the host. QEMU runs
 without acceleration (``--disable-kvm``): the host's own KVM cannot offer the
 lab an SVM CPU, and emulation is what lets the lab kernel see ``svm`` + ``npt``.
+
+The command's output and exit status travel through files in the scratch dir,
+not through virtme-ng's script ports: those need udev on the host (it names
+/dev/virtio-ports/virtme.*), and without it virtme-ng falls back to the serial
+console, prints the output only with --verbose and loses the exit status.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +35,9 @@ from kvmctl.lab.kernel import KernelSource, LabKernel
 # qemu64 plus the two features the lab exists for; TCG implements both.
 LAB_CPU = "max,+svm,+npt"
 _KILL_GRACE_S = 3.0
+# the command's stdout, stderr and exit status, written by the lab's shell into the scratch dir
+OUT_FILE, ERR_FILE, STATUS_FILE = "cmd.out", "cmd.err", "cmd.status"
+_TAIL_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,9 @@ def vng_argv(spec: LabSpec, vng: Path, scratch: Path) -> list[str]:
     outdir = spec.outdir.resolve()
     if outdir == Path("/"):
         raise UsageError("the lab cannot share / read-write", "run from a project dir or pass --outdir DIR")
-    shell = f"cd {shlex.quote(str(outdir))} && exec {shlex.join(inside_argv(spec, scratch))}"
+    files = {name: shlex.quote(str(scratch / name)) for name in (OUT_FILE, ERR_FILE, STATUS_FILE)}
+    shell = (f"cd {shlex.quote(str(outdir))} && {shlex.join(inside_argv(spec, scratch))} "
+             f"</dev/null >{files[OUT_FILE]} 2>{files[ERR_FILE]}; echo $? >{files[STATUS_FILE]}")
     # A build tree is passed as a dir so virtme-ng links its freshly built modules.
     run = spec.kernel.tree if spec.kernel.source is KernelSource.TREE else spec.kernel.image
     argv = [
@@ -121,13 +132,34 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def _pump(src: BinaryIO, dst: BinaryIO, on_line=None) -> None:
+def _pump(src: BinaryIO, dst: BinaryIO) -> None:
     # Forward line by line: QEMU must write into a pipe (not a file it would truncate).
     for line in iter(src.readline, b""):
-        if on_line is not None:
-            on_line(line)
         dst.write(line)
         dst.flush()
+
+
+def _tail(path: Path, dst: BinaryIO, done: threading.Event, on_line=None) -> None:
+    """Forward what the lab appends to ``path`` until ``done``, then the rest."""
+    pending = b""
+    with ExitStack() as stack:
+        f = None
+        while True:
+            finished = done.is_set()  # read once more after the lab ended: nothing is left behind
+            if f is None and path.exists():
+                f = stack.enter_context(open(path, "rb"))
+            chunk = f.read() if f is not None else b""
+            if chunk:
+                dst.write(chunk)
+                dst.flush()
+                if on_line is not None:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        on_line(line)
+            elif finished:
+                return
+            else:
+                time.sleep(_TAIL_POLL_S)
 
 
 def run_lab(spec: LabSpec, vng: Path, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> LabResult:
@@ -148,9 +180,13 @@ def run_lab(spec: LabSpec, vng: Path, stdout: BinaryIO | None = None, stderr: Bi
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 cwd=spec.outdir, env=env, start_new_session=True)
-        pumps = [threading.Thread(target=_pump, args=(proc.stdout, stdout), daemon=True),
-                 threading.Thread(target=_pump, args=(proc.stderr, stderr, on_err), daemon=True)]
-        for t in pumps:
+        done = threading.Event()
+        # virtme-ng's own output (the console with --verbose) is diagnostics: stderr
+        threads = [threading.Thread(target=_pump, args=(proc.stdout, stderr), daemon=True),
+                   threading.Thread(target=_pump, args=(proc.stderr, stderr), daemon=True),
+                   threading.Thread(target=_tail, args=(scratch / OUT_FILE, stdout, done), daemon=True),
+                   threading.Thread(target=_tail, args=(scratch / ERR_FILE, stderr, done, on_err), daemon=True)]
+        for t in threads:
             t.start()
         timed_out = False
         try:
@@ -163,11 +199,16 @@ def run_lab(spec: LabSpec, vng: Path, stdout: BinaryIO | None = None, stderr: Bi
             _kill_tree(proc.pid)  # Ctrl-C or SIGTERM: leave no QEMU behind
             proc.wait()
             raise
-        for t in pumps:
+        finally:
+            done.set()
+        for t in threads:
             t.join(timeout=5)
         wall = time.monotonic() - started
         facts_path = scratch / FACTS_FILE
         facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+        status = _read_status(scratch / STATUS_FILE)
+    if status is not None:
+        rc = status  # the command's own exit status; vng's is virtme-ng's
     boot = ready_at[0] - started if ready_at else None
     result = LabResult(rc, boot, wall, facts, timed_out)
     if timed_out:
@@ -176,6 +217,13 @@ def run_lab(spec: LabSpec, vng: Path, stdout: BinaryIO | None = None, stderr: Bi
         raise GuestError(f"the lab kernel {spec.kernel.release} did not reach the command (vng exit {rc})",
                          "re-run with --verbose to see its console")
     return result
+
+
+def _read_status(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):  # never written: the lab died or was stopped first
+        return None
 
 
 class LabTimeout(KvmctlError):

@@ -9,7 +9,7 @@ import pytest
 
 from kvmctl.errors import UnsupportedError, UsageError
 from kvmctl.lab import kernel as K
-from kvmctl.lab.runner import LAB_CPU, LabSpec, inside_argv, resolve_command, vng_argv
+from kvmctl.lab.runner import ERR_FILE, LAB_CPU, OUT_FILE, STATUS_FILE, LabSpec, inside_argv, resolve_command, vng_argv
 
 PY = "/opt/venv/bin/python"
 
@@ -133,8 +133,12 @@ def test_vng_argv_emulates_svm_npt_and_shares_outputs(tmp_path):
     shell = argv[argv.index("--exec") + 1]
     words = shlex.split(shell)
     assert words[:3] == ["cd", str(tmp_path.resolve()), "&&"]
-    assert words[3:] == ["exec", *inside_argv(_spec(tmp_path), scratch)]
-    assert words[-5:] == ["--", PY, "-m", "kvmctl", "info"]
+    inside = inside_argv(_spec(tmp_path), scratch)
+    assert words[3:3 + len(inside)] == inside
+    assert inside[-5:] == ["--", PY, "-m", "kvmctl", "info"]
+    # output and status through the scratch dir, whatever virtme-ng's script ports do
+    assert words[3 + len(inside):] == ["</dev/null", f">{scratch}/{OUT_FILE}", f"2>{scratch}/{ERR_FILE};",
+                                       "echo", "$?", f">{scratch}/{STATUS_FILE}"]
     assert "--headers" in words and "--headers-common" in words
 
 

@@ -2,6 +2,8 @@
 
 The stand-in is a real process tree (it starts a child like vng starts QEMU),
 so the timeout test proves that every process we started is gone afterwards.
+Like virtme-ng without udev on the host, it exits 255 whatever the command
+did: the command's output and status come back through the scratch dir.
 """
 
 from __future__ import annotations
@@ -18,23 +20,33 @@ import pytest
 from kvmctl.errors import GuestError
 from kvmctl.lab import kernel as K
 from kvmctl.lab.inside import FACTS_FILE, READY_MARKER
-from kvmctl.lab.runner import LabSpec, LabTimeout, run_lab
+from kvmctl.lab.runner import ERR_FILE, OUT_FILE, STATUS_FILE, LabSpec, LabTimeout, run_lab
 
 FAKE_VNG = """#!{python}
 import json, os, subprocess, sys, time
 scratch = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--rwdir="))
+shell = sys.argv[sys.argv.index("--exec") + 1]
+assert all(os.path.join(scratch, n) in shell for n in ("{out}", "{err}", "{status}")), shell
 mode = os.environ["FAKE_MODE"]
+print("[    0.000000] Linux version 6.1.0-test (console)", flush=True)
 if mode != "noboot":
     with open(os.path.join(scratch, "{facts}"), "w") as f:
         json.dump({{"release": "6.1.0-test", "npt": "Y", "tdp_mmu": "Y"}}, f)
-    print("{marker} 6.1.0-test", file=sys.stderr, flush=True)
-print("inner stdout", flush=True)
+    with open(os.path.join(scratch, "{err}"), "w") as err:
+        print("{marker} 6.1.0-test", file=err, flush=True)
+        with open(os.path.join(scratch, "{out}"), "w") as out:
+            for i in range(3):
+                print(f"inner stdout {{i}}", file=out, flush=True)
+                time.sleep(0.15)  # written while the host already tails the file
 if mode == "hang":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open(os.environ["FAKE_PIDS"], "w") as f:
         f.write(f"{{os.getpid()}} {{child.pid}}")
     time.sleep(600)
-sys.exit(int(os.environ.get("FAKE_RC", "0")))
+if mode == "ok":
+    with open(os.path.join(scratch, "{status}"), "w") as f:
+        print(os.environ.get("FAKE_RC", "0"), file=f)
+sys.exit(255)
 """
 
 
@@ -42,7 +54,8 @@ sys.exit(int(os.environ.get("FAKE_RC", "0")))
 def fake_vng(tmp_path) -> Path:
     path = tmp_path / "bin" / "vng"
     path.parent.mkdir()
-    path.write_text(FAKE_VNG.format(python=sys.executable, facts=FACTS_FILE, marker=READY_MARKER))
+    path.write_text(FAKE_VNG.format(python=sys.executable, facts=FACTS_FILE, marker=READY_MARKER,
+                                    out=OUT_FILE, err=ERR_FILE, status=STATUS_FILE))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
@@ -57,11 +70,19 @@ def test_output_exit_code_and_facts_come_back(tmp_path, fake_vng, monkeypatch):
     monkeypatch.setenv("FAKE_RC", "7")
     out, err = io.BytesIO(), io.BytesIO()
     result = run_lab(_spec(tmp_path), fake_vng, out, err)
-    assert result.returncode == 7
-    assert out.getvalue() == b"inner stdout\n"
-    assert READY_MARKER.encode() in err.getvalue()
+    assert result.returncode == 7, "the command's status, not virtme-ng's 255"
+    assert out.getvalue() == b"inner stdout 0\ninner stdout 1\ninner stdout 2\n"
+    assert READY_MARKER.encode() in err.getvalue() and b"(console)" in err.getvalue()
     assert result.facts["tdp_mmu"] == "Y"
     assert result.boot_s is not None and 0 < result.boot_s <= result.wall_s
+
+
+def test_a_command_that_left_no_status_reports_virtme_ngs(tmp_path, fake_vng, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "nostatus")  # the lab died before the shell wrote the status
+    out = io.BytesIO()
+    result = run_lab(_spec(tmp_path), fake_vng, out, io.BytesIO())
+    assert result.returncode == 255
+    assert out.getvalue().count(b"inner stdout") == 3
 
 
 def test_a_kernel_that_never_reaches_the_command_is_an_error(tmp_path, fake_vng, monkeypatch):

@@ -152,10 +152,18 @@ def make_disks(disk_bytes: int, swap_bytes: int, problems: list[str]) -> tuple[s
     """
     if not disk_bytes and not swap_bytes:
         return None, 0
-    err = _run(["modprobe", "zram", "num_devices=2"])
+    err = None if Path("/sys/class/zram-control").is_dir() else _run(["modprobe", "zram", "num_devices=2"])
     if err:
         problems.append(err)
         return None, 0
+    for _ in range(2):  # a built-in zram ignores num_devices: add devices by hand
+        if Path("/sys/block/zram1").exists():
+            break
+        try:
+            Path("/sys/class/zram-control/hot_add").read_text()
+        except OSError as err:
+            problems.append(f"zram: cannot add a device: {err.strerror or err}")
+            break
     disk = None
     if disk_bytes and (dev := _zram(0, disk_bytes, problems)):
         mnt = _SHADOW_DIR / "disk"

@@ -7,6 +7,11 @@ skips them with the host probe's reason when /dev/kvm is not usable.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 
 def open_fds() -> set[int]:
@@ -39,3 +44,27 @@ class FdLeakCheck:
 def kvm_fds() -> dict[int, str]:
     """Open fds that are KVM objects (anon_inode:kvm-vm, kvm-vcpu, /dev/kvm, stats)."""
     return {fd: t for fd, t in fd_targets(open_fds()).items() if "kvm" in t}
+
+
+@contextmanager
+def hugetlb_pool(page_size: int, pages: int) -> Iterator[None]:
+    """``pages`` more pages in the host's hugetlb pool for the block, the pool as it was afterwards.
+
+    A kernel knob: restored on errors and on Ctrl-C (KeyboardInterrupt unwinds
+    through here). Skips when the kernel cannot find that much contiguous memory.
+    """
+    knob = Path(f"/sys/kernel/mm/hugepages/hugepages-{page_size >> 10}kB/nr_hugepages")
+    if not knob.exists():
+        pytest.skip(f"this kernel has no {page_size >> 20} MiB hugetlb pool ({knob} is absent)")
+    if not os.access(knob, os.W_OK):
+        pytest.skip(f"cannot write {knob}: run the tests as root to reserve hugetlb pages")
+    before = int(knob.read_text())
+    try:
+        knob.write_text(str(before + pages))
+        got = int(knob.read_text()) - before
+        if got < pages:
+            pytest.skip(f"the kernel found {got} of {pages} free {page_size >> 20} MiB pages to reserve "
+                        "(memory too fragmented); reserve them at boot with hugepages= on the kernel command line")
+        yield
+    finally:
+        knob.write_text(str(before))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kvmtest import FdLeakCheck, kvm_fds
+from kvmtest import FdLeakCheck, hugetlb_pool, kvm_fds
 
 from kvmctl.errors import KvmIoctlError, UnsupportedError, UsageError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
@@ -224,9 +224,11 @@ def test_stats_change_after_a_run():
 # --- backings ----------------------------------------------------------------------------------
 
 
-def _run_and_check(spec: MachineSpec) -> None:
+def _run_and_check(spec: MachineSpec, during=lambda: True) -> None:
+    """Stamp every page, then every third again; ``during`` must hold while the guest memory is in use."""
     with GuestMachine(spec, epoch_timeout=60) as m:
         m.run_epoch(Pattern.parse("seq"), write=True)
+        assert during()
         stride = Pattern.parse("stride:3")
         m.run_epoch(stride, write=True)
         expect = np.where(m.ground_truth(stride, 1), 2, 1)
@@ -281,13 +283,16 @@ def test_hugetlb_without_reserved_pages_is_unsupported(kind, page):
     assert kvm_fds() == before
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("kind,page", [("hugetlb", HUGE_2M), ("hugetlb1g", HUGE_1G)])
 def test_hugetlb_backing_runs(kind, page):
-    free = hugetlb_free_pages(page)
-    if free * page < max(page, 4 * MIB):
-        pytest.skip(f"{free} free {page >> 20} MiB hugetlb pages "
-                    f"(reserve with /sys/kernel/mm/hugepages/hugepages-{page >> 10}kB/nr_hugepages)")
-    _run_and_check(MachineSpec(max(page, 4 * MIB), 1, backing=BackingKind(kind)))
+    """The test reserves its own pages (and gives them back): the backing really maps hugetlb memory."""
+    size = max(page, 4 * MIB)
+    with hugetlb_pool(page, size // page):
+        free = hugetlb_free_pages(page)
+        _run_and_check(MachineSpec(size, 1, backing=BackingKind(kind)),
+                       during=lambda: hugetlb_free_pages(page) == free - size // page)
+        assert hugetlb_free_pages(page) == free, "the pages went back to the pool with the VM"
 
 
 def test_unknown_backing_kind():

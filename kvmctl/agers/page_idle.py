@@ -11,6 +11,14 @@ A pass reads back the marks of the previous pass (the ``idle`` bitmap of its
 PassRecord covers the interval between the two passes) and then marks again.
 Pass 0 has only marks. A page counts as observed in a pass when it was
 present with the same PFN at marking and at reading.
+
+Huge pages: the kernel keeps one idle flag per compound page, on its head
+(Documentation/admin-guide/mm/idle_page_tracking.rst); a tail PFN can be
+neither marked nor read (page_idle_get_page() cannot take a reference on a
+tail). /proc/kpageflags tells tails apart, and each tail page is marked and
+read through its head: every base page of a THP gets the THP's verdict.
+Measured in the lab on a THP-backed guest before this: 0.2 % of untouched
+pages read back idle (the heads), all others young.
 """
 
 from __future__ import annotations
@@ -26,6 +34,12 @@ from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
 BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
 PFN_MASK = np.uint64((1 << 55) - 1)
 PRESENT_BIT = np.uint64(1 << 63)
+# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
+KPF_COMPOUND_HEAD = np.uint64(1 << 15)
+KPF_COMPOUND_TAIL = np.uint64(1 << 16)
+# x86-64 THPs are PMD sized: 512 base pages, aligned to 512 in PFN space
+THP_PAGES = 512
+
 # Words read or written in one syscall; gaps up to this many words are bridged
 # (zero words written to the bitmap mark nothing, so bridging is harmless).
 _GAP_WORDS = 64
@@ -69,6 +83,42 @@ def word_runs(words: np.ndarray, gap: int = _GAP_WORDS) -> list[tuple[int, int]]
     starts = np.concatenate(([0], breaks + 1))
     ends = np.concatenate((breaks, [words.size - 1]))
     return [(int(words[s]), int(words[e] - words[s]) + 1) for s, e in zip(starts, ends)]
+
+
+def read_kpageflags(path: Path, pfns: np.ndarray) -> np.ndarray | None:
+    """The kpageflags entry of each PFN (in the order given); None where the file cannot be read."""
+    pfns = pfns.astype(np.uint64)
+    out = np.zeros(pfns.size, dtype=np.uint64)
+    if pfns.size == 0:
+        return out
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        for first, n in word_runs(np.unique(pfns)):  # one entry per PFN: the same runs as bitmap words
+            got = np.frombuffer(os.pread(fd, n * 8, first * 8), dtype=np.uint64)
+            sel = (pfns >= np.uint64(first)) & (pfns < np.uint64(first + got.size))
+            out[sel] = got[(pfns[sel] - np.uint64(first)).astype(np.int64)]
+    finally:
+        os.close(fd)
+    return out
+
+
+def flag_pfns(pfns: np.ndarray, flags: np.ndarray, head_flags) -> np.ndarray:
+    """The PFN whose idle flag stands for each page: the page itself, or the head of its THP.
+
+    ``flags``: kpageflags of ``pfns``; ``head_flags(candidates)``: kpageflags of
+    other PFNs. A tail whose aligned head candidate is not a compound head
+    gets 0 (no flag to use: not observed).
+    """
+    out = pfns.astype(np.uint64).copy()
+    tail = (flags & KPF_COMPOUND_TAIL) != 0
+    if tail.any():
+        heads = out[tail] & ~np.uint64(THP_PAGES - 1)
+        is_head = (head_flags(heads) & KPF_COMPOUND_HEAD) != 0
+        out[tail] = np.where(is_head, heads, np.uint64(0))
+    return out
 
 
 class IdleBitmap:
@@ -160,19 +210,39 @@ class PageIdleAger(Ager):
             raise PermissionDeniedError("pagemap shows pages but no PFNs", "run kvmctl as root (CAP_SYS_ADMIN)")
         return present, pfns
 
+    def _flag_pfns(self, present: np.ndarray, pfns: np.ndarray, record: PassRecord) -> np.ndarray:
+        """Per guest page, the PFN of its idle flag (0 where absent or unknown); see the module doc."""
+        path = self.proc / "kpageflags"
+        flags = read_kpageflags(path, pfns[present])
+        out = np.zeros(pfns.size, dtype=np.uint64)
+        if flags is None:
+            record.notes.append(f"{path} is unreadable: pages in huge pages cannot be told apart "
+                                "(their tails read back young)")
+            out[present] = pfns[present]
+            return out
+        out[present] = flag_pfns(pfns[present], flags, lambda heads: read_kpageflags(path, heads))
+        in_huge = int((flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) != 0).sum())
+        if in_huge:
+            record.notes.append(f"{in_huge} guest pages sit in huge pages: each gets its huge page's verdict "
+                                "(the kernel keeps one idle flag per huge page, on its head)")
+        return out
+
     def _run_pass(self, record: PassRecord) -> None:
         present, pfns = self._pfns()
+        flag = self._flag_pfns(present, pfns, record)
+        present &= flag != 0
         if self._marked is not None:
             observed = (self._marked != 0) & present & (pfns == self._marked)
             idle = np.zeros(pfns.size, dtype=bool)
-            idle[observed] = self.bitmap.read(pfns[observed])
+            idle[observed] = self.bitmap.read(flag[observed])
             record.idle, record.observed = idle, observed
             record.pages_found_idle = int(idle.sum())
             moved = int(((self._marked != 0) & ~observed).sum())
             if moved:
                 record.notes.append(f"{moved} marked pages were unmapped or moved before the read-back")
         if self._option("remark", True):
-            record.pages_marked_idle = self.bitmap.mark(pfns[present])
+            self.bitmap.mark(flag[present])
+            record.pages_marked_idle = int(present.sum())
             self._marked = np.where(present, pfns, np.uint64(0))
         else:
             self._marked = None

@@ -18,6 +18,7 @@ from agerhelp import HOT as HOT_FRACTION
 from hostvm import VmChild
 
 from kvmctl.agers import AgerContext, get_ager
+from kvmctl.kvm import BackingKind
 
 pytestmark = pytest.mark.root
 
@@ -81,8 +82,10 @@ def test_process_pages(page_idle):
 
 
 @pytest.mark.kvm
-def test_guest_pages_through_kvm(page_idle, own):
-    vm = VmChild(own, VM_SIZE)
+@pytest.mark.parametrize("backing", [BackingKind.FILE, BackingKind.THP])
+def test_guest_pages_through_kvm(page_idle, own, backing):
+    """THP: the kernel keeps one idle flag per huge page (its head); the hot quarter is 8 whole THPs."""
+    vm = VmChild(own, VM_SIZE, backing=backing)
     try:
         assert vm.epoch("seq", write=True) > 0
         # Clean pages first. Writeback write-protects a dirty page (page_mkclean), the MMU

@@ -18,7 +18,8 @@ from kvmctl.agers.mglru import (
     parse_enabled,
     parse_lru_gen,
 )
-from kvmctl.agers.page_idle import IdleBitmap, PageIdleAger, decode_pagemap, word_runs
+from kvmctl.agers.page_idle import (KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, IdleBitmap, PageIdleAger, decode_pagemap,
+                                    flag_pfns, word_runs)
 from kvmctl.agers.passive import PassiveAger
 from kvmctl.errors import KvmctlError, UsageError
 
@@ -267,3 +268,36 @@ def test_stat_delta_keeps_event_counters_only():
     before = {"workingset_refault_file": 10, "pgmajfault": 1, "cache": 4096, "total_pgmajfault": 5}
     after = {"workingset_refault_file": 25, "pgmajfault": 1, "cache": 0, "total_pgmajfault": 9}
     assert stat_delta(before, after) == {"workingset_refault_file": 15, "pgmajfault": 0}
+
+
+def test_thp_tails_take_their_heads_flag():
+    head, tail = int(KPF_COMPOUND_HEAD), int(KPF_COMPOUND_TAIL)
+    pfns = np.array([7, 1024, 1025, 1535, 2049, 4096 + 3], dtype=np.uint64)
+    flags = np.array([0, head, tail, tail, tail, tail], dtype=np.uint64)
+    known_heads = {1024: head, 2048: 0, 4096: head}  # 2048 is no compound head: 2049 has no usable flag
+    got = flag_pfns(pfns, flags, lambda c: np.array([known_heads[int(x)] for x in c], dtype=np.uint64))
+    assert got.tolist() == [7, 1024, 1024, 1024, 0, 4096]
+
+
+def test_page_idle_marks_and_reads_a_thp_through_its_head(tmp_path, monkeypatch):
+    """Like the kernel: a tail PFN has no idle flag of its own; the head's verdict covers all 512 pages."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    proc, bitmap = tmp_path / "proc", tmp_path / "bitmap"
+    (proc / "9").mkdir(parents=True)
+    bitmap.write_bytes(bytes(8 * 64))
+    flags = np.zeros(2048, dtype=np.uint64)
+    flags[1024] = KPF_COMPOUND_HEAD
+    flags[1025:1536] = KPF_COMPOUND_TAIL
+    (proc / "kpageflags").write_bytes(flags.tobytes())
+    hva, P = 0x40000000, 1 << 63
+    _write_pagemap(proc / "9" / "pagemap", hva, [P | pfn for pfn in range(1024, 1536)] + [P | 7])
+    ager = PageIdleAger(bitmap, proc)
+    ager.prepare(AgerContext(None, 9, [(0, hva, 513 * 4096, 0, None)]))
+    rec0 = ager.run_pass(0)
+    assert rec0.pages_marked_idle == 513
+    words = np.frombuffer(bitmap.read_bytes(), dtype=np.uint64)
+    assert int(np.count_nonzero(words)) == 2 and words[1024 // 64] == 1 and words[0] == 1 << 7  # the head, pfn 7
+    assert any("512 guest pages sit in huge pages" in n for n in rec0.notes)
+    rec1 = ager.run_pass(1)
+    assert rec1.observed.all() and rec1.idle.all()
+    ager.restore()

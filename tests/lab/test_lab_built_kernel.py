@@ -68,7 +68,7 @@ def test_page_idle_tests_and_experiment_on_a_built_kernel(tree, tmp_path):
     print(f"page_idle experiment: precision {gt['precision']}, recall {gt['recall']}")
     # Young/idle verdicts against the pages the guest touched between the passes (a quarter of
     # the guest). Recall: no touched page may read idle. Precision is reported, not required:
-    # it varied 0.43-1.0 over five lab runs (untouched pages that read young; cause not known
+    # it varied 0.43-1.0 over four lab runs (untouched pages that read young; cause not known
     # yet), while the per-page host tests in the same boot read cold pages idle (>= 0.999).
     assert gt["recall"] >= 0.99, gt
     assert gt["precision"] is not None, report["probes"]["not_observable"].get("ground_truth.precision")

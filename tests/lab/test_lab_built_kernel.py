@@ -4,8 +4,11 @@ Debian's stock kernel has no CONFIG_IDLE_PAGE_TRACKING, so the page_idle ager
 and its tests only skip on it. On a built tree (`kvmctl lab --kernel TREE`,
 the build-tree path of the lab) the page_idle host tests run inside the lab,
 and an experiment with the page_idle ager scores its idle bits against the
-guest's ground truth. Skipped, with the command that builds one, when no such
-kernel has been built on this machine (it takes ~25 minutes).
+guest's ground truth.
+
+A manual run, not part of CI: set KVMCTL_LAB_KERNEL to the tree. The
+file-backed VM case is not yet reliable in the lab: in one run of five every
+cold page read back young (cause not known; see docs/lab.md).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from pathlib import Path
 import pytest
 from test_lab_boot import SUMMARY_RE, lab
 
-from kvmctl.lab.kernel import lab_dir
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -27,14 +29,14 @@ TREE_ENV = "KVMCTL_LAB_KERNEL"
 
 
 def built_tree() -> Path | None:
-    """$KVMCTL_LAB_KERNEL, else the tree scripts/build-lab-kernel.sh leaves under the lab dir."""
-    candidates = [Path(os.environ[TREE_ENV])] if os.environ.get(TREE_ENV) else \
-        sorted((lab_dir() / "src").glob("linux-source-*"))
-    for tree in candidates:
-        config = tree / ".config"
-        if (tree / "arch/x86/boot/bzImage").is_file() and config.is_file() \
-                and "CONFIG_IDLE_PAGE_TRACKING=y" in config.read_text().splitlines():
-            return tree
+    """$KVMCTL_LAB_KERNEL if it is a build tree with idle page tracking."""
+    if not os.environ.get(TREE_ENV):
+        return None
+    tree = Path(os.environ[TREE_ENV])
+    config = tree / ".config"
+    if (tree / "arch/x86/boot/bzImage").is_file() and config.is_file() \
+            and "CONFIG_IDLE_PAGE_TRACKING=y" in config.read_text().splitlines():
+        return tree
     return None
 
 
@@ -42,8 +44,8 @@ def built_tree() -> Path | None:
 def tree() -> Path:
     found = built_tree()
     if found is None:
-        pytest.skip("no lab kernel with CONFIG_IDLE_PAGE_TRACKING=y is built on this machine "
-                    f"(fix: scripts/build-lab-kernel.sh, ~25 min; or set {TREE_ENV} to such a build tree)")
+        pytest.skip(f"manual lab run: set {TREE_ENV} to a kernel build tree with CONFIG_IDLE_PAGE_TRACKING=y "
+                    f"(build one with scripts/build-lab-kernel.sh, ~25 min; it prints the tree)")
     return found
 
 

@@ -91,7 +91,8 @@ def test_guest_pages_through_kvm(page_idle, own, backing):
         # Clean pages first. Writeback write-protects a dirty page (page_mkclean), the MMU
         # notifier zaps KVM's SPTE, and KVM marks a page accessed when it drops an accessed
         # SPTE: that clears PG_idle. Unsynced, every page of a 256 MiB guest read back young
-        # in the lab (background writeback started between mark and read); synced, 0.1 %.
+        # in the lab (background writeback started between mark and read); synced, 0.1 % in four
+        # runs of five (the fifth is open: docs/lab.md).
         vm.sync()
         page_idle.prepare(AgerContext(vm.cg, vm.pid, vm.slot_refs()))
         page_idle.run_pass(0)

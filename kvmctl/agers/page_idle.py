@@ -230,6 +230,9 @@ class PageIdleAger(Ager):
     def _run_pass(self, record: PassRecord) -> None:
         present, pfns = self._pfns()
         flag = self._flag_pfns(present, pfns, record)
+        no_flag = int((present & (flag == 0)).sum())
+        if no_flag:
+            record.notes.append(f"{no_flag} pages are THP tails whose head page could not be found: not observed")
         present &= flag != 0
         if self._marked is not None:
             observed = (self._marked != 0) & present & (pfns == self._marked)
@@ -237,7 +240,7 @@ class PageIdleAger(Ager):
             idle[observed] = self.bitmap.read(flag[observed])
             record.idle, record.observed = idle, observed
             record.pages_found_idle = int(idle.sum())
-            moved = int(((self._marked != 0) & ~observed).sum())
+            moved = int(((self._marked != 0) & (pfns != self._marked)).sum())  # absent now reads PFN 0
             if moved:
                 record.notes.append(f"{moved} marked pages were unmapped or moved before the read-back")
         if self._option("remark", True):

@@ -1,3 +1,3 @@
 """Host tests of cgroups and agers: skip with the probe's reason, leave no cgroup behind."""
 
-from hostfixtures import no_cgroup_left_behind, own  # noqa: F401 - fixtures, used by name
+from tests.helpers.cgroups import no_cgroup_left_behind, own  # noqa: F401 - fixtures, used by name

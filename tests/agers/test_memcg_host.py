@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agerhelp import cold_file
+from tests.helpers.agers import cold_file
 
 from kvmctl import cleanup
 from kvmctl.agers import AgerContext, get_ager

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from agerhelp import HOT, SIZE, prepared_vm
-from hostvm import VmChild
+from tests.helpers.agers import HOT, SIZE, prepared_vm
+from tests.helpers.vm import VmChild
 
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.agers.residency import resident_pages

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from agerhelp import cold_file
+from tests.helpers.agers import cold_file
 
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.agers.mglru import ENABLED

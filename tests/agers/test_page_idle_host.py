@@ -14,8 +14,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from agerhelp import HOT as HOT_FRACTION
-from hostvm import VmChild
+from tests.helpers.agers import HOT as HOT_FRACTION
+from tests.helpers.vm import VmChild
 
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.kvm import BackingKind

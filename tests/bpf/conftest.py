@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from hostfixtures import no_cgroup_left_behind, own  # noqa: F401 - fixtures, used by name
+from tests.helpers.cgroups import no_cgroup_left_behind, own  # noqa: F401 - fixtures, used by name
 
 from kvmctl.trace.catalogue import make_plan, probe_kernel
 

@@ -31,8 +31,8 @@ from kvmctl.trace.catalogue import make_plan
 from kvmctl.trace.loader import tracefs_root
 from kvmctl.trace.records import EventKind, MemslotRange, TaskClass
 from kvmctl.trace.tracer import Tracer
-from hostvm import VmChild
-from tracefs_instance import TraceLine, TracefsInstance
+from tests.helpers.vm import VmChild
+from tests.helpers.tracefs import TraceLine, TracefsInstance
 
 pytestmark = [pytest.mark.bpf, pytest.mark.kvm, pytest.mark.root, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ the per-gfn array must add up to it.
 from __future__ import annotations
 
 import pytest
-from hostvm import VmChild
+from tests.helpers.vm import VmChild
 
 from kvmctl.trace.catalogue import make_plan
 from kvmctl.trace.tracer import Tracer

@@ -10,7 +10,7 @@ exceed calls, and every outer call is counted under exactly one path.
 from __future__ import annotations
 
 import pytest
-from hostvm import VmChild
+from tests.helpers.vm import VmChild
 
 from kvmctl.trace import hist
 from kvmctl.trace.catalogue import make_plan

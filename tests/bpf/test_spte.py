@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hostvm import VmChild
+from tests.helpers.vm import VmChild
 
 from kvmctl.trace.catalogue import make_plan
 from kvmctl.trace.tracer import Tracer

@@ -7,7 +7,6 @@ memory cgroup and that no tracefs instance of ours remains.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +15,7 @@ import pytest
 from kvmctl import cleanup
 from kvmctl.cgroup import kvmctl_children, own_memcg
 from kvmctl.errors import KvmctlError
-
-# the tracer engineer's independent counter (tests/bpf/tracefs_instance.py), reused rather than copied
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bpf"))
-
-from exphelp import run_cli  # noqa: E402 - this directory is on sys.path like tests/bpf is
+from tests.helpers.experiments import run_cli
 
 
 def _pid_alive(name: str) -> bool:

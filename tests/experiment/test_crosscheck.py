@@ -41,7 +41,7 @@ from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.report import model as rm
 from kvmctl.trace.loader import tracefs_root
 from kvmctl.trace.records import EventKind
-from tracefs_instance import TraceLine, TracefsInstance
+from tests.helpers.tracefs import TraceLine, TracefsInstance
 
 pytestmark = [pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root, pytest.mark.slow]
 

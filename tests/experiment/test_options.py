@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.report import model as rm
-from exphelp import assert_memslots_consistent, assert_nulls_explained, by_class
+from tests.helpers.experiments import assert_memslots_consistent, assert_nulls_explained, by_class
 
 pytestmark = [pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root, pytest.mark.slow]
 

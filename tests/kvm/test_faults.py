@@ -9,13 +9,13 @@ import threading
 import time
 
 import pytest
-from kvmtest import kvm_fds
 
 from kvmctl.errors import ExitCode, GuestError
 from kvmctl.guest import longmode as lm
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.payload import Payload
 from kvmctl.kvm import exits
+from tests.helpers.fds import kvm_fds
 
 pytestmark = pytest.mark.kvm
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kvmtest import FdLeakCheck, hugetlb_pool, kvm_fds
 
 from kvmctl.errors import KvmIoctlError, UnsupportedError, UsageError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
@@ -19,6 +18,7 @@ from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import Backing, BackingKind, Cap, Kvm, create_backing
 from kvmctl.kvm import abi
 from kvmctl.kvm.memory import HUGE_1G, HUGE_2M, PAGE_SIZE, hugetlb_free_pages
+from tests.helpers.fds import FdLeakCheck, hugetlb_pool, kvm_fds
 
 pytestmark = pytest.mark.kvm
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_lab_boot import SUMMARY_RE, lab
+from tests.helpers.lab import SUMMARY_RE, lab
 
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

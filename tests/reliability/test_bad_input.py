@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from reliability_host import HostState, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
 
 from kvmctl.errors import ExitCode, KvmctlError, UsageError
 from kvmctl.report.model import SCHEMA_VERSION, Report, write_report
+from tests.helpers.hoststate import HostState, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
 
 USAGE, UNSUPPORTED, PERMISSION, FAILURE = ExitCode.USAGE, ExitCode.UNSUPPORTED, ExitCode.PERMISSION, ExitCode.FAILURE
 kvm, bpf, root = pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root

@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from reliability_host import (
+from tests.helpers.hoststate import (
     HostState,
     Outcome,
     assert_nothing_left,

@@ -11,7 +11,9 @@ import json
 import stat
 
 import pytest
-from reliability_host import (
+
+from kvmctl.errors import ExitCode
+from tests.helpers.hoststate import (
     assert_nothing_left,
     assert_one_line_error,
     kvmctl_cmd,
@@ -19,8 +21,6 @@ from reliability_host import (
     run_kvmctl,
     run_until_line,
 )
-
-from kvmctl.errors import ExitCode
 
 pytestmark = [pytest.mark.kvm, pytest.mark.root]
 SMALL = ["experiment", "--mem", "64M", "--passes", "1", "--no-trace"]

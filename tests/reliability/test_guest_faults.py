@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from reliability_host import HostState, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
 
 from kvmctl.errors import ExitCode
+from tests.helpers.hoststate import HostState, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
 
 pytestmark = [pytest.mark.kvm, pytest.mark.root]
 

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import pytest
-from reliability_host import HostState, assert_nothing_left, damon_state, run_kvmctl
 
 from kvmctl.cgroup import CgroupVersion, own_memcg
+from tests.helpers.hoststate import HostState, assert_nothing_left, damon_state, run_kvmctl
 
 pytestmark = [pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root, pytest.mark.slow]
 

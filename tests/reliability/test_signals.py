@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from reliability_host import (
+from tests.helpers.hoststate import (
     HostState,
     assert_nothing_left,
     bpf_prog_ids_of,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from report_fixtures import make_report
 
 from kvmctl.errors import UsageError
 from kvmctl.report.chrome import chrome_trace
 from kvmctl.report.model import Report
+from tests.helpers.reports import make_report
 
 
 def _events(trace, ph):

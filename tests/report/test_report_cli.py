@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from report_fixtures import make_report, with_repeats
 
 from kvmctl.errors import ExitCode
 from kvmctl.report.model import SCHEMA_VERSION, write_report
 from kvmctl.report.textual import render_text
+from tests.helpers.reports import make_report, with_repeats
 
 
 def kvmctl(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from report_fixtures import make_report, with_repeats
 
 from kvmctl.report.diff import Noise, Side, compare, compare_figure, diff_json, pooled_sd, render_diff
 from kvmctl.report.model import HEADLINE, Report
 from kvmctl.report.textual import WIDTH
+from tests.helpers.reports import make_report, with_repeats
 
 CALLS = next(f for f in HEADLINE if f.key == "aging.calls")
 

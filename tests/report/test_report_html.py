@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from html_check import chromium, parse, run_chromium
-from report_fixtures import make_report
 
 from kvmctl.report.html import plots, render_html
 from kvmctl.report.model import AgingSample, Report
+from tests.helpers.pages import chromium, parse, run_chromium
+from tests.helpers.reports import make_report
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "artifacts"
 EXPECTED_PLOTS = {"aging-calls", "aging-pages", "aging-background", "residency", "refaults", "hist-0", "hist-1",

@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from html_check import chromium, parse, run_chromium
 
 from kvmctl.report.model import REQUIRED_FIGURES, load_report
 from kvmctl.report.textual import WIDTH
+from tests.helpers.pages import chromium, parse, run_chromium
 
 pytestmark = [pytest.mark.kvm, pytest.mark.root, pytest.mark.slow]
 

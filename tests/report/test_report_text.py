@@ -6,10 +6,10 @@ import contextlib
 import io
 
 import pytest
-from report_fixtures import make_report, with_repeats
 
 from kvmctl.report.model import Bucket, EpochRow, GuestFault, Report, buckets_from_bcc_slots
 from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, hist_unit_label, log2_hist_lines, render_text
+from tests.helpers.reports import make_report, with_repeats
 
 
 def _incomplete() -> Report:

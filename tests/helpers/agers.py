@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostvm import VmChild
 
 from kvmctl.agers.residency import drop_page_cache, resident_pages
 from kvmctl.cgroup import Memcg
+from tests.helpers.vm import VmChild
 
 SIZE = 256 << 20
 HOT = 0.25

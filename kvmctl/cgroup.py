@@ -23,8 +23,8 @@ from pathlib import Path
 
 from kvmctl import cleanup
 from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError, UsageError
+from kvmctl.units import PAGE_SIZE
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # v1 reports "no limit" as PAGE_COUNTER_MAX pages (LONG_MAX rounded down to a page).
 _V1_UNLIMITED_MIN = 1 << 62
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

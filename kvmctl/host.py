@@ -494,7 +494,8 @@ class HostCaps:
 
 
 def _probe_kvm() -> KvmCaps:
-    from kvmctl.kvm import Cap, Kvm, kvm_module
+    from kvmctl.kvm import Cap, Kvm
+    from kvmctl.probe.kvm import kvm_module
 
     module_name = kvm_module()
     if module_name:
@@ -640,7 +641,8 @@ def _probe_memcg() -> Item:
 
 def _probe_hugetlb() -> dict[str, Item]:
     out: dict[str, Item] = {}
-    root = Path("/sys/kernel/mm/hugepages")
+    from kvmctl.probe.memory import HUGEPAGES as root
+
     dirs = sorted(root.glob("hugepages-*kB"), key=lambda p: int(p.name[10:-2])) if _exists(root) else []
     for d in dirs:
         size = int(d.name[10:-2]) * 1024
@@ -757,11 +759,13 @@ def _mount_tracefs() -> str | None:
     target = TRACEFS_DIRS[0]
     if _tracefs_dir() or not _is_root() or not _is_dir(target):
         return None
-    from kvmctl.kvm.sys import libc
+    from kvmctl import libc
 
-    if libc.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) == 0:
-        return f"mounted tracefs at {target} (left mounted: BCC needs it, nothing else changes)"
-    return None
+    try:
+        libc.mount("nodev", str(target), "tracefs")
+    except OSError:
+        return None
+    return f"mounted tracefs at {target} (left mounted: BCC needs it, nothing else changes)"
 
 
 def _probe_tracepoints(names: Iterable[str], tracefs: Path | None) -> dict[str, Item]:
@@ -854,8 +858,8 @@ def _errno_reason(what: str, err: int) -> str:
 
 def _raw_bpf_checks(tracefs: Path | None, tracepoint: str | None) -> tuple[Item, Item]:
     """Load "return 0" as a tracepoint program, attach it through perf, close both fds (which detaches it)."""
+    from kvmctl import libc
     from kvmctl.kvm.ioctl import _IOW
-    from kvmctl.kvm.sys import libc
 
     numbers = _SYSCALLS.get(platform.machine())
     if numbers is None:
@@ -865,10 +869,10 @@ def _raw_bpf_checks(tracefs: Path | None, tracepoint: str | None) -> tuple[Item,
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = _BpfProgLoadAttr(prog_type=_BPF_PROG_TYPE_TRACEPOINT, insn_cnt=len(_RETURN_ZERO) // 8,
                             insns=ctypes.addressof(insns), license=ctypes.addressof(license_))
-    long = ctypes.c_long  # syscall(2) is variadic: pass full-width integers
-    prog_fd = libc.syscall(long(numbers["bpf"]), long(_BPF_PROG_LOAD), ctypes.byref(attr), long(ctypes.sizeof(attr)))
-    if prog_fd < 0:
-        item = _missing(_errno_reason("BPF_PROG_LOAD of a tracepoint program failed", ctypes.get_errno()),
+    try:
+        prog_fd = libc.syscall(numbers["bpf"], _BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+    except OSError as err:
+        item = _missing(_errno_reason("BPF_PROG_LOAD of a tracepoint program failed", err.errno),
                         _ROOT_REMEDY if not _is_root() else "use a kernel with CONFIG_BPF_SYSCALL=y",
                         source="bpf(2)")
         return item, _missing("not tried: the BPF syscall does not work", item.remedy)
@@ -882,19 +886,19 @@ def _raw_bpf_checks(tracefs: Path | None, tracepoint: str | None) -> tuple[Item,
         tp_id = int(_read_strip(id_path) or -1)
         pattr = _PerfEventAttr(type=_PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(_PerfEventAttr), config=tp_id,
                                sample_period=1, sample_type=_PERF_SAMPLE_RAW, wakeup_events=1)
-        perf_fd = libc.syscall(long(numbers["perf_event_open"]), ctypes.byref(pattr), long(-1), long(0), long(-1),
-                               long(_PERF_FLAG_FD_CLOEXEC))
-        if perf_fd < 0:
-            return syscall_item, _missing(_errno_reason(f"perf_event_open({tracepoint}) failed", ctypes.get_errno()),
+        try:
+            perf_fd = libc.syscall(numbers["perf_event_open"], ctypes.byref(pattr), -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+        except OSError as err:
+            return syscall_item, _missing(_errno_reason(f"perf_event_open({tracepoint}) failed", err.errno),
                                           _ROOT_REMEDY, source=str(id_path))
         try:
-            if libc.ioctl(perf_fd, _IOW(ord("$"), 8, ctypes.c_uint32), prog_fd) < 0:
-                return syscall_item, _missing(
-                    _errno_reason("PERF_EVENT_IOC_SET_BPF failed", ctypes.get_errno()),
-                    "use a kernel with CONFIG_BPF_EVENTS=y", source=str(id_path))
-            return syscall_item, _ok(tracepoint, source=str(id_path))
+            libc.ioctl(perf_fd, _IOW(ord("$"), 8, ctypes.c_uint32), prog_fd)
+        except OSError as err:
+            return syscall_item, _missing(_errno_reason("PERF_EVENT_IOC_SET_BPF failed", err.errno),
+                                          "use a kernel with CONFIG_BPF_EVENTS=y", source=str(id_path))
         finally:
             os.close(perf_fd)
+        return syscall_item, _ok(tracepoint, source=str(id_path))
     finally:
         os.close(prog_fd)
 

@@ -38,11 +38,10 @@ from kvmctl.errors import KvmctlError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.mailbox import SYNC_READY, Port
 from kvmctl.guest.patterns import Pattern
-from kvmctl.kvm import kvm_module
-from kvmctl.units import format_size, parse_size
+from kvmctl.probe.kvm import kvm_module
+from kvmctl.units import PAGE_SIZE, format_size, parse_size
 
 HERE = Path(__file__).resolve().parent
-PAGE = 4096
 IMAGE_MAGIC = b"KVMCTLIM"
 
 
@@ -91,7 +90,7 @@ def write_image(m: GuestMachine, path: Path) -> None:
 
 def bench_touch(exe: Path, size: int, passes: int, rounds: int) -> Figure:
     seq = Pattern.parse("seq")
-    pages = size // PAGE
+    pages = size // PAGE_SIZE
     per_round = max(1, passes // rounds)
     guest, wall, native = [], [], []
     native_proc = subprocess.Popen([str(exe), str(size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

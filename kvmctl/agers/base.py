@@ -32,8 +32,7 @@ import numpy as np
 from kvmctl import cleanup
 from kvmctl.cgroup import ExperimentCgroup
 from kvmctl.errors import PermissionDeniedError, UnsupportedError, UsageError
-
-GUEST_PAGE = 4096
+from kvmctl.units import PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class AgerContext:
 
     def __post_init__(self) -> None:
         self.memslots = [MemslotRef(*m) for m in self.memslots]
-        total = sum(m.size // GUEST_PAGE for m in self.memslots)
+        total = sum(m.size // PAGE_SIZE for m in self.memslots)
         if not self.guest_pages:
             self.guest_pages = total
         elif self.guest_pages != total:
@@ -80,14 +79,14 @@ class AgerContext:
 
 def page_gfns(memslots: list[MemslotRef]) -> np.ndarray:
     """Guest frame number of every per-page index, memslots concatenated in order."""
-    parts = [np.arange(m.gpa_start // GUEST_PAGE, (m.gpa_start + m.size) // GUEST_PAGE, dtype=np.uint64)
+    parts = [np.arange(m.gpa_start // PAGE_SIZE, (m.gpa_start + m.size) // PAGE_SIZE, dtype=np.uint64)
              for m in memslots]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def page_hvas(memslots: list[MemslotRef]) -> np.ndarray:
     """Host virtual address of every per-page index, memslots concatenated in order."""
-    parts = [np.arange(m.hva_start, m.hva_start + m.size, GUEST_PAGE, dtype=np.uint64) for m in memslots]
+    parts = [np.arange(m.hva_start, m.hva_start + m.size, PAGE_SIZE, dtype=np.uint64) for m in memslots]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 

@@ -19,8 +19,9 @@ import os
 from pathlib import Path
 
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
-from kvmctl.cgroup import PAGE_SIZE, CgroupVersion, ExperimentCgroup, own_memcg
+from kvmctl.cgroup import CgroupVersion, ExperimentCgroup, own_memcg
 from kvmctl.errors import KvmctlError, UsageError
+from kvmctl.units import PAGE_SIZE
 
 _SWAPS = Path("/proc/swaps")
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmctl.agers.base import GUEST_PAGE, Ager, AgerContext, Availability, PassRecord
+from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
 from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
+from kvmctl.units import PAGE_SIZE
 
 BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
 PFN_MASK = np.uint64((1 << 55) - 1)
@@ -64,8 +65,8 @@ def read_pagemap(pagemap: Path, hva_ranges: list[tuple[int, int]]) -> np.ndarray
         raise PermissionDeniedError(f"cannot read {pagemap}", "run kvmctl as root") from None
     try:
         for start, size in hva_ranges:
-            n = size // GUEST_PAGE
-            raw = os.pread(fd, n * 8, start // GUEST_PAGE * 8)
+            n = size // PAGE_SIZE
+            raw = os.pread(fd, n * 8, start // PAGE_SIZE * 8)
             buf = np.zeros(n, dtype=np.uint64)
             got = np.frombuffer(raw, dtype=np.uint64)
             buf[: got.size] = got

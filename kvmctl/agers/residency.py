@@ -7,8 +7,6 @@ file does not fault anything in, so looking does not change the answer.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import os
 from contextlib import contextmanager
@@ -17,16 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
+from kvmctl import libc
 from kvmctl.errors import KvmctlError, UsageError
-
-PAGE_SIZE = mmap.PAGESIZE
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-_MAP_FAILED = ctypes.c_void_p(-1).value
+from kvmctl.units import PAGE_SIZE
 
 
 @contextmanager
@@ -64,18 +55,18 @@ def resident_pages(fd_or_path: int | str | os.PathLike, offset: int = 0, length:
         if npages == 0:
             return np.zeros(0, dtype=bool)
         size = npages * PAGE_SIZE
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
-        if addr in (None, _MAP_FAILED):
-            err = ctypes.get_errno()
-            raise KvmctlError(f"mmap of the backing file for mincore failed: {os.strerror(err)}",
-                              "the backing must be a regular file or memfd")
+        try:
+            addr = libc.mmap(size, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        except OSError as err:
+            raise KvmctlError(f"mmap of the backing file for mincore failed: {err.strerror}",
+                              "the backing must be a regular file or memfd") from None
         try:
             vec = np.zeros(npages, dtype=np.uint8)
-            if _libc.mincore(addr, size, vec.ctypes.data) != 0:
-                err = ctypes.get_errno()
-                raise KvmctlError(f"mincore failed: {os.strerror(err)}", "the backing must be a regular file or memfd")
+            libc.mincore(addr, size, vec.ctypes.data)
+        except OSError as err:
+            raise KvmctlError(f"mincore failed: {err.strerror}", "the backing must be a regular file or memfd") from None
         finally:
-            _libc.munmap(addr, size)
+            libc.munmap(addr, size)
     return (vec & 1).astype(bool)
 
 

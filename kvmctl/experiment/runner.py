@@ -31,9 +31,7 @@ from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched
 from kvmctl.placement import CpuPlacement, format_cpu_list, pinned, thread_affinities
 from kvmctl.report import model as rm
-from kvmctl.units import parse_duration
-
-PAGE = 4096
+from kvmctl.units import PAGE_SIZE, parse_duration
 
 
 @dataclass
@@ -224,7 +222,7 @@ class Experiment:
         opts = dict(self.spec.ager_options)
         if "squeeze_guest" in opts:  # take this fraction of the guest's size away from the cgroup's usage
             frac = float(opts.pop("squeeze_guest"))
-            opts["target_bytes"] = max(PAGE, cgroup.usage_bytes() - int(frac * self.total_pages * PAGE))
+            opts["target_bytes"] = max(PAGE_SIZE, cgroup.usage_bytes() - int(frac * self.total_pages * PAGE_SIZE))
         return opts
 
     # --- touching ---------------------------------------------------------

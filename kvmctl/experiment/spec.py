@@ -18,9 +18,8 @@ from kvmctl.errors import UsageError
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import BackingKind
-from kvmctl.kvm.memory import HUGE_2M, PAGE_SIZE
 from kvmctl.placement import CpuPlacement, resolve_placement
-from kvmctl.units import parse_duration, parse_size
+from kvmctl.units import HUGE_2M, PAGE_SIZE, parse_duration, parse_size
 
 MODES = ("concurrent", "between")
 

@@ -12,7 +12,6 @@ parent runs an ager pass), stats, sync_memory, finish.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -26,13 +25,10 @@ from kvmctl.errors import ExitCode, GuestError, KvmctlError, UsageError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import BackingKind
-from kvmctl.kvm.memory import HUGE_2M
+from kvmctl.units import HUGE_2M, PAGE_SIZE
 
 
 # --- child side -----------------------------------------------------------
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -42,10 +38,9 @@ def _die_with_parent(parent_pid: int) -> None:
     PR_SET_PDEATHSIG kills us when the parent's thread that started us dies.
     A parent already gone before the prctl is caught by the ppid check.
     """
-    from kvmctl.kvm.sys import libc
+    from kvmctl import libc
 
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    libc.prctl(libc.PR_SET_PDEATHSIG, int(signal.SIGKILL))
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -112,7 +107,7 @@ def _child_main(parent_pid: int | None = None) -> int:
                 # map every data page in this process (no guest access): what the nested
                 # experiment ages before any nested guest ran
                 for b in machine.backings:
-                    b.view()[::4096] = 1
+                    b.view()[::PAGE_SIZE] = 1
                 reply({"ok": True})
             elif cmd == "sync_memory":
                 for b in machine.backings:

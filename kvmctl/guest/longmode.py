@@ -31,15 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvmctl.kvm import abi
+from kvmctl.units import HUGE_2M, PAGE_SIZE
 
-PAGE = 4096
-HUGE_2M = 2 << 20
 GIB = 1 << 30
 
 GDT_GPA = 0x0
 IDT_GPA = 0x1000
 TSS_SIZE = 104 + 8192 + 1  # header, I/O bitmap for 65536 ports, terminating 0xff byte
-TSS_STRIDE = 3 * 4096
+TSS_STRIDE = 3 * PAGE_SIZE
 CODE_GPA = 0x10000
 CODE_MAX = 0x10000
 MAILBOX_GPA = 0x20000
@@ -77,7 +76,7 @@ class SystemLayout:
 
     @classmethod
     def plan(cls, vcpus: int, regions: list[tuple[int, int]], guest_page: int) -> "SystemLayout":
-        tss = _round_up(MAILBOX_GPA + vcpus * PAGE, PAGE)
+        tss = _round_up(MAILBOX_GPA + vcpus * PAGE_SIZE, PAGE_SIZE)
         user = tss + vcpus * TSS_STRIDE
         kern = user + vcpus * USER_STACK_SIZE
         pts = kern + vcpus * KERNEL_STACK_SIZE
@@ -90,7 +89,7 @@ class SystemLayout:
             size = need
 
     def mailbox(self, i: int) -> int:
-        return MAILBOX_GPA + i * PAGE
+        return MAILBOX_GPA + i * PAGE_SIZE
 
     def user_stack_top(self, i: int) -> int:
         return self.user_stacks + (i + 1) * USER_STACK_SIZE
@@ -109,14 +108,14 @@ def _chunks(regions: list[tuple[int, int]], guest_page: int) -> tuple[list[int],
     for gpa, size in regions:
         for c in range(gpa, gpa + size, HUGE_2M):
             gibs.add(c // GIB)
-        if gpa == 0 or guest_page == PAGE:  # the system area is always 4 KiB mapped
+        if gpa == 0 or guest_page == PAGE_SIZE:  # the system area is always 4 KiB mapped
             pt_chunks.extend(range(gpa, gpa + size, HUGE_2M))
     return pt_chunks, sorted(gibs)
 
 
 def page_table_bytes(regions: list[tuple[int, int]], guest_page: int) -> int:
     pt_chunks, gibs = _chunks(regions, guest_page)
-    return (2 + len(gibs) + len(pt_chunks)) * PAGE
+    return (2 + len(gibs) + len(pt_chunks)) * PAGE_SIZE
 
 
 def build_page_tables(mem: np.ndarray, base: int, regions: list[tuple[int, int]], guest_page: int) -> int:
@@ -129,9 +128,9 @@ def build_page_tables(mem: np.ndarray, base: int, regions: list[tuple[int, int]]
             raise ValueError("regions beyond 512 GiB need a second PML4 entry")
     pt_chunks, gibs = _chunks(regions, guest_page)
     words = mem  # uint64 view of the system area
-    pml4, pdpt = base, base + PAGE
-    pd_of = {g: base + (2 + i) * PAGE for i, g in enumerate(gibs)}
-    pt_base = base + (2 + len(gibs)) * PAGE
+    pml4, pdpt = base, base + PAGE_SIZE
+    pd_of = {g: base + (2 + i) * PAGE_SIZE for i, g in enumerate(gibs)}
+    pt_base = base + (2 + len(gibs)) * PAGE_SIZE
     words[pml4 // 8 : pml4 // 8 + 1024] = 0  # PML4 and PDPT
     words[pml4 // 8] = pdpt | TABLE_FLAGS
     for g, pd in pd_of.items():
@@ -140,10 +139,10 @@ def build_page_tables(mem: np.ndarray, base: int, regions: list[tuple[int, int]]
     # 4 KiB leaves: contiguous PT pages, one per 2 MiB chunk, filled at once
     if pt_chunks:
         chunks = np.asarray(pt_chunks, dtype=np.uint64)
-        pages = (chunks[:, None] + np.arange(512, dtype=np.uint64) * PAGE).ravel()
+        pages = (chunks[:, None] + np.arange(512, dtype=np.uint64) * PAGE_SIZE).ravel()
         start = pt_base // 8
         words[start : start + pages.size] = pages | np.uint64(LEAF_FLAGS)
-        pts = pt_base + np.arange(len(pt_chunks), dtype=np.uint64) * PAGE
+        pts = pt_base + np.arange(len(pt_chunks), dtype=np.uint64) * PAGE_SIZE
         for (chunk, pt) in zip(pt_chunks, pts.tolist()):
             words[pd_of[chunk // GIB] // 8 + (chunk // HUGE_2M) % 512] = pt | TABLE_FLAGS
     # 2 MiB leaves for data regions when asked for

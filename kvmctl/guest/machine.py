@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvmctl.errors import GuestError, KvmctlError, UsageError
+from kvmctl.errors import GuestError, KvmctlError, UnsupportedError, UsageError
 from kvmctl.guest import longmode as lm
 from kvmctl.guest.mailbox import (
     EXCEPTION_NAMES, MAILBOX_MAGIC, SYNC_READY, Command, GuestErrorCode, Mailbox, Port,
@@ -32,7 +32,8 @@ from kvmctl.guest.mailbox import (
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched, partition, random_key
 from kvmctl.guest.payload import Payload
 from kvmctl.kvm import BackingKind, Kvm, Memslot, create_backing, exits
-from kvmctl.kvm.memory import HUGE_2M, PAGE_SIZE
+from kvmctl.probe.memory import hugetlb_dir, hugetlb_pool
+from kvmctl.units import HUGE_2M, PAGE_SIZE
 
 DATA_GPA = 4 << 30  # guest RAM for payload data starts above the 32-bit hole
 KICK_SIGNAL = signal.SIGUSR1
@@ -80,6 +81,19 @@ class MachineSpec:
             raise UsageError(f"CPL {self.cpl} is not 0 or 3", "use 3 (native) or 0")
         if self.mmio_hole < 0 or self.mmio_hole % HUGE_2M:
             raise UsageError(f"MMIO hole of {self.mmio_hole} bytes is not a multiple of 2 MiB", "use 0 or 2 MiB units")
+
+
+def check_hugetlb_pool(kind: BackingKind, size: int) -> None:
+    """Say how many pages to reserve before a hugetlb mapping fails with a bare ENOMEM."""
+    if kind not in (BackingKind.HUGETLB, BackingKind.HUGETLB_1G):
+        return
+    page = kind.alignment
+    reserved, free = hugetlb_pool(page)
+    if free * page < size:
+        label = "2 MiB" if page == HUGE_2M else "1 GiB"
+        pool = "no pages are reserved" if reserved == 0 else f"{reserved} reserved, {free} free"
+        raise UnsupportedError(f"{size >> 20} MiB of {label} hugetlb pages needed but {pool}",
+                               f"reserve them: echo {size // page} > {hugetlb_dir(page)}/nr_hugepages")
 
 
 @dataclass
@@ -218,6 +232,7 @@ class GuestMachine:
         mapped = regions + ([(self.mmio_gpa, spec.mmio_hole)] if spec.mmio_hole else [])
         layout = lm.SystemLayout.plan(spec.vcpus, mapped, spec.guest_page)
         self.layout = layout
+        check_hugetlb_pool(spec.backing, spec.mem_bytes)
         self.system = create_backing(BackingKind.ANON, layout.size)
         self.vm.add_memslot(0, 0, self.system)
         for i, (gpa, size) in enumerate(regions):

@@ -6,9 +6,8 @@ rust-vmm's kvm-ioctls does.
 
 from kvmctl.kvm.abi import Cap, ExitReason
 from kvmctl.kvm.memory import Backing, BackingKind, create_backing
-from kvmctl.kvm.system import Kvm, kvm_module
+from kvmctl.kvm.system import Kvm
 from kvmctl.kvm.vcpu import Vcpu
 from kvmctl.kvm.vm import Memslot, Vm
 
-__all__ = ["Backing", "BackingKind", "Cap", "ExitReason", "Kvm", "Memslot", "Vcpu", "Vm", "create_backing",
-           "kvm_module"]
+__all__ = ["Backing", "BackingKind", "Cap", "ExitReason", "Kvm", "Memslot", "Vcpu", "Vm", "create_backing"]

@@ -11,6 +11,9 @@ it on :meth:`Backing.close`. Kinds:
 - ``thp``: anonymous memory, 2 MiB aligned, with MADV_HUGEPAGE.
 - ``hugetlb``/``hugetlb1g``: MAP_HUGETLB of 2 MiB / 1 GiB pages, which must
   be reserved first (vm.nr_hugepages).
+
+Failures are plain: they say what could not be mapped and why; the commands
+that size the memory add which flag to change.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
-from kvmctl.kvm import sys as _sys
+from kvmctl import libc
+from kvmctl.errors import KvmctlError, UsageError
+from kvmctl.kvm.fd import FdOwner
+from kvmctl.units import HUGE_1G, HUGE_2M, PAGE_SIZE
 
-PAGE_SIZE = 4096
-HUGE_2M = 2 << 20
-HUGE_1G = 1 << 30
+
+class GuestMemoryError(KvmctlError):
+    """Guest memory could not be mapped (too much asked, or the pool is empty)."""
 
 
 class BackingKind(str, enum.Enum):
@@ -57,17 +62,16 @@ class BackingKind(str, enum.Enum):
         )
 
 
-def hugetlb_free_pages(page_size: int, counter: str = "free_hugepages") -> int:
-    """A hugetlb pool counter: free_hugepages, or nr_hugepages (reserved)."""
-    path = Path(f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/{counter}")
+def _map(length: int, prot: int, flags: int, fd: int, what: str) -> int:
     try:
-        return int(path.read_text())
-    except (OSError, ValueError):
-        return 0
+        return libc.mmap(length, prot, flags, fd, 0)
+    except OSError as err:
+        raise GuestMemoryError(f"cannot map {length} bytes of {what}: {err.strerror}",
+                               "free memory or map less") from None
 
 
 @dataclass
-class Backing(_sys.FdOwner):
+class Backing(FdOwner):
     kind: BackingKind
     size: int
     hva: int
@@ -83,7 +87,7 @@ class Backing(_sys.FdOwner):
 
     def close(self) -> None:
         if self._map_len:
-            _sys.munmap(self._map_base, self._map_len)
+            libc.munmap(self._map_base, self._map_len)
             self._map_len = 0
         super().close()
 
@@ -96,42 +100,33 @@ def create_backing(kind: BackingKind | str, size: int, path: str | os.PathLike |
         raise UsageError(f"{kind.value} memory size {size} is not a positive multiple of {kind.alignment} bytes",
                          f"use a size that is a multiple of {kind.alignment // 1024} KiB")
     if path is not None and kind is not BackingKind.FILE:
-        raise UsageError("a backing path only applies to --backing file", "drop --backing-path or use --backing file")
-    rw = _sys.PROT_READ | _sys.PROT_WRITE
+        raise UsageError(f"a backing path only applies to file backings, not {kind.value}",
+                         "give no path, or a file backing")
+    rw = libc.PROT_READ | libc.PROT_WRITE
     if kind is BackingKind.FILE:
         return _file_backing(size, path, temp_dir)
     if kind is BackingKind.MEMFD:
         fd = os.memfd_create("kvmctl-guest", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
-            hva = _sys.mmap(size, rw, _sys.MAP_SHARED, fd, 0, "memfd")
+            hva = _map(size, rw, libc.MAP_SHARED, fd, "memfd")
         except BaseException:
             os.close(fd)
             raise
         return Backing(kind, size, hva, None, fd, hva, size)
     if kind in (BackingKind.HUGETLB, BackingKind.HUGETLB_1G):
-        page = kind.alignment
-        free = hugetlb_free_pages(page)
-        if free * page < size:
-            label = "2 MiB" if page == HUGE_2M else "1 GiB"
-            reserved = hugetlb_free_pages(page, "nr_hugepages")
-            pool = "no pages are reserved" if reserved == 0 else f"{reserved} reserved, {free} free"
-            raise UnsupportedError(
-                f"{size >> 20} MiB of {label} hugetlb pages needed but {pool}",
-                f"reserve them: echo {size // page} > /sys/kernel/mm/hugepages/hugepages-{page // 1024}kB/nr_hugepages",
-            )
-        shift = page.bit_length() - 1
-        flags = _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_HUGETLB | (shift << _sys.MAP_HUGE_SHIFT)
-        hva = _sys.mmap(size, rw, flags, -1, 0, "hugetlb memory")
+        shift = kind.alignment.bit_length() - 1
+        flags = libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_HUGETLB | (shift << libc.MAP_HUGE_SHIFT)
+        hva = _map(size, rw, flags, -1, "hugetlb memory")
         return Backing(kind, size, hva, None, -1, hva, size)
-    flags = _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE
+    flags = libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
     if kind is BackingKind.THP:
         # Over-allocate and align so every 2 MiB of the guest can be a huge page.
-        base = _sys.mmap(size + HUGE_2M, rw, flags, -1, 0, "anonymous memory")
+        base = _map(size + HUGE_2M, rw, flags, -1, "anonymous memory")
         hva = (base + HUGE_2M - 1) & ~(HUGE_2M - 1)
-        _sys.madvise(hva, size, _sys.MADV_HUGEPAGE)
+        libc.madvise(hva, size, libc.MADV_HUGEPAGE)
         return Backing(kind, size, hva, None, -1, base, size + HUGE_2M)
-    hva = _sys.mmap(size, rw, flags, -1, 0, "anonymous memory")
+    hva = _map(size, rw, flags, -1, "anonymous memory")
     return Backing(kind, size, hva, None, -1, hva, size)
 
 
@@ -174,7 +169,7 @@ def _file_backing(size: int, path, temp_dir: str | None) -> Backing:
                 # e.g. a /proc or /sys file: open() worked, but it cannot hold guest memory
                 raise UsageError(f"backing file {shown or 'in ' + directory} cannot grow to {size >> 20} MiB: "
                                  f"{err.strerror}", "use a regular file on a writable disk filesystem") from None
-        hva = _sys.mmap(size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0, "the backing file")
+        hva = _map(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, "the backing file")
     except BaseException:
         os.close(fd)
         if not temporary and created:  # a file we made for nothing (full disk, say) is not left behind

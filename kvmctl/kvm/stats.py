@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from kvmctl.kvm import abi
-from kvmctl.kvm.sys import FdOwner
+from kvmctl.kvm.fd import FdOwner
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from pathlib import Path
 
 from kvmctl.errors import KvmIoctlError, PermissionDeniedError, UnsupportedError
 from kvmctl.kvm import abi
-from kvmctl.kvm.sys import FdOwner, ioctl
+from kvmctl.kvm.fd import FdOwner, ioctl
 
 KVM_DEVICE = "/dev/kvm"
-
-
-def kvm_module() -> str | None:
-    """The vendor module that backs /dev/kvm: kvm_intel, kvm_amd, kvm_pvm."""
-    for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
-        if Path("/sys/module", name).exists():
-            return name
-    return None
 
 
 class Kvm(FdOwner):
@@ -42,10 +33,6 @@ class Kvm(FdOwner):
                                    "use a kernel with the stable KVM API")
         self.vcpu_mmap_size = ioctl(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         self._cpuid: list[abi.kvm_cpuid_entry2] | None = None
-
-    @property
-    def module(self) -> str | None:
-        return kvm_module()
 
     def check_extension(self, cap: int) -> int:
         return ioctl(self.fd, abi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION")

@@ -5,19 +5,21 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import os
 import struct
 
+from kvmctl import libc
 from kvmctl.errors import KvmIoctlError
 from kvmctl.kvm import abi, exits
+from kvmctl.kvm.fd import FdOwner, ioctl
 from kvmctl.kvm.stats import Stats
-from kvmctl.kvm.sys import _ioctl, ioctl
 
 _R = abi.ExitReason
 _IO_FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
-class Vcpu:
+class Vcpu(FdOwner):
+    """A vCPU fd and its shared kvm_run page; created by :meth:`kvmctl.kvm.Vm.create_vcpu`."""
+
     def __init__(self, vm, fd: int, index: int):
         self.vm = vm
         self.fd = fd
@@ -66,12 +68,13 @@ class Vcpu:
     # --- running -----------------------------------------------------------
     def run(self) -> exits.Exit:
         """Enter the guest until the next exit to user space."""
-        if _ioctl(self.fd, abi.KVM_RUN, 0) < 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINTR, errno.EAGAIN):
+        try:
+            libc.ioctl(self.fd, abi.KVM_RUN, 0)
+        except OSError as err:
+            if err.errno in (errno.EINTR, errno.EAGAIN):
                 self.run_struct.immediate_exit = 0
                 return exits.Interrupted()
-            raise KvmIoctlError("KVM_RUN", err)
+            raise KvmIoctlError("KVM_RUN", err.errno) from None
         return self.decode_exit()
 
     def decode_exit(self) -> exits.Exit:
@@ -126,5 +129,4 @@ class Vcpu:
         if self.fd >= 0:
             del self.run_struct
             self._map.close()
-            os.close(self.fd)
-            self.fd = -1
+        super().close()

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from kvmctl.errors import UsageError
 from kvmctl.kvm import abi
-from kvmctl.kvm.memory import PAGE_SIZE, Backing
+from kvmctl.kvm.memory import Backing
 from kvmctl.kvm.stats import Stats
-from kvmctl.kvm.sys import FdOwner, ioctl
+from kvmctl.kvm.fd import FdOwner, ioctl
+from kvmctl.units import PAGE_SIZE
 
 
 @dataclass(frozen=True)

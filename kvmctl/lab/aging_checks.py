@@ -14,30 +14,27 @@ come from the trace layer (kvmctl.trace: funcs.c kprobes, spte.c tracepoints).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
 
+from kvmctl import libc
 from kvmctl.errors import KvmctlError, UnsupportedError
+from kvmctl.units import PAGE_SIZE
 
-MADV_PAGEOUT = 21  # include/uapi/asm-generic/mman-common.h, Linux 5.4+
 CHECK_BYTES = 16 << 20
 NESTED_PAYLOAD = "nested_svm"
 NESTED_RESERVED_PAGES = 512  # guests/nested_svm.S: NSVM_RESERVED, the SVM area at the region's end
 PATH_MEASUREMENTS = {"aging.path", "aging.latency", "aging.young"}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
 
 def pageout(memslots) -> None:
     """Reclaim the memslots' pages now: one aging call per mapped page."""
     for slot in memslots:
-        if _libc.madvise(slot.hva, slot.size, MADV_PAGEOUT) != 0:
-            err = ctypes.get_errno()
-            raise KvmctlError(f"madvise(MADV_PAGEOUT) on memslot {slot.slot} failed: {os.strerror(err)}",
-                              "MADV_PAGEOUT needs Linux 5.4+")
+        try:
+            libc.madvise(slot.hva, slot.size, libc.MADV_PAGEOUT)
+        except OSError as err:
+            raise KvmctlError(f"madvise(MADV_PAGEOUT) on memslot {slot.slot} failed: {err.strerror}",
+                              "MADV_PAGEOUT needs Linux 5.4+") from None
 
 
 def _plan(wanted: set[str]):
@@ -116,7 +113,7 @@ def nested_fallback_run() -> NestedFallback:
     with GuestMachine(MachineSpec(mem_bytes=CHECK_BYTES, vcpus=1, payload=NESTED_PAYLOAD, cpl=0)) as m:
         m.start()  # L1 is up with EFER.SVME set; no VMRUN yet: only TDP roots
         for view in m.data_view():
-            view[::4096] = 1  # map every page in the process, so reclaim finds it
+            view[::PAGE_SIZE] = 1  # map every page in the process, so reclaim finds it
         with Tracer(plan, target_from_memslots(os.getpid(), m.data_memslots)) as tracer:
             pageout(m.data_memslots)
             before = _paths(tracer.snapshot())

@@ -27,10 +27,10 @@ import numpy as np
 from kvmctl import __version__
 from kvmctl.errors import UsageError
 from kvmctl.report.output import write_atomic
+from kvmctl.units import PAGE_SIZE
 
 SCHEMA_VERSION = 1
 KIND = "kvmctl-report"
-PAGE_SIZE = 4096
 HEATMAP_BINS = 64  # fixed so that heat maps of two reports line up bin by bin
 
 

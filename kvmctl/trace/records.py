@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from kvmctl.units import PAGE_SHIFT
+
 
 
 class Cfg(enum.IntEnum):

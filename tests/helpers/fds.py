@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmctl.probe.memory import hugetlb_dir
+
 
 def open_fds() -> set[int]:
     """This process's open file descriptors."""
@@ -53,7 +55,7 @@ def hugetlb_pool(page_size: int, pages: int) -> Iterator[None]:
     A kernel knob: restored on errors and on Ctrl-C (KeyboardInterrupt unwinds
     through here). Skips when the kernel cannot find that much contiguous memory.
     """
-    knob = Path(f"/sys/kernel/mm/hugepages/hugepages-{page_size >> 10}kB/nr_hugepages")
+    knob = hugetlb_dir(page_size) / "nr_hugepages"
     if not knob.exists():
         pytest.skip(f"this kernel has no {page_size >> 20} MiB hugetlb pool ({knob} is absent)")
     if not os.access(knob, os.W_OK):

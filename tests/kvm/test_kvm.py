@@ -17,7 +17,8 @@ from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.kvm import Backing, BackingKind, Cap, Kvm, create_backing
 from kvmctl.kvm import abi
-from kvmctl.kvm.memory import HUGE_1G, HUGE_2M, PAGE_SIZE, hugetlb_free_pages
+from kvmctl.probe.memory import hugetlb_pool as pool_pages
+from kvmctl.units import HUGE_1G, HUGE_2M, PAGE_SIZE
 from tests.helpers.fds import FdLeakCheck, hugetlb_pool, kvm_fds
 
 pytestmark = pytest.mark.kvm
@@ -273,7 +274,7 @@ def test_thp_backing_is_huge_and_2m_guest_pages_map_2m():
 
 @pytest.mark.parametrize("kind,page", [("hugetlb", HUGE_2M), ("hugetlb1g", HUGE_1G)])
 def test_hugetlb_without_reserved_pages_is_unsupported(kind, page):
-    if hugetlb_free_pages(page, "nr_hugepages"):
+    if pool_pages(page)[0]:
         pytest.skip(f"{page >> 20} MiB hugetlb pages are reserved here; the no-pages error cannot be shown")
     before = kvm_fds()
     with pytest.raises(UnsupportedError) as info:
@@ -289,10 +290,10 @@ def test_hugetlb_backing_runs(kind, page):
     """The test reserves its own pages (and gives them back): the backing really maps hugetlb memory."""
     size = max(page, 4 * MIB)
     with hugetlb_pool(page, size // page):
-        free = hugetlb_free_pages(page)
+        free = pool_pages(page)[1]
         _run_and_check(MachineSpec(size, 1, backing=BackingKind(kind)),
-                       during=lambda: hugetlb_free_pages(page) == free - size // page)
-        assert hugetlb_free_pages(page) == free, "the pages went back to the pool with the VM"
+                       during=lambda: pool_pages(page)[1] == free - size // page)
+        assert pool_pages(page)[1] == free, "the pages went back to the pool with the VM"
 
 
 def test_unknown_backing_kind():

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from kvmctl.agers.residency import PAGE_SIZE, drop_page_cache, resident_fraction, resident_pages
+from kvmctl.agers.residency import drop_page_cache, resident_fraction, resident_pages
+from kvmctl.units import PAGE_SIZE
 from kvmctl.errors import UsageError
 
 

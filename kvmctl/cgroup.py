@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmctl import cleanup
-from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError, UsageError
+from kvmctl.errors import PermissionDeniedError, UnsupportedError, UsageError
+from kvmctl.knobs import KnobError, read_knob, write_knob
 from kvmctl.units import PAGE_SIZE
 
 # v1 reports "no limit" as PAGE_COUNTER_MAX pages (LONG_MAX rounded down to a page).
@@ -151,49 +152,15 @@ def own_memcg(pid: int | str = "self") -> Memcg:
     return memcg
 
 
-# --- file helpers: every failure becomes a KvmctlError with a remedy ---------------------------
+_CONTROLLER_HINT = "check that the memory cgroup controller is mounted"
 
 
 def _read_text(path: Path, missing_ok: bool = False) -> str | None:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise UnsupportedError(f"{path} does not exist", "check that the memory cgroup controller is mounted") from None
-    except PermissionError:
-        raise PermissionDeniedError(f"cannot read {path}", "run kvmctl as root") from None
-
-
-def _write_text(path: Path, value: str) -> None:
-    try:
-        # One write() call: cgroup files act on each write separately.
-        # O_TRUNC is a no-op on kernfs and keeps fake trees in tests honest.
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-    except PermissionError:
-        raise PermissionDeniedError(f"cannot write {path}", "run kvmctl as root") from None
-    except FileNotFoundError:
-        raise UnsupportedError(f"{path} does not exist", "this kernel lacks that cgroup knob") from None
-
-
-class CgroupError(KvmctlError):
-    """A cgroup operation failed at run time; keeps the errno for callers."""
-
-    def __init__(self, message: str, hint: str, errno_: int):
-        super().__init__(message, hint)
-        self.errno = errno_
+    return read_knob(path, missing_ok, _CONTROLLER_HINT)
 
 
 def _write_knob(path: Path, value: str) -> None:
-    try:
-        _write_text(path, value)
-    except OSError as err:
-        raise CgroupError(f"writing {value!r} to {path} failed: {err.strerror}",
-                          "see the kernel log (dmesg) for the cgroup's state", err.errno) from None
+    write_knob(path, value, "see the kernel log (dmesg) for the cgroup's state")
 
 
 # --- cgroup v2 delegation --------------------------------------------------------------------
@@ -313,7 +280,7 @@ class ExperimentCgroup:
         self._check_alive()
         try:
             _write_knob(self.path / "cgroup.procs", str(pid))
-        except CgroupError as err:
+        except KnobError as err:
             if err.errno == errno.ESRCH:
                 raise UsageError(f"process {pid} does not exist", "start the process before adding it") from None
             raise
@@ -383,7 +350,7 @@ class ExperimentCgroup:
                 error = None
                 try:
                     _write_knob(self.path / "memory.reclaim", str(value))
-                except CgroupError as err:
+                except KnobError as err:
                     error = os.strerror(err.errno)
                 asked += value
                 result.steps.append(ReclaimStep(value, self.usage_bytes(), error))
@@ -403,7 +370,7 @@ class ExperimentCgroup:
                     error = None
                     try:
                         self.set_limit(limit)
-                    except CgroupError as err:
+                    except KnobError as err:
                         error = os.strerror(err.errno)  # EBUSY: could not reclaim down to it
                     result.steps.append(ReclaimStep(limit, self.usage_bytes(), error))
                     if error:
@@ -444,7 +411,7 @@ class ExperimentCgroup:
             for pid in self.pids():
                 try:
                     _write_knob(self.parent.path / "cgroup.procs", str(pid))
-                except CgroupError as err:
+                except KnobError as err:
                     if err.errno != errno.ESRCH:  # ESRCH: it exited meanwhile
                         raise
             try:
@@ -455,7 +422,7 @@ class ExperimentCgroup:
             except OSError as err:
                 # EBUSY while an exiting task still holds the css; retry briefly.
                 if err.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise CgroupError(f"cannot remove cgroup {self.rel}: {err.strerror}",
+                    raise KnobError(f"cannot remove cgroup {self.rel}: {err.strerror}",
                                       f"remove it by hand once its tasks are gone: rmdir {self.path}", err.errno) from None
                 time.sleep(0.05)
         self._removed = True

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord, page_hvas
-from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
+from kvmctl.errors import KvmctlError, UnsupportedError
+from kvmctl.knobs import read_knob, write_knob
 
 ADMIN = Path("/sys/kernel/mm/damon/admin")
 _ULONG_MAX = (1 << 64) - 1
@@ -36,10 +37,7 @@ _UINT_MAX = (1 << 32) - 1
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except PermissionError:
-        raise PermissionDeniedError(f"cannot read {path}", "run kvmctl as root") from None
+    return (read_knob(path, missing_ok=True) or "").strip()
 
 
 def foreign_kdamonds(admin: Path = ADMIN) -> list[str]:
@@ -121,12 +119,7 @@ class DamonAger(Ager):
         if not allowed:
             raise KvmctlError(f"refusing to write {path}: not part of a kdamond kvmctl created",
                               "this is a kvmctl bug; please report it")
-        try:
-            path.write_text(value)
-        except PermissionError:
-            raise PermissionDeniedError(f"cannot write {path}", "run kvmctl as root") from None
-        except OSError as err:
-            raise KvmctlError(f"writing {value!r} to {path} failed: {err.strerror}", "see dmesg for DAMON's reason") from None
+        write_knob(path, value, "see dmesg for DAMON's reason")
 
     def _prepare(self, ctx: AgerContext) -> None:
         kdamonds = self.admin / "kdamonds"

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
 from kvmctl.agers.memcg import swap_total_bytes
-from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError, UsageError
+from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
+from kvmctl.knobs import read_knob, write_knob
 
 ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
 DEBUGFS = Path("/sys/kernel/debug/lru_gen")
@@ -128,20 +129,8 @@ class MglruAger(Ager):
             return Availability(False, "the lru_gen debugfs file is root-only", "run kvmctl as root", permission=True)
         return Availability(True, f"{self.debugfs} (features {self.enabled_path.read_text().strip()})")
 
-    # knob handling
-
     def _write(self, path: Path, text: str) -> None:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # what `echo cmd > file` does
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
-        except PermissionError:
-            raise PermissionDeniedError(f"cannot write {path}", "run kvmctl as root") from None
-        except OSError as err:
-            raise KvmctlError(f"writing {text.strip()!r} to {path} failed: {err.strerror}",
-                              "see dmesg; the generation numbers may have moved on") from None
+        write_knob(path, text, "see dmesg; the generation numbers may have moved on")
 
     def _prepare(self, ctx: AgerContext) -> None:
         if ctx.cgroup is None:
@@ -162,11 +151,7 @@ class MglruAger(Ager):
 
     def _gens(self) -> MemcgGens:
         assert self.ctx is not None and self.ctx.cgroup is not None
-        try:
-            text = self.debugfs.read_text()
-        except PermissionError:
-            raise PermissionDeniedError(f"cannot read {self.debugfs}", "run kvmctl as root") from None
-        found = parse_lru_gen(text).get(self.ctx.cgroup.rel)
+        found = parse_lru_gen(read_knob(self.debugfs) or "").get(self.ctx.cgroup.rel)
         if found is None:
             raise UnsupportedError(f"memcg {self.ctx.cgroup.rel} is not listed in {self.debugfs}",
                                    "the experiment cgroup must be in the hierarchy MGLRU manages (cgroup memory controller)")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kvmctl.host import HostCaps, Item, probe_host
+from kvmctl.probe import HostCaps, Item, probe_host
 
 _MAX_VALUE_CHARS = 60
 

@@ -38,7 +38,7 @@ from kvmctl.errors import KvmctlError
 from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.kvm import BackingKind
-from kvmctl.trace.catalogue import make_plan, probe_kernel
+from kvmctl.trace.catalogue import kernel_offer, make_plan
 from kvmctl.trace.records import MemslotRange, TraceTarget
 from kvmctl.trace.tracer import Tracer
 from kvmctl.units import format_size, parse_size
@@ -131,7 +131,7 @@ def bench_overhead(mem: str, pattern: str, rounds: int, seconds: float) -> list[
         vm.call("sync_memory")
         vm.epoch("seq", False)
         ranges = [MemslotRange(m["slot"], m["hva_start"], m["size"], m["gpa_start"]) for m in info["memslots"]]
-        plan = make_plan(probe_kernel())
+        plan = make_plan(kernel_offer())
         print(f"    probes: {', '.join(sorted(plan.programs()))}; workload {pattern} read over {mem}, "
               f"{rounds} rounds of {seconds:g} s per side", flush=True)
         for i in range(rounds):

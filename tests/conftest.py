@@ -2,7 +2,7 @@
 
 Markers (declared in pyproject.toml) say what a test needs; a test whose need
 the host cannot meet is skipped with the one-line reason and fix from
-:func:`kvmctl.host.probe_host`, so a skip always explains itself. The probe runs
+:func:`kvmctl.probe.probe_host`, so a skip always explains itself. The probe runs
 at most once per session, and only when a marked test is about to run.
 """
 
@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from kvmctl.host import HostCaps, Item, probe_host
+from kvmctl.probe import HostCaps, Item, probe_host
 
 
 def _kprobes_or_fentry(caps: HostCaps) -> Item:

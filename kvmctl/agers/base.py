@@ -32,6 +32,7 @@ import numpy as np
 from kvmctl import cleanup
 from kvmctl.cgroup import ExperimentCgroup
 from kvmctl.errors import PermissionDeniedError, UnsupportedError, UsageError
+from kvmctl.probe.item import ROOT_REMEDY, Item, is_root
 from kvmctl.units import PAGE_SIZE
 
 
@@ -41,6 +42,14 @@ class Availability:
     reason: str
     remedy: str = ""
     permission: bool = False  # missing only for lack of privilege: exit 5, not 3
+
+    @classmethod
+    def of(cls, item: Item, subject: str, ok_reason: str) -> Availability:
+        """The probe's answer about what the ager needs, in the ager's words."""
+        if item:
+            return cls(True, ok_reason)
+        permission = not is_root() and ROOT_REMEDY in (item.remedy or "")
+        return cls(False, f"{subject}: {item.reason}", item.remedy or "", permission)
 
     def require(self, name: str) -> None:
         """Raise UnsupportedError (PermissionDeniedError for a privilege problem) unless ok."""

@@ -20,7 +20,6 @@ is young when a region with nr_accesses > 0 covers its hva.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,34 +29,16 @@ import numpy as np
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord, page_hvas
 from kvmctl.errors import KvmctlError, UnsupportedError
 from kvmctl.knobs import read_knob, write_knob
+from kvmctl.probe.item import is_root
+from kvmctl.probe.kernel import kernel_config
+from kvmctl.probe.memory import DAMON_ADMIN, foreign_kdamonds, probe_damon_sysfs
 
-ADMIN = Path("/sys/kernel/mm/damon/admin")
 _ULONG_MAX = (1 << 64) - 1
 _UINT_MAX = (1 << 32) - 1
 
 
 def _read(path: Path) -> str:
     return (read_knob(path, missing_ok=True) or "").strip()
-
-
-def foreign_kdamonds(admin: Path = ADMIN) -> list[str]:
-    """Kdamonds that exist right now, described; read-only. Any of them is not ours."""
-    kdamonds = admin / "kdamonds"
-    found: list[str] = []
-    try:
-        nr = int(_read(kdamonds / "nr_kdamonds"))
-    except (OSError, ValueError):
-        nr = 0
-    dirs = sorted((d for d in kdamonds.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)) \
-        if kdamonds.is_dir() else []
-    for d in dirs:
-        state = _read(d / "state") if (d / "state").exists() else "?"
-        pid = _read(d / "pid") if (d / "pid").exists() else "?"
-        if int(d.name) < nr or state != "off":
-            found.append(f"kdamonds/{d.name} (state {state}, pid {pid})")
-    if nr > len(found):
-        found.append(f"nr_kdamonds is {nr}")
-    return found
 
 
 @dataclass(frozen=True)
@@ -93,22 +74,22 @@ class DamonAger(Ager):
     name = "damon"
     summary = "a kdamond of our own (vaddr on the VM pid); refuses if any other kdamond exists"
 
-    def __init__(self, admin: Path = ADMIN):
+    def __init__(self, admin: Path = DAMON_ADMIN):
         super().__init__()
         self.admin = admin
         self._owned: Path | None = None  # our kdamond's directory once created
         self._kdamond_pid: int | None = None
 
     def availability(self) -> Availability:
-        if not (self.admin / "kdamonds" / "nr_kdamonds").exists():
-            return Availability(False, f"DAMON sysfs is not in this kernel ({self.admin} is absent)",
-                                "boot a kernel with CONFIG_DAMON_SYSFS=y and CONFIG_DAMON_VADDR=y")
+        sysfs = probe_damon_sysfs(kernel_config(), self.admin)
+        if sysfs.value is None:  # no DAMON sysfs at all
+            return Availability.of(sysfs, "DAMON sysfs is not in this kernel", "")
+        if not is_root():
+            return Availability(False, "DAMON sysfs is root-only", "run kvmctl as root", permission=True)
         foreign = foreign_kdamonds(self.admin)
         if foreign:
             return Availability(False, "a kdamond kvmctl did not create is running: " + ", ".join(foreign),
                                 "DAMON is in use by someone else; kvmctl never touches it (use the passive ager to observe it)")
-        if os.geteuid() != 0:
-            return Availability(False, "DAMON sysfs is root-only", "run kvmctl as root", permission=True)
         return Availability(True, f"no kdamond exists; kvmctl will create its own under {self.admin}")
 
     def _write(self, path: Path, value: str) -> None:

@@ -15,24 +15,11 @@ Options (``ctx.options``):
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
-from kvmctl.cgroup import CgroupVersion, ExperimentCgroup, own_memcg
-from kvmctl.errors import KvmctlError, UsageError
+from kvmctl.cgroup import ExperimentCgroup
+from kvmctl.errors import UsageError
+from kvmctl.probe.memory import probe_memcg, swap_total_bytes
 from kvmctl.units import PAGE_SIZE
-
-_SWAPS = Path("/proc/swaps")
-
-
-def swap_total_bytes(swaps: Path = _SWAPS) -> int:
-    """Sum of active swap sizes (0 when /proc/swaps lists none)."""
-    try:
-        lines = swaps.read_text().splitlines()[1:]
-    except OSError:
-        return 0
-    return sum(int(line.split()[2]) * 1024 for line in lines if len(line.split()) >= 3)
 
 
 def squeeze_target(usage: int, squeeze: float | None, target_bytes: int | None) -> int:
@@ -65,18 +52,13 @@ class MemcgAger(Ager):
     summary = "memory cgroup reclaim (v2 memory.reclaim, v1 stepped memory.limit_in_bytes)"
 
     def availability(self) -> Availability:
-        try:
-            memcg = own_memcg()
-        except KvmctlError as err:
-            return Availability(False, err.message, err.hint or "")
-        if not os.access(memcg.path, os.W_OK):
-            return Availability(False, f"cannot create cgroups below {memcg.rel}", "run kvmctl as root",
-                                permission=True)
-        if memcg.version is CgroupVersion.V2 and not (memcg.path / "memory.reclaim").exists():
-            return Availability(False, "cgroup v2 has no memory.reclaim (kernel before 5.19)", "use a kernel >= 5.19")
-        how = "memory.reclaim" if memcg.version is CgroupVersion.V2 else "stepped memory.limit_in_bytes"
+        memcg = probe_memcg()
+        if not memcg:
+            return Availability.of(memcg, "memory cgroup", "")
+        version, rel = memcg.value["version"], memcg.value["rel"]
+        how = "memory.reclaim" if version == "v2" else "stepped memory.limit_in_bytes"
         note = "" if swap_total_bytes() else "; no swap: only file-backed guest memory is reclaimable"
-        return Availability(True, f"cgroup v{int(memcg.version)} below {memcg.rel} via {how}{note}")
+        return Availability(True, f"cgroup {version} below {rel} via {how}{note}")
 
     def _prepare(self, ctx: AgerContext) -> None:
         if ctx.cgroup is None:

@@ -22,21 +22,21 @@ not used since the previous pass), ``swappiness`` (0 without swap, else 60),
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
-from kvmctl.agers.memcg import swap_total_bytes
 from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
 from kvmctl.knobs import read_knob, write_knob
-
-ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
-DEBUGFS = Path("/sys/kernel/debug/lru_gen")
-# Feature bits of /sys/kernel/mm/lru_gen/enabled (include/linux/mmzone.h).
-LRU_GEN_CORE = 0x1
-LRU_GEN_MM_WALK = 0x2
-REQUIRED_FEATURES = LRU_GEN_CORE | LRU_GEN_MM_WALK  # what the selftest requires
+from kvmctl.probe.kernel import kernel_config
+from kvmctl.probe.memory import (
+    LRU_GEN_DEBUGFS,
+    LRU_GEN_ENABLED,
+    LRU_GEN_REQUIRED,
+    parse_lru_gen_features,
+    probe_mglru,
+    swap_total_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,6 @@ def parse_lru_gen(text: str) -> dict[str, MemcgGens]:
     return out
 
 
-def parse_enabled(text: str) -> int:
-    return int(text.strip(), 0)
-
-
 def aging_command(memcg_id: int, node: int, max_gen: int, can_swap: int = 1, force_scan: int = 1) -> str:
     return f"+ {memcg_id} {node} {max_gen} {can_swap} {force_scan}"
 
@@ -112,22 +108,15 @@ class MglruAger(Ager):
     name = "mglru"
     summary = "multi-gen LRU aging/eviction of the VM's memcg via /sys/kernel/debug/lru_gen"
 
-    def __init__(self, enabled: Path = ENABLED, debugfs: Path = DEBUGFS):
+    def __init__(self, enabled: Path = LRU_GEN_ENABLED, debugfs: Path = LRU_GEN_DEBUGFS):
         super().__init__()
         self.enabled_path = enabled
         self.debugfs = debugfs
         self._original_enabled: str | None = None
 
     def availability(self) -> Availability:
-        if not self.enabled_path.exists():
-            return Availability(False, f"MGLRU is not in this kernel ({self.enabled_path} is absent: CONFIG_LRU_GEN off)",
-                                "boot a kernel with CONFIG_LRU_GEN=y, e.g. with `kvmctl lab`")
-        if not self.debugfs.exists():
-            return Availability(False, f"{self.debugfs} is absent",
-                                "mount debugfs: mount -t debugfs nodev /sys/kernel/debug")
-        if os.geteuid() != 0:
-            return Availability(False, "the lru_gen debugfs file is root-only", "run kvmctl as root", permission=True)
-        return Availability(True, f"{self.debugfs} (features {self.enabled_path.read_text().strip()})")
+        item = probe_mglru(kernel_config(), self.enabled_path, self.debugfs)
+        return Availability.of(item, "MGLRU", f"{self.debugfs} (features {item.value})")
 
     def _write(self, path: Path, text: str) -> None:
         write_knob(path, text, "see dmesg; the generation numbers may have moved on")
@@ -135,13 +124,14 @@ class MglruAger(Ager):
     def _prepare(self, ctx: AgerContext) -> None:
         if ctx.cgroup is None:
             raise UsageError("the mglru ager needs the VM in an experiment cgroup", "create one with ExperimentCgroup.create()")
-        current = self.enabled_path.read_text().strip()
-        if parse_enabled(current) & REQUIRED_FEATURES != REQUIRED_FEATURES:
+        current = (read_knob(self.enabled_path) or "").strip()
+        features = parse_lru_gen_features(current)
+        if features & LRU_GEN_REQUIRED != LRU_GEN_REQUIRED:
             if not ctx.options.get("enable", True):
-                raise UnsupportedError(f"MGLRU features are {current}, aging needs {REQUIRED_FEATURES:#x}",
-                                       f"echo {REQUIRED_FEATURES:#x} > {self.enabled_path}, or allow enable")
+                raise UnsupportedError(f"MGLRU features are {current}, aging needs {LRU_GEN_REQUIRED:#x}",
+                                       f"echo {LRU_GEN_REQUIRED:#x} > {self.enabled_path}, or allow enable")
             self._original_enabled = current
-            self._write(self.enabled_path, f"{parse_enabled(current) | REQUIRED_FEATURES:#x}")
+            self._write(self.enabled_path, f"{features | LRU_GEN_REQUIRED:#x}")
         self._gens()  # fail early if our memcg is not listed
 
     def _restore(self) -> None:

@@ -30,9 +30,11 @@ import numpy as np
 
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
 from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
+from kvmctl.probe.item import is_root
+from kvmctl.probe.kernel import kernel_config
+from kvmctl.probe.memory import PAGE_IDLE_BITMAP, probe_page_idle
 from kvmctl.units import PAGE_SIZE
 
-BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
 PFN_MASK = np.uint64((1 << 55) - 1)
 PRESENT_BIT = np.uint64(1 << 63)
 # /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
@@ -125,7 +127,7 @@ def flag_pfns(pfns: np.ndarray, flags: np.ndarray, head_flags) -> np.ndarray:
 class IdleBitmap:
     """The page_idle bitmap file, read and written only at the words of given PFNs."""
 
-    def __init__(self, path: Path = BITMAP):
+    def __init__(self, path: Path = PAGE_IDLE_BITMAP):
         self.path = path
 
     def _open(self, flags: int) -> int:
@@ -185,20 +187,19 @@ class PageIdleAger(Ager):
     name = "page_idle"
     summary = "idle page tracking (/proc/<pid>/pagemap + /sys/kernel/mm/page_idle/bitmap)"
 
-    def __init__(self, bitmap: Path = BITMAP, proc: Path = Path("/proc")):
+    def __init__(self, bitmap: Path = PAGE_IDLE_BITMAP, proc: Path = Path("/proc")):
         super().__init__()
         self.bitmap = IdleBitmap(bitmap)
         self.proc = proc
         self._marked: np.ndarray | None = None  # pfn per guest page at the last mark, 0 = not marked
 
     def availability(self) -> Availability:
-        if not self.bitmap.path.exists():
-            return Availability(False, f"idle page tracking is not in this kernel ({self.bitmap.path} is absent)",
-                                "boot a kernel with CONFIG_IDLE_PAGE_TRACKING=y")
-        if os.geteuid() != 0:
+        path = self.bitmap.path
+        item = probe_page_idle(kernel_config(), path)
+        if item and not is_root():
             return Availability(False, "pagemap hides PFNs from processes without CAP_SYS_ADMIN", "run kvmctl as root",
                                 permission=True)
-        return Availability(True, f"{self.bitmap.path} and /proc/<pid>/pagemap")
+        return Availability.of(item, f"idle page tracking ({path})", f"{path} and /proc/<pid>/pagemap")
 
     def _prepare(self, ctx: AgerContext) -> None:
         self._marked = None

@@ -191,7 +191,7 @@ class Experiment:
                "(sched_getaffinity of each vCPU thread)"
 
     def _host_facts(self) -> None:
-        from kvmctl.host import probe_host
+        from kvmctl.probe import probe_host
 
         caps = probe_host()
         h = self.report.host
@@ -316,7 +316,7 @@ class Experiment:
         from kvmctl.experiment.tracing import ExperimentTracer
 
         self.progress("compiling and attaching BPF programs")
-        self.tracer = ExperimentTracer(info["pid"], self.report.memslots, {threading.get_native_id()},
+        self.tracer = ExperimentTracer(self.caps, info["pid"], self.report.memslots, {threading.get_native_id()},
                                        int(parse_duration(self.spec.interval) * 1e9))
         self.report.probes.chosen.update(self.tracer.chosen)
         self.report.probes.not_observable.update(self.tracer.not_observable)

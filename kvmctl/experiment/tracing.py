@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from kvmctl.report import model as rm
-from kvmctl.trace.catalogue import make_plan, probe_kernel
+from kvmctl.probe import HostCaps
+from kvmctl.probe.bpf import find_headers
+from kvmctl.trace.catalogue import kernel_offer, make_plan
 from kvmctl.trace.records import EventKind, MemslotRange, TaskClass, TraceResult, TraceTarget
-from kvmctl.trace.loader import find_headers
 from kvmctl.trace.tracer import Tracer, TracerOptions
 
 AGING_KINDS = (EventKind.AGE, EventKind.TEST_AGE)  # clear_young/clear_flush_young and test_young
@@ -22,11 +23,12 @@ _WAITER = {"vm": rm.WaiterClass.VCPU, "ager": rm.WaiterClass.AGER}
 
 
 class ExperimentTracer:
-    def __init__(self, vm_tgid: int, memslots: list[rm.Memslot], ager_tids: set[int], interval_ns: int):
-        self.plan = make_plan(probe_kernel())
+    def __init__(self, caps: HostCaps, vm_tgid: int, memslots: list[rm.Memslot], ager_tids: set[int],
+                 interval_ns: int):
+        self.plan = make_plan(kernel_offer(caps))
         ranges = [MemslotRange(m.slot, m.hva_start, m.size, m.gpa_start) for m in memslots]
         self.target = TraceTarget(vm_tgid, ranges, set(ager_tids))
-        self.headers = find_headers()
+        self.headers = find_headers(caps.kernel.release)
         self.tracer = Tracer(self.plan, self.target, TracerOptions(bucket_ns=interval_ns), headers=self.headers)
         self.memslots = memslots
         self.tracer.start()

@@ -38,9 +38,9 @@ def pageout(memslots) -> None:
 
 
 def _plan(wanted: set[str]):
-    from kvmctl.trace.catalogue import make_plan, probe_kernel
+    from kvmctl.trace.catalogue import kernel_offer, make_plan
 
-    plan = make_plan(probe_kernel(), wanted)
+    plan = make_plan(kernel_offer(), wanted)
     missing = {name: why for name, why in plan.not_observable.items() if name in wanted}
     if missing:
         raise UnsupportedError("; ".join(f"{k}: {v}" for k, v in sorted(missing.items())),

@@ -5,9 +5,9 @@ Importing this package does not import BCC (only :func:`Tracer.start` does),
 so hosts without BCC can still plan and explain.
 """
 
-from kvmctl.trace.catalogue import KernelOffer, TracePlan, make_plan, probe_kernel
+from kvmctl.trace.catalogue import KernelOffer, TracePlan, kernel_offer, make_plan
 from kvmctl.trace.records import MemslotRange, TraceResult, TraceTarget, TraceWindow
 from kvmctl.trace.tracer import Tracer, TracerOptions, target_from_memslots
 
 __all__ = ["KernelOffer", "MemslotRange", "TracePlan", "TraceResult", "TraceTarget", "TraceWindow", "Tracer",
-           "TracerOptions", "make_plan", "probe_kernel", "target_from_memslots"]
+           "TracerOptions", "kernel_offer", "make_plan", "target_from_memslots"]

@@ -1,11 +1,13 @@
 """The probe catalogue: for each measurement, where it can be observed.
 
-Each measurement lists its candidate attach points in order of preference.
-:func:`probe_kernel` reads what the running kernel offers (tracefs events and
-their format files, /proc/kallsyms, BTF, lockdown, kprobe support, the KVM
-MMU in use); :func:`make_plan` is pure and picks, for every measurement, the
-first candidate the kernel can serve, or says in one line why none can
-(klockstat's habit: tell the user what was chosen and why).
+Each measurement lists its candidate attach points in order of preference; a
+new attach point (a tracepoint a patch series adds, a kernel function) is
+declared here and nowhere else. :func:`kernel_offer` takes what the running
+kernel offers from the host probe (tracepoint fields, kernel symbols, BTF,
+lockdown, kprobe support, the KVM MMU in use); :func:`make_plan` is pure and
+picks, for every measurement, the first candidate the kernel can serve, or
+says in one line why none can (klockstat's habit: tell the user what was
+chosen and why).
 
 Function probes are kprobe/kretprobe pairs (ebpf/funcs.c). fentry/fexit
 would be cheaper but BCC can only name fentry targets in the C source, and
@@ -16,13 +18,11 @@ that has no BTF entry; kprobes take the exact kallsyms name.
 from __future__ import annotations
 
 import enum
-import gzip
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from kvmctl.trace.loader import tracefs_root
+from kvmctl.probe import HostCaps, probe_host
+from kvmctl.probe.kvm import PagingCaps
+from kvmctl.probe.tracing import KALLSYMS, symbol_base, tracefs_missing
 from kvmctl.trace.records import FuncRole
 
 MAX_FUNCS = 8  # enter_/leave_ pairs in ebpf/funcs.c
@@ -66,7 +66,7 @@ _SET_SPTE = _tp("kvmmmu:kvm_mmu_set_spte", "spte.c", ("gfn", "level"))
 _LOCKS = AttachPoint(AttachKind.TRACEPOINT, ("lock:contention_begin", "lock:contention_end"), "locks.c",
                      (("lock_addr", "flags"), ("lock_addr",)))
 
-# Logical names of function probes; resolved to kallsyms names by probe_kernel().
+# Logical names of function probes; resolved to kallsyms names by kernel_offer().
 FN_AGE = "kvm_age_gfn"
 FN_TEST_AGE = "kvm_test_age_gfn"
 FN_TDP_AGE = "kvm_tdp_mmu_age_gfn_range"
@@ -124,11 +124,6 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("contention.mmu_lock", "waits on KVM's mmu_lock by waiter class", (_LOCKS,)),
 )
 
-_KALLSYMS_RE = re.compile(r"^[0-9a-f]+ [tTwW] (\S+)$")
-_CLONE_SUFFIX_RE = re.compile(r"^(?P<base>[A-Za-z0-9_]+)(\.(isra|constprop|part|cold|llvm)\.?\d*)*$")
-_FIELD_RE = re.compile(r"field:.*?\s\**(\w+)(\[.*\])?;\s*offset:")
-
-
 @dataclass
 class KernelOffer:
     """What the running kernel offers for tracing (or what a test pretends it does)."""
@@ -169,13 +164,13 @@ class TracePlan:
 
 def _kprobe_reason(offer: KernelOffer) -> str:
     reason = offer.kprobes_reason
-    if offer.lockdown and offer.lockdown != "none":
+    if offer.lockdown == "confidentiality":  # the lockdown mode that forbids kprobes too
         reason += f" (lockdown={offer.lockdown})"
     return reason
 
 
 def _describe(point: AttachPoint, offer: KernelOffer) -> str:
-    """The attach point with kprobe targets named as in /proc/kallsyms."""
+    """The attach point with kprobe targets named as the kernel names them (compiler clones included)."""
     if point.kind is AttachKind.KPROBE:
         return " + ".join(f"kprobe:{offer.symbols[t]}" for t in point.targets)
     return str(point)
@@ -200,7 +195,7 @@ def _unavailable(point: AttachPoint, offer: KernelOffer) -> str | None:
         missing = [t for t in point.targets if t not in offer.symbols]
         if missing:
             names = " / ".join(n for t in missing for n in FUNCTION_SYMBOLS[t])
-            return f"no function {names} in /proc/kallsyms"
+            return f"no function {names} in {KALLSYMS}"
         return None
     return "fentry programs are not used by this version of kvmctl"
 
@@ -246,26 +241,16 @@ def make_plan(offer: KernelOffer, wanted: set[str] | None = None) -> TracePlan:
     return TracePlan(chosen, not_observable, points, functions, offer.accessed_mask, offer)
 
 
-# Probing the running kernel
-
-
-def parse_format_fields(text: str) -> frozenset[str]:
-    """Field names of a tracefs ``format`` file, common_* fields excluded."""
-    names = set()
-    for line in text.splitlines():
-        m = _FIELD_RE.search(line)
-        if m and not m.group(1).startswith("common_"):
-            names.add(m.group(1))
-    return frozenset(names)
+# The running kernel's offer, from the host probe
 
 
 def resolve_symbols(names: set[str]) -> dict[str, str]:
     """Logical function -> kallsyms name; compiler clones (.isra.0) count, exact names first."""
     by_base: dict[str, list[str]] = {}
     for name in names:
-        m = _CLONE_SUFFIX_RE.match(name)
-        if m:
-            by_base.setdefault(m["base"], []).append(name)
+        base = symbol_base(name)
+        if base:
+            by_base.setdefault(base, []).append(name)
     out = {}
     for logical, candidates in FUNCTION_SYMBOLS.items():
         for base in candidates:
@@ -276,116 +261,47 @@ def resolve_symbols(names: set[str]) -> dict[str, str]:
     return out
 
 
-def read_kallsyms_text(path: Path = Path("/proc/kallsyms")) -> set[str]:
-    """Names of the kernel's text symbols (functions a kprobe could name)."""
-    names = set()
-    with path.open() as f:
-        for line in f:
-            m = _KALLSYMS_RE.match(line.rstrip().split("\t")[0])
-            if m:
-                names.add(m.group(1))
-    return names
-
-
-def read_kernel_config(path: Path = Path("/proc/config.gz")) -> dict[str, str]:
-    try:
-        text = gzip.decompress(path.read_bytes()).decode()
-    except (OSError, EOFError, gzip.BadGzipFile):
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            key, value = line.split("=", 1)
-            out[key] = value
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            out[line[2:-11]] = "n"
-    return out
-
-
-def read_lockdown(path: Path = Path("/sys/kernel/security/lockdown")) -> str | None:
-    """The bracketed lockdown mode, None if securityfs is not readable."""
-    try:
-        m = re.search(r"\[(\w+)\]", path.read_text())
-    except OSError:
-        return None
-    return m.group(1) if m else None
-
-
-def _param(module: str, name: str, sys_module: Path) -> str | None:
-    try:
-        return (sys_module / module / "parameters" / name).read_text().strip()
-    except OSError:
-        return None
-
-
-def detect_mmu(sys_module: Path = Path("/sys/module")) -> tuple[bool, str, int | None]:
-    """(TDP MMU in use, one-line reason, shadow_accessed_mask for TDP SPTEs)."""
-    tdp_mmu = _param("kvm", "tdp_mmu", sys_module)
-    if tdp_mmu is None:
+def detect_mmu(module: str | None, paging: PagingCaps) -> tuple[bool, str, int | None]:
+    """(TDP MMU in use, one-line reason, shadow_accessed_mask for TDP SPTEs) from the probe's paging items."""
+    if paging.tdp_mmu.value is None:
         return False, "the kvm module is not loaded", None
-    vendor = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if (sys_module / m).is_dir()), None)
-    if tdp_mmu != "Y":
-        extra = "kvm_pvm shadow paging, " if vendor == "kvm_pvm" else ""
-        return False, f"{extra}tdp_mmu={tdp_mmu}", None
-    if vendor == "kvm_intel":
-        if _param("kvm_intel", "ept", sys_module) != "Y":
+    if not paging.tdp_mmu:
+        extra = "kvm_pvm shadow paging, " if module == "kvm_pvm" else ""
+        return False, f"{extra}tdp_mmu=N", None
+    if module == "kvm_intel":
+        if not paging.ept:
             return False, "kvm_intel ept=N", None
-        ad = _param("kvm_intel", "eptad", sys_module) == "Y"
-        return True, "kvm_intel ept=Y, tdp_mmu=Y", (1 << 8) if ad else None
-    if vendor == "kvm_amd":
-        if _param("kvm_amd", "npt", sys_module) != "Y":
+        return True, "kvm_intel ept=Y, tdp_mmu=Y", (1 << 8) if paging.ad_bits else None
+    if module == "kvm_amd":
+        if not paging.npt:
             return False, "kvm_amd npt=N", None
         return True, "kvm_amd npt=Y, tdp_mmu=Y", 1 << 5  # NPT uses the x86 PTE accessed bit
-    return False, f"tdp_mmu=Y but no EPT/NPT vendor module ({vendor or 'none'})", None
+    return False, f"tdp_mmu=Y but no EPT/NPT vendor module ({module or 'none'})", None
 
 
-def probe_kernel(tracefs: Path | None = None) -> KernelOffer:
-    """Read what this kernel offers. Touches nothing; works without root where files allow."""
-    tracefs = tracefs or tracefs_root()
+def kernel_offer(caps: HostCaps | None = None) -> KernelOffer:
+    """What this kernel offers for tracing, as the host probe saw it; tests build a KernelOffer by hand."""
+    caps = caps or probe_host()
+    if caps.tracefs is None:
+        raise tracefs_missing()
     notes: list[str] = []
     wanted = {t for m in MEASUREMENTS for p in m.candidates if p.kind is AttachKind.TRACEPOINT for t in p.targets}
-    fields: dict[str, frozenset[str]] = {}
-    for target in sorted(wanted):
-        category, event = target.split(":")
-        try:
-            fields[target] = parse_format_fields((tracefs / "events" / category / event / "format").read_text())
-        except OSError:
-            continue
-    try:
-        symbols = resolve_symbols(read_kallsyms_text())
-    except OSError as err:
-        symbols = {}
-        notes.append(f"/proc/kallsyms unreadable: {err.strerror}")
-
-    config = read_kernel_config()
-    lockdown = read_lockdown()
-    if lockdown is None:
-        try:
-            (tracefs / "available_filter_functions").open().close()
-        except PermissionError:
-            notes.append("lockdown mode unknown (securityfs not mounted), but tracefs refuses "
-                         "available_filter_functions as a locked-down kernel does")
-        except OSError:
-            pass
-    kprobe_pmu = Path("/sys/bus/event_source/devices/kprobe").is_dir()
-    kprobe_events = (tracefs / "kprobe_events").exists()
-    if config.get("CONFIG_KPROBES") not in (None, "y"):
-        kprobes, kprobes_reason = False, "CONFIG_KPROBES is off"
-    elif not (kprobe_pmu or kprobe_events):
-        kprobes, kprobes_reason = False, "no kprobe PMU and no kprobe_events in tracefs"
-    elif lockdown == "confidentiality":
-        kprobes, kprobes_reason = False, "kernel lockdown=confidentiality forbids kprobes"
-    else:
-        kprobes, kprobes_reason = True, ""
-    tdp, tdp_reason, mask = detect_mmu()
+    fields = {t: f for t in sorted(wanted) if (f := caps.tracepoint_fields(t)) is not None}
+    if caps.kernel_symbols.error:
+        notes.append(caps.kernel_symbols.error)
+    symbols = resolve_symbols(caps.kernel_symbols.matching(n for names in FUNCTION_SYMBOLS.values() for n in names))
+    lockdown = caps.bpf.lockdown
+    if not lockdown:
+        notes.append(f"lockdown mode unknown: {lockdown.reason}")
+    tdp, tdp_reason, mask = detect_mmu(caps.kvm.module.value, caps.paging)
     return KernelOffer(
-        release=os.uname().release,
+        release=caps.kernel.release,
         tracepoint_fields=fields,
         symbols=symbols,
-        btf=Path("/sys/kernel/btf/vmlinux").exists(),
-        lockdown=lockdown,
-        kprobes=kprobes,
-        kprobes_reason=kprobes_reason,
+        btf=bool(caps.bpf.btf),
+        lockdown=lockdown.value if lockdown else None,
+        kprobes=bool(caps.bpf.kprobe),
+        kprobes_reason=caps.bpf.kprobe.reason or "",
         tdp_mmu=tdp,
         tdp_reason=tdp_reason,
         accessed_mask=mask,

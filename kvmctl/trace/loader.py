@@ -1,13 +1,13 @@
-"""Loading ebpf/*.c with BCC: preflight checks and kernel headers.
+"""Loading ebpf/*.c with BCC: preflight checks and the kernel headers BCC compiles against.
 
-BCC compiles the C at run time against kernel headers. Exact headers for the
-running kernel live at /lib/modules/<release>/build (Debian splits them into
-an arch tree and a ``source`` common tree). When a kernel has none, we fall
-back to the newest Debian headers installed: tracepoint programs only read
+The host probe finds the headers (:func:`kvmctl.probe.bpf.find_headers`).
+Exact headers for the running kernel live at /lib/modules/<release>/build
+and BCC finds them itself. Debian's fallback headers are split into an arch
+tree and a common tree: :func:`kernel_source_env` merges the two with
+symlinks in a private temporary directory and points BCC_KERNEL_SOURCE at it
+for the compile, never touching /lib/modules. Tracepoint programs only read
 their own records, whose layout BCC takes from the tracefs format files, so
-mismatched headers are safe for them. The fallback never touches
-/lib/modules: it merges the two Debian trees with symlinks in a private
-temporary directory and points BCC_KERNEL_SOURCE at it for the compile.
+mismatched headers are safe for them.
 """
 
 from __future__ import annotations
@@ -22,42 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
-
-MODULES_DIR = Path("/lib/modules")
-SRC_DIR = Path("/usr/src")
-TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-
-_UTS_RE = re.compile(r'#define\s+UTS_RELEASE\s+"([^"]+)"')
-_DEBIAN_ARCH_RE = re.compile(r"^linux-headers-(?P<ver>\d+\.\d+\.\d+-\d+)-(?P<flavour>[a-z0-9]+)$")
-
-
-@dataclass(frozen=True)
-class Headers:
-    """Kernel headers BCC will compile against."""
-
-    release: str  # UTS_RELEASE of the headers
-    running: str  # uname -r
-    build: Path  # arch (build) tree
-    source: Path | None  # common tree when split (Debian), else None
-    via_modules_dir: bool  # found at /lib/modules/<running>/build
-
-    @property
-    def exact(self) -> bool:
-        return self.release == self.running
-
-    def note(self) -> str | None:
-        if self.exact:
-            return None
-        return (f"BCC compiled against mismatched kernel headers {self.release} (running {self.running}): "
-                "tracepoint programs only read their own records, which is safe")
-
-
-def tracefs_root() -> Path:
-    """The mounted tracefs, or UnsupportedError with the mount command."""
-    for root in TRACEFS_CANDIDATES:
-        if (root / "events").is_dir():
-            return root
-    raise UnsupportedError("tracefs is not mounted", "mount it: mount -t tracefs nodev /sys/kernel/tracing")
+from kvmctl.probe.bpf import Headers, find_headers
+from kvmctl.probe.tracing import require_tracefs
 
 
 def require_root() -> None:
@@ -79,52 +45,6 @@ def import_bcc():
         raise UnsupportedError(f"the 'bcc' module at {getattr(bcc, '__file__', '?')} is not BCC",
                                "pip uninstall bcc (an unrelated PyPI package) and apt-get install python3-bpfcc")
     return bcc
-
-
-def headers_release(tree: Path) -> str | None:
-    """UTS_RELEASE of a kernel build tree, None if it has none."""
-    try:
-        text = (tree / "include" / "generated" / "utsrelease.h").read_text()
-    except OSError:
-        return None
-    m = _UTS_RE.search(text)
-    return m.group(1) if m else None
-
-
-def _version_key(ver: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.split(r"[.-]", ver) if x.isdigit())
-
-
-def debian_header_trees(src_dir: Path = SRC_DIR) -> list[tuple[Path, Path]]:
-    """(arch tree, common tree) pairs of installed Debian headers, newest first."""
-    pairs = []
-    for entry in src_dir.glob("linux-headers-*"):
-        m = _DEBIAN_ARCH_RE.match(entry.name)
-        if not m or m["flavour"] == "common":
-            continue
-        common = src_dir / f"linux-headers-{m['ver']}-common"
-        if entry.is_dir() and common.is_dir():
-            pairs.append((m["ver"], entry, common))
-    pairs.sort(key=lambda p: _version_key(p[0]), reverse=True)
-    return [(arch, common) for _, arch, common in pairs]
-
-
-def find_headers(running: str | None = None, modules_dir: Path = MODULES_DIR, src_dir: Path = SRC_DIR) -> Headers:
-    """Exact headers from /lib/modules/<release>/build, else the newest Debian pair."""
-    running = running or os.uname().release
-    build = modules_dir / running / "build"
-    if build.is_dir():
-        source = modules_dir / running / "source"
-        release = headers_release(build) or running
-        return Headers(release, running, build.resolve(), source.resolve() if source.is_dir() else None, True)
-    trees = debian_header_trees(src_dir)
-    if not trees:
-        raise UnsupportedError(
-            f"no kernel headers for {running} and none installed under {src_dir}",
-            "apt-get install linux-headers-amd64 (or the headers package of your kernel)",
-        )
-    arch, common = trees[0]
-    return Headers(headers_release(arch) or arch.name, running, arch, common, False)
 
 
 def merge_trees(dest: Path, trees: list[Path], depth: int = 4) -> None:
@@ -150,8 +70,8 @@ def merge_trees(dest: Path, trees: list[Path], depth: int = 4) -> None:
 @contextlib.contextmanager
 def kernel_source_env(headers: Headers) -> Iterator[None]:
     """Point BCC at ``headers`` for the duration of a compile."""
-    if headers.via_modules_dir:
-        yield  # BCC finds /lib/modules/<release>/build{,source} itself
+    if headers.bcc_finds_them:
+        yield  # BCC finds /lib/modules/<release>/build{,source} and kheaders itself
         return
     tmp = Path(tempfile.mkdtemp(prefix="kvmctl-kheaders-"))
     saved = os.environ.get("BCC_KERNEL_SOURCE")
@@ -194,7 +114,7 @@ def load_program(name: str, cflags: list[str], headers: Headers | None = None) -
     (config START_NS/END_NS), so attaching at load time is harmless.
     """
     require_root()
-    tracefs_root()
+    require_tracefs()
     bcc = import_bcc()
     headers = headers or find_headers()
     src = ebpf_dir() / name

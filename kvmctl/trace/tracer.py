@@ -1,6 +1,6 @@
 """Attach the planned BPF programs to one VM, copy their maps out as records.
 
-    plan = make_plan(probe_kernel())
+    plan = make_plan(kernel_offer())
     with Tracer(plan, target) as tracer:       # start(): compile, attach, open the window
         ...run epochs and ager passes...
         per_pass = tracer.snapshot()            # maps copied out, window still open

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kvmctl.agers import AgerContext, get_ager, list_agers
-from kvmctl.agers.damon import ADMIN, DamonAger
+from kvmctl.agers.damon import DamonAger
+from kvmctl.probe.memory import DAMON_ADMIN
 from kvmctl.errors import UnsupportedError
 
 pytestmark = pytest.mark.root
@@ -57,7 +58,7 @@ def test_unavailable_ager_refuses_to_prepare():
 
 def _damon_state() -> dict[str, str]:
     """The parts of DAMON sysfs a kvmctl write would change (read-only)."""
-    kd = ADMIN / "kdamonds"
+    kd = DAMON_ADMIN / "kdamonds"
     out = {"nr_kdamonds": (kd / "nr_kdamonds").read_text()}
     for d in kd.glob("[0-9]*"):
         for rel in ("state", "pid", "contexts/nr_contexts", "contexts/0/operations",
@@ -70,9 +71,9 @@ def _damon_state() -> dict[str, str]:
 
 def test_damon_refuses_a_foreign_kdamond_and_writes_nothing(monkeypatch):
     _needs_root()
-    if not (ADMIN / "kdamonds" / "nr_kdamonds").exists():
-        pytest.skip(f"{ADMIN} is absent: no DAMON sysfs on this kernel")
-    nr = int((ADMIN / "kdamonds" / "nr_kdamonds").read_text())
+    if not (DAMON_ADMIN / "kdamonds" / "nr_kdamonds").exists():
+        pytest.skip(f"{DAMON_ADMIN} is absent: no DAMON sysfs on this kernel")
+    nr = int((DAMON_ADMIN / "kdamonds" / "nr_kdamonds").read_text())
     if nr == 0:
         pytest.skip("no kdamond runs on this host; the refusal is covered on fake trees in tests/unit")
     writes: list[tuple[Path, str]] = []

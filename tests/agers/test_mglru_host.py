@@ -18,7 +18,7 @@ import pytest
 from tests.helpers.agers import cold_file
 
 from kvmctl.agers import AgerContext, get_ager
-from kvmctl.agers.mglru import ENABLED
+from kvmctl.probe.memory import LRU_GEN_ENABLED
 from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import ExperimentCgroup
 
@@ -64,10 +64,10 @@ def mglru():
     avail = ager.availability()
     if not avail.ok:
         pytest.skip(f"needs MGLRU: {avail.reason} (fix: {avail.remedy})")
-    enabled_before = ENABLED.read_text()
+    enabled_before = LRU_GEN_ENABLED.read_text()
     yield ager
     ager.restore()
-    assert ENABLED.read_text() == enabled_before
+    assert LRU_GEN_ENABLED.read_text() == enabled_before
 
 
 class Child:

@@ -12,12 +12,12 @@ import threading
 import pytest
 from tests.helpers.cgroups import no_cgroup_left_behind, own  # noqa: F401 - fixtures, used by name
 
-from kvmctl.trace.catalogue import make_plan, probe_kernel
+from kvmctl.trace.catalogue import kernel_offer, make_plan
 
 
 @pytest.fixture(scope="session")
 def offer():
-    return probe_kernel()
+    return kernel_offer()
 
 
 @pytest.fixture(scope="session")

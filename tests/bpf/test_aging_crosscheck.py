@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from kvmctl.trace.catalogue import make_plan
-from kvmctl.trace.loader import tracefs_root
+from kvmctl.probe.tracing import require_tracefs
 from kvmctl.trace.records import EventKind, MemslotRange, TaskClass
 from kvmctl.trace.tracer import Tracer
 from tests.helpers.vm import VmChild
@@ -86,7 +86,7 @@ def test_bpf_aging_counts_match_tracefs_instance(own, offer, ager_tid):
         (slot,) = vm.memslots
         assert vm.epoch("seq", write=True) > 0  # fault every page in, charged to the VM's cgroup
         vm_threads = _threads(vm.pid)
-        with TracefsInstance(tracefs_root(), _filters(slot)) as inst:
+        with TracefsInstance(require_tracefs(), _filters(slot)) as inst:
             tracer = Tracer(plan, vm.target({ager_tid}))
             try:
                 window = tracer.start()

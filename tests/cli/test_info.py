@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmctl.host import AGING_SYMBOLS, TRACEPOINTS
+from kvmctl.probe.tracing import AGING_SYMBOLS, TRACEPOINTS
 
 
 def run_info(*args: str) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ def _pid_alive(name: str) -> bool:
 
 
 def _leftovers() -> set[str]:
-    from kvmctl.trace.loader import tracefs_root
+    from kvmctl.probe.tracing import require_tracefs
 
     names: set[str] = set()
     try:
@@ -33,7 +33,7 @@ def _leftovers() -> set[str]:
     except KvmctlError:
         pass
     try:
-        names |= {f"tracefs instance {p.name}" for p in (tracefs_root() / "instances").iterdir()
+        names |= {f"tracefs instance {p.name}" for p in (require_tracefs() / "instances").iterdir()
                   if p.name.startswith("kvmctl-") and not _pid_alive(p.name)}
     except (OSError, KvmctlError):
         pass

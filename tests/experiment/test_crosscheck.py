@@ -39,7 +39,7 @@ from kvmctl import cleanup
 from kvmctl.experiment.runner import Experiment
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.report import model as rm
-from kvmctl.trace.loader import tracefs_root
+from kvmctl.probe.tracing import require_tracefs
 from kvmctl.trace.records import EventKind
 from tests.helpers.tracefs import TraceLine, TracefsInstance
 
@@ -79,7 +79,7 @@ class TracedExperiment(Experiment):
     instance: TracefsInstance | None = None
 
     def _start_tracer(self, info: dict) -> None:
-        inst = TracefsInstance(tracefs_root(), _filters(self.report.memslots), buffer_kb=32768)
+        inst = TracefsInstance(require_tracefs(), _filters(self.report.memslots), buffer_kb=32768)
         inst.__enter__()
         self.instance = inst
         cleanup.register(f"remove tracefs instance {inst.path.name}", lambda: inst.__exit__(None, None, None))

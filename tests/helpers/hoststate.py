@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmctl.cgroup import Memcg, kvmctl_children, own_memcg
-from kvmctl.trace.loader import TRACEFS_CANDIDATES
+from kvmctl.probe.memory import DAMON_ADMIN
+from kvmctl.probe.tracing import tracefs_dir
 
-DAMON_ADMIN = Path("/sys/kernel/mm/damon/admin")
 # Knobs of our own memcg that kvmctl must never change (v1 and v2 names; absent ones are skipped).
 OWN_MEMCG_KNOBS = ("memory.limit_in_bytes", "memory.soft_limit_in_bytes", "memory.memsw.limit_in_bytes",
                    "memory.swappiness", "memory.use_hierarchy", "memory.oom_control", "memory.max", "memory.high",
@@ -45,7 +45,7 @@ def _read(path: Path) -> str | None:
 
 
 def tracefs() -> Path | None:
-    return next((p for p in TRACEFS_CANDIDATES if (p / "events").is_dir()), None)
+    return tracefs_dir()
 
 
 def damon_state() -> dict[str, str]:

@@ -42,9 +42,9 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 NO_KVM = 'import kvmctl.kvm.system as s; s.Kvm.__init__.__defaults__ = ("/nonexistent/kvm",)'
 KVM_LIMIT_2 = "import kvmctl.kvm.system as s; s.Kvm.max_vcpus = lambda self: 2"
 NO_BCC = 'sys.modules["bcc"] = None'
-NO_HEADERS = ('import kvmctl.trace.loader as l; '
-              'l.find_headers.__defaults__ = (None, Path("/nonexistent"), Path("/nonexistent"))')
-NO_TRACEFS = 'import kvmctl.trace.loader as l; l.TRACEFS_CANDIDATES = (Path("/nonexistent"),)'
+NO_HEADERS = ('import kvmctl.probe.bpf as b; '
+              'b.find_headers.__defaults__ = (None, Path("/nonexistent"), Path("/nonexistent"), Path("/nonexistent"))')
+NO_TRACEFS = 'import kvmctl.probe.tracing as t; t.TRACEFS_DIRS = (Path("/nonexistent"),)'
 
 
 def prelude_cmd(prelude: str) -> list[str]:

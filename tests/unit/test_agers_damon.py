@@ -10,7 +10,8 @@ import pytest
 
 from kvmctl import cleanup
 from kvmctl.agers import AgerContext
-from kvmctl.agers.damon import DamonAger, DamonRegion, foreign_kdamonds, young_pages
+from kvmctl.agers.damon import DamonAger, DamonRegion, young_pages
+from kvmctl.probe.memory import foreign_kdamonds
 from kvmctl.errors import KvmctlError, UnsupportedError
 
 

@@ -11,17 +11,17 @@ import pytest
 from kvmctl import cleanup
 from kvmctl.agers import AgerContext, MemslotRef, PassRecord, get_ager, list_agers
 from kvmctl.agers.base import page_gfns, page_hvas
-from kvmctl.agers.memcg import squeeze_target, swap_total_bytes
+from kvmctl.agers.memcg import squeeze_target
 from kvmctl.agers.mglru import (
     aging_command,
     eviction_command,
-    parse_enabled,
     parse_lru_gen,
 )
 from kvmctl.agers.page_idle import (KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, IdleBitmap, PageIdleAger, decode_pagemap,
                                     flag_pfns, word_runs)
 from kvmctl.agers.passive import PassiveAger
 from kvmctl.errors import KvmctlError, UsageError
+from kvmctl.probe.memory import parse_lru_gen_features, swap_total_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +146,7 @@ def test_lru_gen_commands_match_the_selftest_protocol():
     assert aging_command(42, 1, 5, can_swap=0, force_scan=0) == "+ 42 1 5 0 0"
     assert eviction_command(42, 0, 3, 0) == "- 42 0 3 0"
     assert eviction_command(42, 0, 3, 60, 256) == "- 42 0 3 60 256"
-    assert parse_enabled("0x0007\n") == 7 and parse_enabled("0x0000") == 0
+    assert parse_lru_gen_features("0x0007\n") == 7 and parse_lru_gen_features("0x0000") == 0
 
 
 def test_mglru_pass_issues_one_aging_command_per_node_and_restores_enabled(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kvmctl.host import probe_host
+from kvmctl.probe import probe_host
 
 pytest_plugins = ["pytester"]
 

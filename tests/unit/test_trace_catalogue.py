@@ -6,12 +6,14 @@ import dataclasses
 
 import pytest
 
+from kvmctl.probe.kernel import KernelConfig
+from kvmctl.probe.kvm import kvm_module, probe_paging
+from kvmctl.probe.tracing import parse_format_fields
 from kvmctl.trace.catalogue import (
     MAX_FUNCS,
     KernelOffer,
     detect_mmu,
     make_plan,
-    parse_format_fields,
     resolve_symbols,
 )
 from kvmctl.trace.records import FuncRole
@@ -164,4 +166,5 @@ def test_mmu_detection_from_module_parameters(tmp_path, params, expected):
         (tmp_path / module / "parameters").mkdir(parents=True)
         for name, value in values.items():
             (tmp_path / module / "parameters" / name).write_text(value + "\n")
-    assert detect_mmu(tmp_path) == expected
+    paging = probe_paging(kvm_module(tmp_path), KernelConfig({}, None), (6, 18, 0), tmp_path)
+    assert detect_mmu(kvm_module(tmp_path), paging) == expected

@@ -6,27 +6,13 @@ import json
 
 import pytest
 
-from kvmctl import host
 from kvmctl.errors import UsageError
-from kvmctl.host import (
-    BpfCaps,
-    HostCaps,
-    Item,
-    KernelInfo,
-    KvmCaps,
-    MemoryCaps,
-    MmuMode,
-    PagingCaps,
-    parse_bracketed_choice,
-    parse_cpu_flags,
-    parse_kallsyms,
-    parse_kconfig,
-    parse_kernel_version,
-    parse_module_bool,
-    parse_swaps,
-    parse_utsrelease,
-    pick_error_line,
-)
+from kvmctl.probe import HostCaps, Item, MmuMode
+from kvmctl.probe.bpf import BpfCaps, parse_utsrelease, pick_error_line
+from kvmctl.probe.kernel import KernelConfig, KernelInfo, parse_bracketed_choice, parse_kconfig, parse_kernel_version
+from kvmctl.probe.kvm import KvmCaps, PagingCaps, parse_cpu_flags, parse_module_bool
+from kvmctl.probe.memory import MemoryCaps, parse_swaps
+from kvmctl.probe.tracing import annotate_tracepoints, parse_kallsyms
 
 KALLSYMS = """\
 ffffffff8127c260 t kvm_mmu_notifier_test_young
@@ -159,7 +145,7 @@ def make_caps(*, module: str | None = "kvm_intel", tdp_mmu: Item = YES, ept: Ite
     memory = MemoryCaps(YES, no(), YES, hugetlb or {}, no("CONFIG_LRU_GEN is not set"), no(), YES, no())
     bpf = BpfCaps(YES, YES, tracepoint, Item(True, "0.26.0"), YES, bcc_compile, YES, Item(True, "none"),
                   no("CONFIG_KPROBES is not set"), no("EPERM"))
-    return HostCaps(KernelInfo("6.18.0", (6, 18, 0), "x86_64", True, None), kvm, paging, memory, bpf,
+    return HostCaps(KernelInfo("6.18.0", (6, 18, 0), "x86_64", True, KernelConfig({}, None)), kvm, paging, memory, bpf,
                     {"kvm_age_gfn": YES}, {"kvm:kvm_age_hva": YES})
 
 
@@ -226,10 +212,10 @@ def test_to_dict_is_json_and_keeps_the_verdict():
 
 def test_tracepoint_annotations():
     items = {"kvmmmu:kvm_tdp_mmu_spte_changed": YES, "kvm:kvm_exit": YES, "kvm:kvm_age_hva": YES}
-    shadow = host._annotate_tracepoints(items, "kvm_pvm", tdp_mmu=False)
+    shadow = annotate_tracepoints(items, "kvm_pvm", tdp_mmu=False)
     assert "TDP MMU" in shadow["kvmmmu:kvm_tdp_mmu_spte_changed"].reason
     assert "kvm_pvm" in shadow["kvm:kvm_exit"].reason
     assert shadow["kvm:kvm_age_hva"].reason is None
     assert all(i.available for i in shadow.values())
-    vmx = host._annotate_tracepoints(items, "kvm_intel", tdp_mmu=True)
+    vmx = annotate_tracepoints(items, "kvm_intel", tdp_mmu=True)
     assert all(i.reason is None for i in vmx.values())

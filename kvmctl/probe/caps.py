@@ -1,0 +1,164 @@
+"""The :class:`HostCaps` tree: every area's items, the verdicts other modules call, and its two shapes.
+
+Verdicts (``mmu``, ``tdp``, ``bpf_tracepoints``, ...) combine items so that
+``kvmctl info``, the test markers, the agers and the tracer ask the same
+question the same way. ``groups()`` is the table ``kvmctl info`` prints,
+``to_dict()`` its JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from kvmctl.probe.bpf import BpfCaps
+from kvmctl.probe.item import Item, first_missing, missing, ok
+from kvmctl.probe.kernel import KernelInfo
+from kvmctl.probe.kvm import KvmCaps, PagingCaps
+from kvmctl.probe.memory import MemoryCaps
+from kvmctl.probe.tracing import KALLSYMS, KernelSymbols, probe_tracepoints, tracepoint_fields
+from kvmctl.units import format_size, parse_size
+
+
+class MmuMode(str, enum.Enum):
+    """Which MMU KVM uses for guest memory, hence which aging path runs."""
+
+    TDP = "tdp"  # TDP MMU over EPT/NPT
+    SHADOW = "shadow"  # shadow MMU with rmaps (PVM, shadow paging, TDP MMU off)
+    NONE = "none"  # no KVM module loaded
+
+
+def _items(obj) -> dict[str, Item]:
+    """An area's items, dict fields flattened as 'field.key'."""
+    out: dict[str, Item] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Item):
+            out[f.name] = value
+        else:
+            out.update({f"{f.name}.{k}": v for k, v in value.items()})
+    return out
+
+
+def _tree(obj) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = value.to_dict() if isinstance(value, Item) else {k: v.to_dict() for k, v in value.items()}
+    return out
+
+
+@dataclass(frozen=True)
+class HostCaps:
+    kernel: KernelInfo
+    kvm: KvmCaps
+    paging: PagingCaps
+    memory: MemoryCaps
+    bpf: BpfCaps
+    symbols: dict[str, Item]  # aging function -> present among the kernel's symbols
+    tracepoints: dict[str, Item]  # "system:event" -> present in tracefs
+    notes: tuple[str, ...] = ()  # side effects the probe had (e.g. mounted tracefs)
+    probe_seconds: float = 0.0
+    tracefs: Path | None = None  # the mounted tracefs
+    kernel_symbols: KernelSymbols = KernelSymbols(None, "not read")
+
+    # -- verdicts and predicates other modules call --
+
+    @property
+    def mmu(self) -> MmuMode:
+        if not self.kvm.module:
+            return MmuMode.NONE
+        if self.paging.tdp_mmu and (self.paging.ept or self.paging.npt):
+            return MmuMode.TDP
+        return MmuMode.SHADOW
+
+    @property
+    def kvm_usable(self) -> Item:
+        return first_missing(self.kvm.device, self.kvm.api_version, self.kvm.vm_create)
+
+    @property
+    def tdp(self) -> Item:
+        mode = self.mmu
+        if mode is MmuMode.TDP:
+            return ok("tdp", source=self.paging.tdp_mmu.source)
+        if mode is MmuMode.NONE:
+            return missing("no KVM module is loaded", self.kvm.module.remedy)
+        if not self.paging.tdp_mmu:
+            why = self.paging.tdp_mmu.reason or "the TDP MMU is off"
+        else:
+            why = "TDP MMU enabled but neither EPT nor NPT is on"
+        return missing(f"shadow MMU (rmap aging path): {why}",
+                       "run on a host with EPT/NPT (bare metal, or nested virtualization enabled) and kvm.tdp_mmu=Y")
+
+    @property
+    def bpf_tracepoints(self) -> Item:
+        return first_missing(self.bpf.tracepoint, self.bpf.bcc, self.bpf.bcc_compile)
+
+    @property
+    def kprobes(self) -> Item:
+        return self.bpf.kprobe
+
+    @property
+    def fentry(self) -> Item:
+        return self.bpf.fentry
+
+    @property
+    def mglru(self) -> Item:
+        return self.memory.mglru
+
+    @property
+    def page_idle(self) -> Item:
+        return self.memory.page_idle
+
+    @property
+    def foreign_kdamond(self) -> Item:
+        return self.memory.foreign_kdamond
+
+    def hugetlb_pages(self, size: int | str) -> Item:
+        """Free hugetlb pages of ``size`` (bytes, or '2M' / '1G')."""
+        key = format_size(parse_size(size, "hugetlb page size"))
+        item = self.memory.hugetlb.get(key)
+        if item is None:
+            return missing(f"this kernel offers no {key} hugetlb pages",
+                           f"use one of: {', '.join(self.memory.hugetlb) or 'none (CONFIG_HUGETLBFS off)'}")
+        return item
+
+    def tracepoint(self, name: str) -> Item:
+        """A tracepoint 'system:event', probed on demand when ``kvmctl info`` does not list it."""
+        return self.tracepoints.get(name) or probe_tracepoints((name,), self.tracefs)[name]
+
+    def tracepoint_fields(self, name: str) -> frozenset[str] | None:
+        """The record fields of a tracepoint, None when this kernel has none by that name."""
+        return tracepoint_fields(name, self.tracefs)
+
+    # -- the two shapes of `kvmctl info` --
+
+    def groups(self) -> list[tuple[str, dict[str, Item]]]:
+        """(title, {name: item}) per area, dict fields flattened as 'field.key'."""
+        return [
+            ("KVM", _items(self.kvm)),
+            (f"MMU ({self.mmu.value})", _items(self.paging)),
+            ("Memory and agers", _items(self.memory)),
+            ("BPF", _items(self.bpf)),
+            (f"Aging symbols ({KALLSYMS})", dict(self.symbols)),
+            ("Tracepoints", dict(self.tracepoints)),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel.to_dict(),
+            "mmu": self.mmu.value,
+            "kvm": _tree(self.kvm),
+            "paging": _tree(self.paging),
+            "memory": _tree(self.memory),
+            "bpf": _tree(self.bpf),
+            "symbols": {k: v.to_dict() for k, v in self.symbols.items()},
+            "tracepoints": {k: v.to_dict() for k, v in self.tracepoints.items()},
+            "predicates": {name: getattr(self, name).to_dict() for name in
+                           ("kvm_usable", "tdp", "bpf_tracepoints", "kprobes", "fentry", "mglru", "page_idle",
+                            "foreign_kdamond")},
+            "notes": list(self.notes),
+            "probe_seconds": round(self.probe_seconds, 3),
+        }

@@ -81,7 +81,7 @@ def write_image(m: GuestMachine, path: Path) -> None:
     vcpu = m.vm.vcpus[0]
     system = ctypes.string_at(m.system.hva, m.layout.size)
     head = struct.pack("<8sQQ", IMAGE_MAGIC, len(system), len(m.data_memslots))
-    slots = b"".join(struct.pack("<QQ", s.gpa, s.size) for s in m.data_memslots)
+    slots = b"".join(struct.pack("<QQ", s.gpa_start, s.size) for s in m.data_memslots)
     path.write_bytes(head + slots + bytes(vcpu.get_sregs()) + bytes(vcpu.get_regs()) + system)
 
 

@@ -39,7 +39,8 @@ from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.kvm import BackingKind
 from kvmctl.trace.catalogue import kernel_offer, make_plan
-from kvmctl.trace.records import MemslotRange, TraceTarget
+from kvmctl.kvm import Memslot
+from kvmctl.trace.records import TraceTarget
 from kvmctl.trace.tracer import Tracer
 from kvmctl.units import format_size, parse_size
 
@@ -130,7 +131,7 @@ def bench_overhead(mem: str, pattern: str, rounds: int, seconds: float) -> list[
         vm.epoch("seq", True)
         vm.call("sync_memory")
         vm.epoch("seq", False)
-        ranges = [MemslotRange(m["slot"], m["hva_start"], m["size"], m["gpa_start"]) for m in info["memslots"]]
+        ranges = [Memslot(**m) for m in info["memslots"]]
         plan = make_plan(kernel_offer())
         print(f"    probes: {', '.join(sorted(plan.programs()))}; workload {pattern} read over {mem}, "
               f"{rounds} rounds of {seconds:g} s per side", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from kvmctl.agers.base import Ager, AgerContext, Availability, MemslotRef, PassRecord
+from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
 from kvmctl.errors import UsageError
 
 # name -> "module:Class"; modules load on demand.
@@ -36,4 +36,4 @@ def get_ager(name: str) -> Ager:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["Ager", "AgerContext", "Availability", "MemslotRef", "PassRecord", "get_ager", "list_agers"]
+__all__ = ["Ager", "AgerContext", "Availability", "PassRecord", "get_ager", "list_agers"]

@@ -24,14 +24,14 @@ import abc
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 
 from kvmctl import cleanup
 from kvmctl.cgroup import ExperimentCgroup
 from kvmctl.errors import PermissionDeniedError, UnsupportedError, UsageError
+from kvmctl.kvm.memslot import Memslot
 from kvmctl.probe.item import ROOT_REMEDY, Item, is_root
 from kvmctl.units import PAGE_SIZE
 
@@ -58,27 +58,16 @@ class Availability:
             raise cls(f"ager {name} is not available: {self.reason}", self.remedy or None)
 
 
-class MemslotRef(NamedTuple):
-    """A data memslot as the ager sees it (plain tuples of the same shape work too)."""
-
-    slot: int
-    hva_start: int
-    size: int
-    gpa_start: int
-    backing_path: Path | str | None
-
-
 @dataclass
 class AgerContext:
     cgroup: ExperimentCgroup | None
     vm_pid: int
-    memslots: list[MemslotRef]
+    memslots: list[Memslot]
     guest_pages: int = 0  # 0: derived from the memslots
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.memslots = [MemslotRef(*m) for m in self.memslots]
-        total = sum(m.size // PAGE_SIZE for m in self.memslots)
+        total = sum(m.pages for m in self.memslots)
         if not self.guest_pages:
             self.guest_pages = total
         elif self.guest_pages != total:
@@ -86,16 +75,15 @@ class AgerContext:
                              "pass the data memslots' total size in 4 KiB pages")
 
 
-def page_gfns(memslots: list[MemslotRef]) -> np.ndarray:
+def page_gfns(memslots: list[Memslot]) -> np.ndarray:
     """Guest frame number of every per-page index, memslots concatenated in order."""
-    parts = [np.arange(m.gpa_start // PAGE_SIZE, (m.gpa_start + m.size) // PAGE_SIZE, dtype=np.uint64)
-             for m in memslots]
+    parts = [np.arange(m.gfn_start, m.gfn_start + m.pages, dtype=np.uint64) for m in memslots]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
-def page_hvas(memslots: list[MemslotRef]) -> np.ndarray:
+def page_hvas(memslots: list[Memslot]) -> np.ndarray:
     """Host virtual address of every per-page index, memslots concatenated in order."""
-    parts = [np.arange(m.hva_start, m.hva_start + m.size, PAGE_SIZE, dtype=np.uint64) for m in memslots]
+    parts = [np.arange(m.hva_start, m.hva_end, PAGE_SIZE, dtype=np.uint64) for m in memslots]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 

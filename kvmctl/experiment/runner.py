@@ -20,7 +20,7 @@ import numpy as np
 
 from kvmctl import cleanup
 from kvmctl.agers import get_ager
-from kvmctl.agers.base import AgerContext, MemslotRef, PassRecord
+from kvmctl.agers.base import AgerContext, PassRecord
 from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import ExperimentCgroup, own_memcg, stale_cgroups
 from kvmctl.errors import GuestError, Interrupted, KvmctlError, UnsupportedError
@@ -29,6 +29,7 @@ from kvmctl.experiment.scoring import refaults, residency_score, young_score
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched
+from kvmctl.kvm.memslot import Memslot
 from kvmctl.placement import CpuPlacement, format_cpu_list, pinned, thread_affinities
 from kvmctl.report import model as rm
 from kvmctl.units import PAGE_SIZE, parse_duration
@@ -132,7 +133,7 @@ class Experiment:
                 self._phase_between(Pattern.parse("seq"), write=True, epochs=1)
                 self.stats_after_populate = self.vm.call("stats")
                 self.vm.call("sync_memory")
-            ctx = AgerContext(cgroup, self.vm.pid, self._memslot_refs(), options=self._ager_options(cgroup))
+            ctx = AgerContext(cgroup, self.vm.pid, list(self.report.memslots), options=self._ager_options(cgroup))
             ager.prepare(ctx)
             resident_prev = self._residency()
             evicted_prev: np.ndarray | None = None
@@ -209,14 +210,7 @@ class Experiment:
     def _memslots(self, info: dict) -> None:
         self.total_pages = info["total_pages"]
         self.regions = [Region(**r) for r in info["regions"]]
-        for m in info["memslots"]:
-            self.report.memslots.append(rm.Memslot(
-                slot=m["slot"], gpa_start=m["gpa_start"], gpa_end=m["gpa_end"], hva_start=m["hva_start"],
-                hva_end=m["hva_end"], size=m["size"], backing=m["backing"], path=m["backing_path"]))
-
-    def _memslot_refs(self) -> list[MemslotRef]:
-        return [MemslotRef(m.slot, m.hva_start, m.size, m.gpa_start, self.vm.backing_path(i))
-                for i, m in enumerate(self.report.memslots)]
+        self.report.memslots.extend(Memslot(**m) for m in info["memslots"])
 
     def _ager_options(self, cgroup: ExperimentCgroup) -> dict:
         opts = dict(self.spec.ager_options)

@@ -14,20 +14,19 @@ from kvmctl.report import model as rm
 from kvmctl.probe import HostCaps
 from kvmctl.probe.bpf import find_headers
 from kvmctl.trace.catalogue import kernel_offer, make_plan
-from kvmctl.trace.records import EventKind, MemslotRange, TaskClass, TraceResult, TraceTarget
+from kvmctl.trace.records import EventKind, TraceResult, TraceTarget
+from kvmctl.vocab import TaskClass
 from kvmctl.trace.tracer import Tracer, TracerOptions
 
 AGING_KINDS = (EventKind.AGE, EventKind.TEST_AGE)  # clear_young/clear_flush_young and test_young
 BACKGROUND = (TaskClass.KSWAPD, TaskClass.KDAMOND, TaskClass.OTHER)
-_WAITER = {"vm": rm.WaiterClass.VCPU, "ager": rm.WaiterClass.AGER}
 
 
 class ExperimentTracer:
     def __init__(self, caps: HostCaps, vm_tgid: int, memslots: list[rm.Memslot], ager_tids: set[int],
                  interval_ns: int):
         self.plan = make_plan(kernel_offer(caps))
-        ranges = [MemslotRange(m.slot, m.hva_start, m.size, m.gpa_start) for m in memslots]
-        self.target = TraceTarget(vm_tgid, ranges, set(ager_tids))
+        self.target = TraceTarget(vm_tgid, list(memslots), set(ager_tids))
         self.headers = find_headers(caps.kernel.release)
         self.tracer = Tracer(self.plan, self.target, TracerOptions(bucket_ns=interval_ns), headers=self.headers)
         self.memslots = memslots
@@ -47,16 +46,16 @@ class ExperimentTracer:
             row.pages += tc.pages
         return sorted(rows.values(), key=lambda r: -r.calls)
 
-    def _task_class(self, tc) -> rm.TaskClass:
+    def _task_class(self, tc) -> TaskClass:
         if tc.pid in self.target.ager_tids:
-            return rm.TaskClass.OURS
+            return TaskClass.OURS
         if tc.tgid == self.target.vm_tgid:
-            return rm.TaskClass.VM
+            return TaskClass.VM
         if tc.comm.startswith("kswapd"):
-            return rm.TaskClass.KSWAPD
+            return TaskClass.KSWAPD
         if tc.comm.startswith("kdamond"):
-            return rm.TaskClass.KDAMOND
-        return rm.TaskClass.OTHER
+            return TaskClass.KDAMOND
+        return TaskClass.OTHER
 
     @property
     def chosen(self) -> dict[str, str]:
@@ -99,7 +98,7 @@ class ExperimentTracer:
         if res.series is not None:
             s = res.series
             kinds = [k.value for k in AGING_KINDS]
-            bg = [c.value for c in BACKGROUND]
+            bg = [c.code for c in BACKGROUND]
             a = report.aging
             a.interval_ns = s.bucket_ns
             calls = s.calls[:, kinds, :]
@@ -116,16 +115,17 @@ class ExperimentTracer:
                 rows.append(rm.ContentionRow(
                     contended=r.count, total_wait_ns=r.total_ns, max_wait_ns=r.max_ns,
                     avg_wait_ns=int(r.avg_ns), lock_type=r.lock_type, caller=r.caller,
-                    waiter_class=_WAITER.get(r.waiter, rm.WaiterClass.OTHER), is_mmu_lock=r.mmu_lock,
+                    waiter_class=r.waiter, is_mmu_lock=r.mmu_lock,
                     lock=f"{r.lock_addr:#x}"))
             report.contention.rows = rows
             mmu = [r for r in res.contention if r.mmu_lock]
             report.contention.mmu_lock_wait_ns = sum(r.total_ns for r in mmu)
             report.contention.mmu_lock_contended = sum(r.count for r in mmu)
         for waiter, buckets in (res.wait_hist or {}).items():
-            report.histograms[f"lock wait ns ({waiter})"] = [rm.Bucket(b.low, b.high, b.count) for b in buckets]
+            # named as the BPF side names the class (the vCPUs' histogram is "vm")
+            report.histograms[f"lock wait ns ({waiter.name.lower()})"] = list(buckets)
         for f in res.funcs or []:
-            report.histograms[f"{f.function} latency ns"] = [rm.Bucket(b.low, b.high, b.count) for b in f.hist]
+            report.histograms[f"{f.function} latency ns"] = list(f.hist)
         if res.per_gfn is not None:
             aged = res.per_gfn.by_kind.get(EventKind.AGE.label)
             test = res.per_gfn.by_kind.get(EventKind.TEST_AGE.label)

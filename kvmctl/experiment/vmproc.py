@@ -82,7 +82,7 @@ def _child_main(parent_pid: int | None = None) -> int:
                     "vcpu_tids": machine.vcpu_thread_ids,
                     "tsc_hz": machine.tsc_hz,
                     "total_pages": machine.total_pages,
-                    "memslots": [m.describe() for m in machine.data_memslots],
+                    "memslots": [asdict(m) for m in machine.data_memslots],
                     "backing_fds": [b.fd for b in machine.backings],
                     "regions": [asdict(r) for r in machine.regions],
                 }})

@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 
 from kvmctl.guest.machine import GuestMachine, MachineSpec
 from kvmctl.guest.patterns import PATTERN_HELP, Pattern
-from kvmctl.kvm import BackingKind
+from kvmctl.kvm import BackingKind, Memslot
 from kvmctl.units import format_size, parse_duration, parse_size
 
 
@@ -80,7 +81,7 @@ def main(args) -> int:
                 tick(r)
         machine.finish()
         stats = machine.vm_stats()
-        memslots = [m.describe() for m in machine.data_memslots]
+        memslots = [_memslot_json(m) for m in machine.data_memslots]
     summary = _summary(spec, pattern, write, results, int(distinct.sum()), setup_s, time.monotonic() - t0,
                        stats, memslots, machine.tsc_hz)
     if args.json:
@@ -89,6 +90,12 @@ def main(args) -> int:
     else:
         _print_text(summary)
     return 0
+
+
+def _memslot_json(m: Memslot) -> dict:
+    out = asdict(m)
+    out["backing_path"] = out.pop("path")
+    return out
 
 
 def _summary(spec, pattern, write, results, distinct, setup_s, wall_s, stats, memslots, tsc_hz) -> dict:

@@ -8,6 +8,7 @@ from kvmctl.kvm.abi import Cap, ExitReason
 from kvmctl.kvm.memory import Backing, BackingKind, create_backing
 from kvmctl.kvm.system import Kvm
 from kvmctl.kvm.vcpu import Vcpu
-from kvmctl.kvm.vm import Memslot, Vm
+from kvmctl.kvm.memslot import Memslot
+from kvmctl.kvm.vm import Vm
 
 __all__ = ["Backing", "BackingKind", "Cap", "ExitReason", "Kvm", "Memslot", "Vcpu", "Vm", "create_backing"]

@@ -3,61 +3,31 @@
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 from kvmctl.errors import UsageError
 from kvmctl.kvm import abi
 from kvmctl.kvm.memory import Backing
+from kvmctl.kvm.memslot import Memslot
 from kvmctl.kvm.stats import Stats
 from kvmctl.kvm.fd import FdOwner, ioctl
 from kvmctl.units import PAGE_SIZE
 
-
-@dataclass(frozen=True)
-class Memslot:
-    slot: int
-    gpa: int
-    size: int
-    backing: Backing
-    flags: int = 0
-
-    @property
-    def hva(self) -> int:
-        return self.backing.hva
-
-    @property
-    def gpa_end(self) -> int:
-        return self.gpa + self.size
-
-    def describe(self) -> dict:
-        return {
-            "slot": self.slot,
-            "gpa_start": self.gpa,
-            "gpa_end": self.gpa_end,
-            "hva_start": self.hva,
-            "hva_end": self.hva + self.size,
-            "size": self.size,
-            "backing": self.backing.kind.value,
-            "backing_path": self.backing.path,
-        }
-
-
 KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1  # include/linux/kvm_host.h: KVM_SET_USER_MEMORY_REGION's limit
 
 
-def check_memslot(new: Memslot, existing: list[Memslot], max_slots: int) -> None:
+def check_memslot(new: Memslot, backing: Backing, existing: list[Memslot], max_slots: int) -> None:
     """Reject what KVM would reject, before the ioctl, with a useful message."""
-    align = new.backing.kind.alignment
+    align = backing.kind.alignment
     if new.size <= 0 or new.size % PAGE_SIZE:
         raise UsageError(f"memslot {new.slot}: size {new.size} is not a positive multiple of 4 KiB",
                          "round the size to 4 KiB")
-    if new.gpa % align or new.size % align:
-        raise UsageError(f"memslot {new.slot}: gpa {new.gpa:#x} size {new.size:#x} not aligned to {align:#x} "
-                         f"({new.backing.kind.value} backing)", f"align both to {align >> 10} KiB")
-    if new.hva % PAGE_SIZE:
-        raise UsageError(f"memslot {new.slot}: host address {new.hva:#x} is not page aligned", "map page aligned memory")
-    if new.backing.size < new.size:
-        raise UsageError(f"memslot {new.slot}: backing has {new.backing.size} bytes, slot needs {new.size}",
+    if new.gpa_start % align or new.size % align:
+        raise UsageError(f"memslot {new.slot}: gpa {new.gpa_start:#x} size {new.size:#x} not aligned to {align:#x} "
+                         f"({backing.kind.value} backing)", f"align both to {align >> 10} KiB")
+    if new.hva_start % PAGE_SIZE:
+        raise UsageError(f"memslot {new.slot}: host address {new.hva_start:#x} is not page aligned", "map page aligned memory")
+    if backing.size < new.size:
+        raise UsageError(f"memslot {new.slot}: backing has {backing.size} bytes, slot needs {new.size}",
                          "make the backing at least as large as the slot")
     if not 0 <= new.slot < max_slots:
         raise UsageError(f"memslot id {new.slot} is outside 0..{max_slots - 1} (KVM_CAP_NR_MEMSLOTS)",
@@ -71,10 +41,10 @@ def check_memslot(new: Memslot, existing: list[Memslot], max_slots: int) -> None
     for old in existing:
         if old.slot == new.slot:
             raise UsageError(f"memslot id {new.slot} is already in use", "choose another slot id")
-        if new.gpa < old.gpa_end and old.gpa < new.gpa_end:
+        if new.gpa_start < old.gpa_end and old.gpa_start < new.gpa_end:
             raise UsageError(
-                f"memslot {new.slot} [{new.gpa:#x}, {new.gpa_end:#x}) overlaps memslot {old.slot} "
-                f"[{old.gpa:#x}, {old.gpa_end:#x})", "place the memslots at disjoint guest-physical ranges")
+                f"memslot {new.slot} [{new.gpa_start:#x}, {new.gpa_end:#x}) overlaps memslot {old.slot} "
+                f"[{old.gpa_start:#x}, {old.gpa_end:#x})", "place the memslots at disjoint guest-physical ranges")
 
 
 class Vm(FdOwner):
@@ -92,8 +62,9 @@ class Vm(FdOwner):
         return ioctl(self.fd, abi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION")
 
     def add_memslot(self, slot: int, gpa: int, backing: Backing, size: int | None = None, flags: int = 0) -> Memslot:
-        mem = Memslot(slot, gpa, backing.size if size is None else size, backing, flags)
-        check_memslot(mem, self.memslots, self.max_memslots)
+        mem = Memslot.at(slot, gpa, backing.size if size is None else size, backing.hva, backing.kind.value,
+                         backing.path)
+        check_memslot(mem, backing, self.memslots, self.max_memslots)
         region = abi.kvm_userspace_memory_region(slot, flags, gpa, mem.size, backing.hva)
         ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, ctypes.addressof(region), "KVM_SET_USER_MEMORY_REGION")
         self.memslots.append(mem)
@@ -103,7 +74,7 @@ class Vm(FdOwner):
         mem = next((m for m in self.memslots if m.slot == slot), None)
         if mem is None:
             raise UsageError(f"memslot {slot} does not exist", f"remove one of {[m.slot for m in self.memslots]}")
-        region = abi.kvm_userspace_memory_region(slot, 0, mem.gpa, 0, 0)  # size 0 deletes
+        region = abi.kvm_userspace_memory_region(slot, 0, mem.gpa_start, 0, 0)  # size 0 deletes
         ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, ctypes.addressof(region), "KVM_SET_USER_MEMORY_REGION")
         self.memslots.remove(mem)
 

@@ -31,7 +31,7 @@ def pageout(memslots) -> None:
     """Reclaim the memslots' pages now: one aging call per mapped page."""
     for slot in memslots:
         try:
-            libc.madvise(slot.hva, slot.size, libc.MADV_PAGEOUT)
+            libc.madvise(slot.hva_start, slot.size, libc.MADV_PAGEOUT)
         except OSError as err:
             raise KvmctlError(f"madvise(MADV_PAGEOUT) on memslot {slot.slot} failed: {err.strerror}",
                               "MADV_PAGEOUT needs Linux 5.4+") from None
@@ -67,12 +67,13 @@ def tdp_aging() -> str:
     from kvmctl.guest.machine import GuestMachine, MachineSpec
     from kvmctl.guest.patterns import Pattern
     from kvmctl.trace.records import FuncRole
-    from kvmctl.trace.tracer import Tracer, target_from_memslots
+    from kvmctl.trace.records import TraceTarget
+    from kvmctl.trace.tracer import Tracer
 
     plan = _plan(PATH_MEASUREMENTS | {"aging.bits_cleared"})
     with GuestMachine(MachineSpec(mem_bytes=CHECK_BYTES, vcpus=1)) as m:
         m.run_epoch(Pattern.parse("seq"), write=True)  # maps every page and sets its accessed bit
-        with Tracer(plan, target_from_memslots(os.getpid(), m.data_memslots)) as tracer:
+        with Tracer(plan, TraceTarget(os.getpid(), m.data_memslots)) as tracer:
             pageout(m.data_memslots)
         result = tracer.collect()
     age = [f for f in result.funcs or [] if f.role == FuncRole.OUTER_AGE.name.lower()]
@@ -104,7 +105,8 @@ def nested_fallback_run() -> NestedFallback:
     from kvmctl.guest import payload
     from kvmctl.guest.machine import GuestMachine, MachineSpec
     from kvmctl.guest.patterns import Pattern
-    from kvmctl.trace.tracer import Tracer, target_from_memslots
+    from kvmctl.trace.records import TraceTarget
+    from kvmctl.trace.tracer import Tracer
 
     if NESTED_PAYLOAD not in payload.PAYLOADS:
         raise UnsupportedError(f"the {NESTED_PAYLOAD} payload is not registered in kvmctl.guest.payload",
@@ -114,7 +116,7 @@ def nested_fallback_run() -> NestedFallback:
         m.start()  # L1 is up with EFER.SVME set; no VMRUN yet: only TDP roots
         for view in m.data_view():
             view[::PAGE_SIZE] = 1  # map every page in the process, so reclaim finds it
-        with Tracer(plan, target_from_memslots(os.getpid(), m.data_memslots)) as tracer:
+        with Tracer(plan, TraceTarget(os.getpid(), m.data_memslots)) as tracer:
             pageout(m.data_memslots)
             before = _paths(tracer.snapshot())
             res = m.run_epoch(Pattern.parse("seq"), write=True)  # L2 runs: KVM builds shadow roots

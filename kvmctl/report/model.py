@@ -16,7 +16,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +27,9 @@ import numpy as np
 from kvmctl import __version__
 from kvmctl.errors import UsageError
 from kvmctl.report.output import write_atomic
+from kvmctl.kvm.memslot import Memslot
 from kvmctl.units import PAGE_SIZE
+from kvmctl.vocab import Bucket, TaskClass, TraceWindow, WaiterClass
 
 SCHEMA_VERSION = 1
 KIND = "kvmctl-report"
@@ -45,24 +47,6 @@ class Verdict(str, enum.Enum):
     TDP = "tdp"
     RMAP_SHADOW = "rmap (no TDP MMU: shadow paging)"
     RMAP_NESTED = "rmap (nested)"
-
-
-class TaskClass(str, enum.Enum):
-    """Who made an aging call: ours is separated from the host's background."""
-
-    OURS = "ours"  # the experiment's own ager
-    KSWAPD = "kswapd"
-    KDAMOND = "kdamond"
-    VM = "vm"  # the experiment VM's own threads (reclaim while faulting guest memory in)
-    OTHER = "other"
-
-
-class WaiterClass(str, enum.Enum):
-    """Who waited on a contended lock."""
-
-    VCPU = "vcpu"  # a vCPU thread of the experiment VM
-    AGER = "ager"  # an aging task (ours or background)
-    OTHER = "other"
 
 
 class Headers(str, enum.Enum):
@@ -103,34 +87,6 @@ class Probes:
 
 
 @dataclass
-class TraceWindow:
-    start_ns: int | None = None  # CLOCK_MONOTONIC, probes attached
-    end_ns: int | None = None  # CLOCK_MONOTONIC, probes detached
-
-    @property
-    def duration_ns(self) -> int | None:
-        if self.start_ns is None or self.end_ns is None:
-            return None
-        return self.end_ns - self.start_ns
-
-
-@dataclass
-class Memslot:
-    slot: int
-    gpa_start: int
-    gpa_end: int  # exclusive
-    hva_start: int
-    hva_end: int  # exclusive
-    size: int
-    backing: str  # anon, file, memfd, thp, hugetlb
-    path: str | None = None  # backing file, if any
-
-    @property
-    def pages(self) -> int:
-        return self.size // PAGE_SIZE
-
-
-@dataclass
 class TaskAging:
     pid: int
     comm: str
@@ -158,31 +114,6 @@ class Aging:
     interval_ns: int | None = None  # width of one series sample
     by_task: list[TaskAging] = field(default_factory=list)
     series: list[AgingSample] = field(default_factory=list)
-
-
-@dataclass
-class Bucket:
-    low: int
-    high: int  # inclusive
-    count: int
-
-
-def buckets_from_bcc_slots(slots: Iterable[int]) -> list[Bucket]:
-    """Turn a BCC ``bpf_log2l`` slot array into buckets.
-
-    Slot i holds values in [2**(i-1), 2**i - 1]; slot 1 also holds 0 (BCC's
-    ``print_log2_hist`` prints it as "0 -> 1"). Slot 0 is never filled.
-    Trailing empty slots are dropped, leading ones kept so the axis starts at 0.
-    """
-    counts = [int(c) for c in slots]
-    last = max((i for i, c in enumerate(counts) if c), default=0)
-    out = []
-    for i in range(1, last + 1):
-        low, high = (1 << i) >> 1, (1 << i) - 1
-        if low == high:
-            low -= 1
-        out.append(Bucket(low, high, counts[i]))
-    return out
 
 
 @dataclass

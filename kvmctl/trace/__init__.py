@@ -6,8 +6,8 @@ so hosts without BCC can still plan and explain.
 """
 
 from kvmctl.trace.catalogue import KernelOffer, TracePlan, kernel_offer, make_plan
-from kvmctl.trace.records import MemslotRange, TraceResult, TraceTarget, TraceWindow
-from kvmctl.trace.tracer import Tracer, TracerOptions, target_from_memslots
+from kvmctl.trace.records import TraceResult, TraceTarget
+from kvmctl.trace.tracer import Tracer, TracerOptions
 
-__all__ = ["KernelOffer", "MemslotRange", "TracePlan", "TraceResult", "TraceTarget", "TraceWindow", "Tracer",
-           "TracerOptions", "kernel_offer", "make_plan", "target_from_memslots"]
+__all__ = ["KernelOffer", "TracePlan", "TraceResult", "TraceTarget", "Tracer", "TracerOptions", "kernel_offer",
+           "make_plan"]

@@ -1,7 +1,8 @@
 """Plain records the tracer hands out, and the kernel-side enums they index.
 
 The enums mirror the ones in ebpf/*.c (a unit test parses the C sources and
-compares). Records carry counts exactly as the maps held them: what a number
+compares); the task and waiter classes, shared with the report, live in
+:mod:`kvmctl.vocab`. Records carry counts exactly as the maps held them: what a number
 means is decided by experiment/ and report/, not here.
 """
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvmctl.units import PAGE_SHIFT
+from kvmctl.kvm.memslot import Memslot
+from kvmctl.vocab import Bucket, TaskClass, TraceWindow, WaiterClass
 
 
 
@@ -31,20 +33,6 @@ class EventKind(enum.IntEnum):
     AGE = 0  # kvm:kvm_age_hva (clear_young, clear_flush_young)
     TEST_AGE = 1  # kvm:kvm_test_age_hva (test_young)
     UNMAP = 2  # kvm:kvm_unmap_hva_range (invalidate_range_start)
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-class TaskClass(enum.IntEnum):
-    """ebpf/aging.c enum task_class: who made an aging call."""
-
-    OURS = 0  # the experiment's own ager threads
-    KSWAPD = 1
-    KDAMOND = 2
-    VM = 3  # a thread of the VM process itself
-    OTHER = 4
 
     @property
     def label(self) -> str:
@@ -76,18 +64,6 @@ class SpteLost(enum.IntEnum):
 
     GFN_INDEX = 0
     AGING_TIDS_FULL = 1
-
-
-class WaiterClass(enum.IntEnum):
-    """ebpf/locks.c enum waiter_class."""
-
-    VM = 0  # threads of the VM process: its vCPUs
-    AGER = 1  # our ager threads, kswapd, kdamond
-    OTHER = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
 
 class LocksLost(enum.IntEnum):
@@ -129,34 +105,12 @@ class AgingPath(enum.IntEnum):
         return self.name.lower()
 
 
-@dataclass(frozen=True)
-class MemslotRange:
-    """One data memslot of the traced VM."""
-
-    slot: int
-    hva_start: int
-    size: int
-    gpa_start: int
-
-    @property
-    def hva_end(self) -> int:
-        return self.hva_start + self.size
-
-    @property
-    def gfn_start(self) -> int:
-        return self.gpa_start >> PAGE_SHIFT
-
-    @property
-    def pages(self) -> int:
-        return self.size >> PAGE_SHIFT
-
-
 @dataclass
 class TraceTarget:
     """What to trace: the VM process, its memslots and our own ager threads."""
 
     vm_tgid: int
-    memslots: list[MemslotRange]
+    memslots: list[Memslot]
     ager_tids: set[int] = field(default_factory=set)
 
     @property
@@ -170,27 +124,6 @@ class TraceTarget:
             bases.append(base)
             base += m.pages
         return bases
-
-
-@dataclass(frozen=True)
-class Log2Bucket:
-    """Values in [low, high] were seen ``count`` times."""
-
-    low: int
-    high: int
-    count: int
-
-
-@dataclass
-class TraceWindow:
-    """CLOCK_MONOTONIC span in which the programs counted (bpf_ktime_get_ns scale)."""
-
-    start_ns: int
-    end_ns: int | None = None
-
-    @property
-    def duration_ns(self) -> int | None:
-        return None if self.end_ns is None else self.end_ns - self.start_ns
 
 
 @dataclass
@@ -220,7 +153,7 @@ class AgingCounts:
 
     def total(self, kind: EventKind, classes: tuple[TaskClass, ...] | None = None) -> CallCount:
         row = self.by_kind_class.get(kind.label, {})
-        wanted = {c.label for c in (classes or tuple(TaskClass))}
+        wanted = {c.value for c in (classes or tuple(TaskClass))}
         out = CallCount()
         for label, cc in row.items():
             if label in wanted:
@@ -243,11 +176,11 @@ class AgingSeries:
 class PerGfnCounts:
     """Per-page counters indexed like TraceTarget.index_bases(); ``cap`` pages at most."""
 
-    memslots: list[MemslotRange]
+    memslots: list[Memslot]
     cap: int
     by_kind: dict[str, np.ndarray]  # EventKind label -> uint64 array of cap entries
 
-    def by_memslot(self, kind: EventKind) -> list[tuple[MemslotRange, np.ndarray]]:
+    def by_memslot(self, kind: EventKind) -> list[tuple[Memslot, np.ndarray]]:
         """Each memslot with the counts of its pages (index i is gfn m.gfn_start + i), cut at the cap."""
         out, base = [], 0
         for m in self.memslots:
@@ -275,7 +208,7 @@ class ContentionRow:
     """One {stack, waiter class, lock} key of lock:contention_*, perf-lock style."""
 
     stack_id: int
-    waiter: str
+    waiter: WaiterClass
     lock_addr: int
     lock_type: str
     caller: str
@@ -301,7 +234,7 @@ class FuncLatency:
     ret_sum: int
     total_ns: int
     max_ns: int
-    hist: list[Log2Bucket]
+    hist: list[Bucket]
 
 
 @dataclass
@@ -316,7 +249,7 @@ class TraceResult:
     per_gfn: PerGfnCounts | None = None
     spte: SpteCounts | None = None
     contention: list[ContentionRow] | None = None
-    wait_hist: dict[str, list[Log2Bucket]] | None = None
+    wait_hist: dict[WaiterClass, list[Bucket]] | None = None
     funcs: list[FuncLatency] | None = None
     paths: dict[str, dict[str, int]] | None = None  # "age"/"test_age" -> path label -> calls
     lost: dict[str, int] = field(default_factory=dict)  # events missing from some count, by cause

@@ -44,18 +44,15 @@ from kvmctl.trace.records import (
     FuncRole,
     FuncsLost,
     LocksLost,
-    MemslotRange,
     PerGfnCounts,
     SpteCount,
     SpteCounts,
     SpteLost,
-    TaskClass,
     TaskCount,
     TraceResult,
     TraceTarget,
-    TraceWindow,
-    WaiterClass,
 )
+from kvmctl.vocab import TaskClass, TraceWindow, WaiterClass
 
 MAX_RANGES = 8  # -DMAX_RANGES: memslots per VM we filter on
 DEFAULT_PER_GFN_CAP = 1 << 21  # 8 GiB of 4 KiB pages
@@ -295,8 +292,8 @@ class Tracer:
         for kind in EventKind:
             row = by_kind_class.setdefault(kind.label, {})
             for cls in TaskClass:
-                leaf = totals[ctypes.c_int(kind * nc + cls)]
-                row[cls.label] = CallCount(int(leaf.calls), int(leaf.pages))
+                leaf = totals[ctypes.c_int(kind * nc + cls.code)]
+                row[cls.value] = CallCount(int(leaf.calls), int(leaf.pages))
         tasks = [
             TaskCount(k.pid, k.tgid, k.comm.decode(errors="replace"), EventKind(k.kind).label, int(v.calls),
                       int(v.pages))
@@ -362,13 +359,13 @@ class Tracer:
         rows = []
         for sid, waiter, lock, flags, total, max_ns, count in raw:
             fr = frames(sid)
-            rows.append(ContentionRow(sid, WaiterClass(waiter).label, lock, stacks.lock_type(flags),
+            rows.append(ContentionRow(sid, WaiterClass.from_code(waiter), lock, stacks.lock_type(flags),
                                       stacks.caller_of(fr), fr, total, max_ns, count, lock in mmu_locks))
         rows.sort(key=lambda r: -r.total_ns)
         result.contention = rows
         h = _table(prog, "wait_hist")
         result.wait_hist = {
-            w.label: hist.log2_buckets([int(h[ctypes.c_int(w * NR_SLOTS + s)].value) for s in range(NR_SLOTS)])
+            w: hist.log2_buckets([int(h[ctypes.c_int(w.code * NR_SLOTS + s)].value) for s in range(NR_SLOTS)])
             for w in WaiterClass
         }
         self._read_lost(prog, "locks", LocksLost, result)
@@ -389,12 +386,6 @@ class Tracer:
             for o, outer in enumerate(("age", "test_age"))
         }
         self._read_lost(prog, "funcs", FuncsLost, result)
-
-
-def target_from_memslots(vm_tgid: int, memslots, ager_tids: set[int] | None = None) -> TraceTarget:
-    """TraceTarget from objects with slot, gpa, size and hva (kvmctl.kvm.Memslot, the guest layer's slots)."""
-    ranges = [MemslotRange(m.slot, m.hva, m.size, m.gpa) for m in memslots]
-    return TraceTarget(vm_tgid, ranges, set(ager_tids or ()))
 
 
 def _table(prog: LoadedProgram, name: str):

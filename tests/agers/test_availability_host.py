@@ -10,6 +10,7 @@ import pytest
 from kvmctl.agers import AgerContext, get_ager, list_agers
 from kvmctl.agers.damon import DamonAger
 from kvmctl.probe.memory import DAMON_ADMIN
+from kvmctl.kvm import Memslot
 from kvmctl.errors import UnsupportedError
 
 pytestmark = pytest.mark.root
@@ -89,7 +90,7 @@ def test_damon_refuses_a_foreign_kdamond_and_writes_nothing(monkeypatch):
     assert not avail.ok
     assert "did not create" in avail.reason and "kdamonds/0" in avail.reason
     with pytest.raises(UnsupportedError):
-        ager.prepare(AgerContext(None, os.getpid(), [(0, 0x7F0000000000, 4096, 0, None)]))
+        ager.prepare(AgerContext(None, os.getpid(), [Memslot.at(0, 0, 4096, 0x7F0000000000)]))
     ager.restore()
     assert writes == []
     assert _damon_state() == before

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers.agers import cold_file
 
 from kvmctl import cleanup
+from kvmctl.kvm import Memslot
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import CgroupVersion, ExperimentCgroup, parse_proc_cgroup
@@ -91,7 +92,7 @@ def test_memcg_ager_squeezes_file_pages_out_and_restores_the_limit(reader, backi
 
     ager = get_ager("memcg")
     assert ager.availability().ok
-    ager.prepare(AgerContext(cg, child.pid, [(0, hva, SIZE, 0, str(backing))], options={"squeeze": 0.5}))
+    ager.prepare(AgerContext(cg, child.pid, [Memslot.at(0, 0, SIZE, hva, "file", str(backing))], options={"squeeze": 0.5}))
     record = ager.run_pass(0)
     ager.restore()
 

@@ -17,6 +17,7 @@ import textwrap
 import pytest
 from tests.helpers.agers import cold_file
 
+from kvmctl.kvm import Memslot
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.probe.memory import LRU_GEN_ENABLED
 from kvmctl.agers.residency import resident_pages
@@ -77,7 +78,8 @@ class Child:
         self.cg = ExperimentCgroup.create("mglru", parent=own)
         self.cg.add_pid(self.proc.pid)
         self.hva = int(self.cmd("go"))
-        self.ctx_slots = [(0, self.hva, SIZE, 0, None if source == "anon" else source)]
+        backing, path = ("anon", None) if source == "anon" else ("file", source)
+        self.ctx_slots = [Memslot.at(0, 0, SIZE, self.hva, backing, path)]
 
     def cmd(self, line: str) -> str:
         self.proc.stdin.write(line + "\n")

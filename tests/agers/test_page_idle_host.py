@@ -17,6 +17,7 @@ import pytest
 from tests.helpers.agers import HOT as HOT_FRACTION
 from tests.helpers.vm import VmChild
 
+from kvmctl.kvm import Memslot
 from kvmctl.agers import AgerContext, get_ager
 from kvmctl.kvm import BackingKind
 
@@ -67,7 +68,7 @@ def test_process_pages(page_idle):
                              stdout=subprocess.PIPE, text=True)
     try:
         hva = int(child.stdout.readline())
-        page_idle.prepare(AgerContext(None, child.pid, [(0, hva, SIZE, 0, None)]))
+        page_idle.prepare(AgerContext(None, child.pid, [Memslot.at(0, 0, SIZE, hva)]))
         first = page_idle.run_pass(0)
         assert first.idle is None and first.pages_marked_idle >= 0.99 * PAGES
         child.stdin.write(f"touch {HOT}\n")

@@ -29,7 +29,9 @@ import pytest
 
 from kvmctl.trace.catalogue import make_plan
 from kvmctl.probe.tracing import require_tracefs
-from kvmctl.trace.records import EventKind, MemslotRange, TaskClass
+from kvmctl.kvm import Memslot
+from kvmctl.trace.records import EventKind
+from kvmctl.vocab import TaskClass
 from kvmctl.trace.tracer import Tracer
 from tests.helpers.vm import VmChild
 from tests.helpers.tracefs import TraceLine, TracefsInstance
@@ -44,13 +46,13 @@ _KIND_OF_EVENT = {"kvm_age_hva": EventKind.AGE, "kvm_test_age_hva": EventKind.TE
                   "kvm_unmap_hva_range": EventKind.UNMAP}
 
 
-def _filters(m: MemslotRange) -> dict[str, str]:
+def _filters(m: Memslot) -> dict[str, str]:
     span = f"start < {m.hva_end} && end > {m.hva_start}"
     return {"kvm:kvm_age_hva": span, "kvm:kvm_unmap_hva_range": span,
             "kvm:kvm_test_age_hva": f"hva >= {m.hva_start} && hva < {m.hva_end}"}
 
 
-def _pages(line: TraceLine, m: MemslotRange) -> int:
+def _pages(line: TraceLine, m: Memslot) -> int:
     if line.event == "kvm_test_age_hva":
         return 1
     start, end = (int(x, 16) for x in _RANGE_RE.search(line.text).groups())
@@ -119,12 +121,12 @@ def test_bpf_aging_counts_match_tracefs_instance(own, offer, ager_tid):
     assert ours.calls > 0, "memcg reclaim in this thread made no kvm_age_hva calls on the VM"
     for kind in EventKind:
         for cls in TaskClass:
-            got = result.aging.by_kind_class[kind.label][cls.label]
+            got = result.aging.by_kind_class[kind.label][cls.value]
             lo, slack = certain[(kind, cls)], ambiguous[(kind, cls)]
             assert lo <= got.calls <= lo + slack, (
-                f"{kind.label}/{cls.label}: BPF {got.calls} calls, tracefs instance {lo} (+{slack} at the edges)")
+                f"{kind.label}/{cls.value}: BPF {got.calls} calls, tracefs instance {lo} (+{slack} at the edges)")
             if not slack:
-                assert got.pages == pages_certain[(kind, cls)], f"{kind.label}/{cls.label}: pages differ"
+                assert got.pages == pages_certain[(kind, cls)], f"{kind.label}/{cls.value}: pages differ"
 
     # The other views of the same events add up to the totals.
     for kind in EventKind:

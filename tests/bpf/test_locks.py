@@ -17,7 +17,8 @@ import pytest
 
 from kvmctl.trace import hist
 from kvmctl.trace.catalogue import make_plan
-from kvmctl.trace.records import MemslotRange, TraceTarget
+from kvmctl.kvm import Memslot
+from kvmctl.trace.records import TraceTarget
 from kvmctl.trace.stacks import is_lock_frame
 from kvmctl.trace.tracer import Tracer
 
@@ -35,7 +36,7 @@ def test_contention_rows_for_our_own_threads(offer):
     plan = make_plan(offer, wanted={"contention.locks", "contention.mmu_lock"})
     assert plan.programs() == {"locks.c"}, plan.not_observable
     # No VM here: a placeholder range that no aging event can hit.
-    target = TraceTarget(vm_tgid=0, memslots=[MemslotRange(0, 1 << 12, 1 << 12, 0)])
+    target = TraceTarget(vm_tgid=0, memslots=[Memslot.at(0, 0, 1 << 12, 1 << 12)])
     stop = threading.Event()
     tids: list[int] = []
     threads = [threading.Thread(target=_hammer, args=(stop, tids)) for _ in range(4)]

@@ -10,13 +10,14 @@ import pytest
 from kvmctl import cleanup
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.trace.catalogue import make_plan
-from kvmctl.trace.records import MemslotRange, TraceTarget
+from kvmctl.kvm import Memslot
+from kvmctl.trace.records import TraceTarget
 from kvmctl.trace.tracer import Tracer
 
 pytestmark = [pytest.mark.bpf, pytest.mark.root]
 
 # No VM needed: a range no aging event can hit.
-TARGET = TraceTarget(vm_tgid=os.getpid(), memslots=[MemslotRange(0, 1 << 12, 1 << 12, 0)])
+TARGET = TraceTarget(vm_tgid=os.getpid(), memslots=[Memslot.at(0, 0, 1 << 12, 1 << 12)])
 
 
 def bpf_fds() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from kvmctl.trace.hist import log2_buckets
 from kvmctl.report.model import (
     Aging,
     AgingSample,
@@ -33,7 +34,6 @@ from kvmctl.report.model import (
     TraceWindow,
     Verdict,
     WaiterClass,
-    buckets_from_bcc_slots,
     headline_figures,
 )
 
@@ -82,12 +82,12 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
     touched = {slot.gpa_start // 4096 + g: epochs for g in range(hot)}
     heat = HeatMap.from_gfn_counts(slot, aged, touched)
 
-    lat = buckets_from_bcc_slots([0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 340, 2210, 1830, 410, 35, 4, 1])
+    lat = log2_buckets([0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 340, 2210, 1830, 410, 35, 4, 1], dense=True)
     wait_vcpu = [Bucket(0, 1, 0), Bucket(2, 3, 0), Bucket(4, 7, 0), Bucket(8, 15, 0), Bucket(16, 31, 0),
                  Bucket(32, 63, 0), Bucket(64, 127, 0), Bucket(128, 255, 2), Bucket(256, 511, 9),
                  Bucket(512, 1023, 31), Bucket(1024, 2047, 18), Bucket(2048, 4095, 5)]
     rows = [
-        ContentionRow(65, 812_440, 3_920, 12_499, "rwlock:W", "kvm_mmu_page_fault+0x1b7", WaiterClass.VCPU, True,
+        ContentionRow(65, 812_440, 3_920, 12_499, "rwlock:W", "kvm_mmu_page_fault+0x1b7", WaiterClass.VM, True,
                       "0xffff8f2a41c0a148"),
         ContentionRow(19, 13_580_000, 1_170_000, 714_736, "spinlock", "__lock_task_sighand+0x3e", WaiterClass.OTHER,
                       False),

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from kvmctl.agers import MemslotRef
 from kvmctl.cgroup import ExperimentCgroup, Memcg
 from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.kvm import BackingKind
 from kvmctl.placement import AUTO, resolve_placement
-from kvmctl.trace.records import MemslotRange, TraceTarget
+from kvmctl.kvm import Memslot
+from kvmctl.trace.records import TraceTarget
 
 
 class VmChild:
@@ -37,7 +37,7 @@ class VmChild:
             info = self.proc.build(MachineSpec(mem_bytes=size, vcpus=1, backing=backing), None, None,
                                    nice=-10, cpus=self.placement.vm)
             undo.pop_all()
-        self.memslots = [MemslotRange(m["slot"], m["hva_start"], m["size"], m["gpa_start"]) for m in info["memslots"]]
+        self.memslots = [Memslot(**m) for m in info["memslots"]]
         self.backing = self.proc.backing_path(0)  # the first data memslot's, None if anonymous
 
     def epoch(self, pattern: str, write: bool) -> int:
@@ -60,10 +60,9 @@ class VmChild:
         """The VM's binary stats."""
         return self.proc.call("stats")
 
-    def slot_refs(self) -> list[MemslotRef]:
+    def slot_refs(self) -> list[Memslot]:
         """The data memslots as an ager's context wants them."""
-        return [MemslotRef(m.slot, m.hva_start, m.size, m.gpa_start, self.proc.backing_path(i))
-                for i, m in enumerate(self.memslots)]
+        return list(self.memslots)
 
     def target(self, ager_tids: set[int] | None = None) -> TraceTarget:
         return TraceTarget(self.pid, list(self.memslots), set(ager_tids or ()))

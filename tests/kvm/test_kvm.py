@@ -177,7 +177,7 @@ def test_memslot_add_and_remove(kvm):
         with pytest.raises(UsageError):
             vm.remove_memslot(0)
         vm.add_memslot(0, 0, a)  # the range and id are free again
-        assert vm.memslots[-1].describe()["gpa_end"] == 2 * MIB
+        assert vm.memslots[-1].gpa_end == 2 * MIB
 
 
 # --- binary stats ------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_temporary_file_backing_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_file_backing_at_given_path(tmp_path):
     path = tmp_path / "guest.mem"
     with GuestMachine(MachineSpec(4 * MIB, 1, backing=BackingKind.FILE, backing_path=str(path))) as m:
-        assert m.data_memslots[0].describe()["backing_path"] == str(path)
+        assert m.data_memslots[0].path == str(path)
         m.run_epoch(Pattern.parse("seq"), write=True, epoch=6)
         m.finish()
     # the stamps went to the page cache of that file, which outlives the VM

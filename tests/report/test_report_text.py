@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from kvmctl.report.model import Bucket, EpochRow, GuestFault, Report, buckets_from_bcc_slots
+from kvmctl.trace.hist import log2_buckets
+from kvmctl.report.model import Bucket, EpochRow, GuestFault, Report
 from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, hist_unit_label, log2_hist_lines, render_text
 from tests.helpers.reports import make_report, with_repeats
 
@@ -61,7 +62,7 @@ def test_log2_hist_matches_bcc():
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             bcc_table._print_log2_hist(slots, "nsecs", None)
-        ours = log2_hist_lines(buckets_from_bcc_slots(slots), "nsecs")
+        ours = log2_hist_lines(log2_buckets(slots, dense=True), "nsecs")
         assert "\n".join(ours) + "\n" == out.getvalue()
 
 

@@ -12,6 +12,7 @@ from kvmctl import cleanup
 from kvmctl.agers import AgerContext
 from kvmctl.agers.damon import DamonAger, DamonRegion, young_pages
 from kvmctl.probe.memory import foreign_kdamonds
+from kvmctl.kvm import Memslot
 from kvmctl.errors import KvmctlError, UnsupportedError
 
 
@@ -52,7 +53,7 @@ def snapshot(tree: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in tree.rglob("*") if p.is_file()}
 
 
-CTX_SLOTS = [(0, 0x7F0000000000, 16 * 4096, 0, "/backing")]
+CTX_SLOTS = [Memslot.at(0, 0, 16 * 4096, 0x7F0000000000)]
 
 
 def test_no_kdamond_means_none_foreign(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kvmctl import cleanup
-from kvmctl.agers import AgerContext, MemslotRef, PassRecord, get_ager, list_agers
+from kvmctl.agers import AgerContext, PassRecord, get_ager, list_agers
 from kvmctl.agers.base import page_gfns, page_hvas
 from kvmctl.agers.memcg import squeeze_target
 from kvmctl.agers.mglru import (
@@ -20,6 +20,7 @@ from kvmctl.agers.mglru import (
 from kvmctl.agers.page_idle import (KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, IdleBitmap, PageIdleAger, decode_pagemap,
                                     flag_pfns, word_runs)
 from kvmctl.agers.passive import PassiveAger
+from kvmctl.kvm import Memslot
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.probe.memory import parse_lru_gen_features, swap_total_bytes
 
@@ -43,13 +44,12 @@ def test_registry_names_and_unknown_ager():
 
 
 def test_context_accepts_plain_tuples_and_checks_the_page_count():
-    ctx = AgerContext(None, 1, [(0, 0x10000000, 8192, 0x100000, None), (1, 0x20000000, 4096, 0x200000, "/f")])
+    ctx = AgerContext(None, 1, [Memslot.at(0, 0x100000, 8192, 0x10000000), Memslot.at(1, 0x200000, 4096, 0x20000000)])
     assert ctx.guest_pages == 3
-    assert isinstance(ctx.memslots[0], MemslotRef)
     assert page_gfns(ctx.memslots).tolist() == [0x100, 0x101, 0x200]
     assert page_hvas(ctx.memslots).tolist() == [0x10000000, 0x10001000, 0x20000000]
     with pytest.raises(UsageError):
-        AgerContext(None, 1, [(0, 0, 8192, 0, None)], guest_pages=5)
+        AgerContext(None, 1, [Memslot.at(0, 0, 8192, 0)], guest_pages=5)
 
 
 def test_pass_record_to_dict_summarises_bitmaps():
@@ -170,7 +170,7 @@ def test_mglru_pass_issues_one_aging_command_per_node_and_restores_enabled(tmp_p
     monkeypatch.setattr(MglruAger, "_write", record_write)
     parent = Memcg(CgroupVersion.V1, tmp_path, "/process_api/abc")
     cg = ExperimentCgroup(parent.child("kvmctl-7-a"), parent)
-    ager.prepare(AgerContext(cg, 1, [(0, 0, 4096, 0, None)]))
+    ager.prepare(AgerContext(cg, 1, [Memslot.at(0, 0, 4096, 0)]))
     assert enabled.read_text() == "0x3"
     rec = ager.run_pass(0)
     assert rec.lru_gen_commands == ["+ 42 0 4 1 1", "+ 42 1 5 1 1"]
@@ -228,7 +228,7 @@ def test_page_idle_passes_on_fake_pagemap_and_bitmap(tmp_path, monkeypatch):
     _write_pagemap(proc / "77" / "pagemap", hva, [P | 100, P | 101, 0, P | 300])
     ager = PageIdleAger(bitmap, proc)
     assert ager.availability().ok
-    ager.prepare(AgerContext(None, 77, [(0, hva, 4 * 4096, 0, None)]))
+    ager.prepare(AgerContext(None, 77, [Memslot.at(0, 0, 4 * 4096, hva)]))
     rec0 = ager.run_pass(0)
     assert rec0.pages_marked_idle == 3 and rec0.idle is None
     words = np.frombuffer(bitmap.read_bytes(), dtype=np.uint64).copy()
@@ -250,7 +250,7 @@ def test_page_idle_without_pfns_asks_for_root(tmp_path, monkeypatch):
     bitmap.write_bytes(bytes(8))
     _write_pagemap(proc / "5" / "pagemap", 0x1000, [1 << 63])  # present, PFN hidden
     ager = PageIdleAger(bitmap, proc)
-    ager.prepare(AgerContext(None, 5, [(0, 0x1000, 4096, 0, None)]))
+    ager.prepare(AgerContext(None, 5, [Memslot.at(0, 0, 4096, 0x1000)]))
     with pytest.raises(KvmctlError) as exc:
         ager.run_pass(0)
     assert "root" in (exc.value.hint or "")
@@ -292,7 +292,7 @@ def test_page_idle_marks_and_reads_a_thp_through_its_head(tmp_path, monkeypatch)
     hva, P = 0x40000000, 1 << 63
     _write_pagemap(proc / "9" / "pagemap", hva, [P | pfn for pfn in range(1024, 1536)] + [P | 7])
     ager = PageIdleAger(bitmap, proc)
-    ager.prepare(AgerContext(None, 9, [(0, hva, 513 * 4096, 0, None)]))
+    ager.prepare(AgerContext(None, 9, [Memslot.at(0, 0, 513 * 4096, hva)]))
     rec0 = ager.run_pass(0)
     assert rec0.pages_marked_idle == 513
     words = np.frombuffer(bitmap.read_bytes(), dtype=np.uint64)

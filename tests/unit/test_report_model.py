@@ -11,6 +11,7 @@ import pytest
 
 from kvmctl.errors import KvmctlError, UsageError
 from kvmctl.report import model, output
+from kvmctl.trace.hist import log2_buckets
 from kvmctl.report.model import (
     REQUIRED_FIGURES,
     SCHEMA_VERSION,
@@ -25,7 +26,6 @@ from kvmctl.report.model import (
     TaskClass,
     Verdict,
     WaiterClass,
-    buckets_from_bcc_slots,
     headline_figures,
     load_report,
     write_report,
@@ -43,7 +43,7 @@ def _report() -> Report:
     r.aging.by_task.append(TaskAging(7, "kdamond.0", TaskClass.KDAMOND, 4, 12))
     r.mark_not_observable("aging.bits_cleared", "no TDP MMU")
     r.passes.append(PassRow(1, "memcg", 5, 9, hot_resident_fraction=1.0, refaults=0))
-    r.contention.rows.append(ContentionRow(3, 300, 200, 100, "rwlock:W", "kvm_mmu_page_fault+0x1", WaiterClass.VCPU,
+    r.contention.rows.append(ContentionRow(3, 300, 200, 100, "rwlock:W", "kvm_mmu_page_fault+0x1", WaiterClass.VM,
                                            True))
     r.histograms["aging_latency_ns:kvm_age_hva"] = [Bucket(0, 1, 2), Bucket(2, 3, 5)]
     r.fallback.verdict = Verdict.RMAP_SHADOW
@@ -87,8 +87,8 @@ def test_headline_figures_are_numbers_or_null():
 
 
 def test_bcc_slots():
-    assert buckets_from_bcc_slots([0, 3, 0, 5]) == [Bucket(0, 1, 3), Bucket(2, 3, 0), Bucket(4, 7, 5)]
-    assert buckets_from_bcc_slots([]) == []
+    assert log2_buckets([0, 3, 0, 5], dense=True) == [Bucket(0, 1, 3), Bucket(2, 3, 0), Bucket(4, 7, 5)]
+    assert log2_buckets([], dense=True) == []
 
 
 def test_heatmap_bins_keep_totals_and_ignore_foreign_gfns():

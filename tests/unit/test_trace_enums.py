@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmctl import vocab
 from kvmctl.trace import records
 from kvmctl.trace.loader import ebpf_dir
 
@@ -18,11 +19,11 @@ _ITEM_RE = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*,", re.M)
 MIRRORS = [
     ("ranges.h", "cfg", records.Cfg, "CFG_"),
     ("aging.c", "event_kind", records.EventKind, "KIND_"),
-    ("aging.c", "task_class", records.TaskClass, "CLASS_"),
+    ("aging.c", "task_class", vocab.TaskClass, "CLASS_"),
     ("aging.c", "aging_lost", records.AgingLost, "LOST_"),
     ("spte.c", "spte_count", records.SpteCount, "CNT_"),
     ("spte.c", "spte_lost", records.SpteLost, "LOST_"),
-    ("locks.c", "waiter_class", records.WaiterClass, "WAITER_"),
+    ("locks.c", "waiter_class", vocab.WaiterClass, "WAITER_"),
     ("locks.c", "locks_lost", records.LocksLost, "LOST_"),
     ("funcs.c", "fn_role", records.FuncRole, "ROLE_"),
     ("funcs.c", "funcs_lost", records.FuncsLost, "LOST_"),
@@ -35,10 +36,11 @@ def c_enums(path: Path) -> dict[str, dict[str, int]]:
 
 
 @pytest.mark.parametrize(("source", "c_name", "py_enum", "prefix"), MIRRORS, ids=[f"{m[0]}:{m[1]}" for m in MIRRORS])
-def test_python_enum_mirrors_c_enum(source, c_name, py_enum: type[enum.IntEnum], prefix):
+def test_python_enum_mirrors_c_enum(source, c_name, py_enum: type[enum.Enum], prefix):
     items = c_enums(ebpf_dir() / source)[c_name]
     c_items = {k.removeprefix(prefix): v for k, v in items.items() if not k.startswith("NR_")}
-    assert c_items == {m.name: m.value for m in py_enum}
+    # IntEnums are the map index themselves; the shared string enums carry it as ``code``
+    assert c_items == {m.name: getattr(m, "code", m.value) for m in py_enum}
     counts = [v for k, v in items.items() if k.startswith("NR_")]
     if counts:  # NR_* closes the enum and sizes the maps
         assert counts == [len(py_enum)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.trace.hist import hist_quantile, hist_total, log2_buckets, slot_bounds
-from kvmctl.trace.records import Log2Bucket
+from kvmctl.vocab import Bucket
 
 
 def bpf_log2(v: int) -> int:
@@ -47,12 +47,12 @@ def test_slots_tile_the_number_line():
 def test_buckets_skip_empty_slots_and_keep_order():
     counts = [0] * 64
     counts[1], counts[11], counts[20] = 2, 5, 1
-    assert log2_buckets(counts) == [Log2Bucket(0, 1, 2), Log2Bucket(1024, 2047, 5), Log2Bucket(524288, 1048575, 1)]
+    assert log2_buckets(counts) == [Bucket(0, 1, 2), Bucket(1024, 2047, 5), Bucket(524288, 1048575, 1)]
     assert log2_buckets([0] * 64) == []
 
 
 def test_quantiles_are_bucket_upper_bounds():
-    buckets = [Log2Bucket(512, 1023, 90), Log2Bucket(1024, 2047, 9), Log2Bucket(1 << 20, (1 << 21) - 1, 1)]
+    buckets = [Bucket(512, 1023, 90), Bucket(1024, 2047, 9), Bucket(1 << 20, (1 << 21) - 1, 1)]
     assert hist_total(buckets) == 100
     assert hist_quantile(buckets, 0.5) == 1023
     assert hist_quantile(buckets, 0.95) == 2047

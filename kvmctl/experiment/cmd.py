@@ -110,7 +110,8 @@ def main(args) -> int:
         check_writable(args.output)
         progress(f"the report goes to {args.output}")
         from kvmctl.experiment.runner import Experiment
-        from kvmctl.report.model import headline_figures, write_report
+        from kvmctl.report.figures import headline_figures
+        from kvmctl.report.files import write_report
         from kvmctl.report.textual import render_text
 
         for i in range(spec.repeat):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmctl.report.model import Verdict
+from kvmctl.report.schema import Verdict
 
 
 @dataclass

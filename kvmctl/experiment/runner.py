@@ -31,7 +31,8 @@ from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched
 from kvmctl.kvm.memslot import Memslot
 from kvmctl.placement import CpuPlacement, format_cpu_list, pinned, thread_affinities
-from kvmctl.report import model as rm
+from kvmctl.report import schema as rm
+from kvmctl.report.figures import REQUIRED_FIGURES, get_figure
 from kvmctl.units import PAGE_SIZE, parse_duration
 
 
@@ -177,8 +178,8 @@ class Experiment:
             raise
         finally:
             self._finish_trace()
-            for name in rm.REQUIRED_FIGURES:
-                if rm.get_figure(report, name) is None and report.reason_for(name) == "no reason recorded":
+            for name in REQUIRED_FIGURES:
+                if get_figure(report, name) is None and report.reason_for(name) == "no reason recorded":
                     report.probes.not_observable.setdefault(
                         name, "the run was cut short first" if not report.complete else "not measured")
         return report

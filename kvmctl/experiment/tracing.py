@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvmctl.report import model as rm
+from kvmctl.report import schema as rm
 from kvmctl.probe import HostCaps
 from kvmctl.probe.bpf import find_headers
 from kvmctl.trace.catalogue import kernel_offer, make_plan

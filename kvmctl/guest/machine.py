@@ -20,14 +20,14 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from kvmctl.errors import GuestError, KvmctlError, UnsupportedError, UsageError
 from kvmctl.guest import longmode as lm
 from kvmctl.guest.mailbox import (
-    EXCEPTION_NAMES, MAILBOX_MAGIC, SYNC_READY, Command, GuestErrorCode, Mailbox, Port,
+    EXCEPTION_NAMES, MAILBOX_MAGIC, Command, GuestErrorCode, Mailbox, Port,
 )  # fmt: skip
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched, partition, random_key
 from kvmctl.guest.payload import Payload

@@ -135,7 +135,7 @@ def nested_fallback_run() -> NestedFallback:
 
 
 def nested_fallback() -> str:
-    from kvmctl.report.model import Verdict
+    from kvmctl.report.schema import Verdict
 
     nf = nested_fallback_run()
     if nf.before.get("rmap", 0) or nf.before.get("both", 0) or not nf.before.get("tdp", 0):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmctl.errors import UsageError
-from kvmctl.report.model import Report
+from kvmctl.report.schema import Report
 
 PID = 1
 TID_KVMCTL = 1

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from kvmctl.errors import UsageError
-from kvmctl.report.model import Report, load_report, read_report_dict
+from kvmctl.report.schema import Report
+from kvmctl.report.files import load_report, read_report_dict
 from kvmctl.report.output import write_atomic
 
 

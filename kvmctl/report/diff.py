@@ -19,7 +19,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvmctl.report.model import HEADLINE, Figure, Report, Unit, get_figure
+from kvmctl.report.schema import Report
+from kvmctl.report.figures import HEADLINE, Figure, Unit, get_figure
 from kvmctl.report.textual import WIDTH, fmt_value
 
 NOISE_SIGMAS = 2.0

@@ -12,7 +12,8 @@ import statistics
 import textwrap
 from collections import defaultdict
 
-from kvmctl.report.model import HEADLINE, Bucket, ContentionRow, Report, Unit, get_figure
+from kvmctl.report.schema import Bucket, ContentionRow, Report
+from kvmctl.report.figures import HEADLINE, Unit, get_figure
 from kvmctl.units import format_size
 
 WIDTH = 80

@@ -38,7 +38,7 @@ import pytest
 from kvmctl import cleanup
 from kvmctl.experiment.runner import Experiment
 from kvmctl.experiment.spec import ExperimentSpec
-from kvmctl.report import model as rm
+from kvmctl.report import schema as rm
 from kvmctl.probe.tracing import require_tracefs
 from kvmctl.trace.records import EventKind
 from tests.helpers.tracefs import TraceLine, TracefsInstance

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from kvmctl.placement import format_cpu_list, resolve_placement
-from kvmctl.report import model as rm
+from kvmctl.report import schema as rm
 from tests.helpers.experiments import assert_memslots_consistent, assert_nulls_explained, by_class, dig, run_cli
 
 pytestmark = [pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root, pytest.mark.slow]

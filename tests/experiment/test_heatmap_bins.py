@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kvmctl.experiment.tracing import _heatmaps
-from kvmctl.report import model as rm
+from kvmctl.report import schema as rm
 
 PAGE = 4096
 GIB4 = 1 << 32

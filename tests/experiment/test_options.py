@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvmctl.report import model as rm
+from kvmctl.report import schema as rm
+from kvmctl.report.figures import HEADLINE
 from tests.helpers.experiments import assert_memslots_consistent, assert_nulls_explained, by_class
 
 pytestmark = [pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root, pytest.mark.slow]
@@ -72,7 +73,7 @@ def test_between_mode_runs_passes_while_the_guest_is_paused(experiment):
 def test_repeat_keeps_every_runs_headline(experiment):
     r = complete(experiment("--repeat", "2", "--mem", "128M", "--passes", "1"))
     assert len(r["repeats"]) == 2
-    keys = {f.key for f in rm.HEADLINE}
+    keys = {f.key for f in HEADLINE}
     for run in r["repeats"]:
         assert set(run) == keys
         assert run["ground_truth.hot_resident_fraction"] is not None

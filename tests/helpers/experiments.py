@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kvmctl.report import model as rm
+from kvmctl.report.figures import REQUIRED_FIGURES
 
 RUN_TIMEOUT_S = 600
 
@@ -37,7 +37,7 @@ def dig(report: dict, dotted: str):
 def assert_nulls_explained(report: dict) -> None:
     """Every required figure exists; a null one has a reason in probes.not_observable."""
     reasons = report["probes"]["not_observable"]
-    for key in rm.REQUIRED_FIGURES + ("schema_version", "complete", "probes.chosen", "probes.not_observable",
+    for key in REQUIRED_FIGURES + ("schema_version", "complete", "probes.chosen", "probes.not_observable",
                                       "memslots"):
         value = dig(report, key)
         if value is None:

@@ -12,30 +12,8 @@ from __future__ import annotations
 import random
 
 from kvmctl.trace.hist import log2_buckets
-from kvmctl.report.model import (
-    Aging,
-    AgingSample,
-    Bucket,
-    Contention,
-    ContentionRow,
-    EpochRow,
-    Fallback,
-    GroundTruth,
-    HeatMap,
-    Headers,
-    HostFacts,
-    Memslot,
-    Mmu,
-    PassRow,
-    Probes,
-    Report,
-    TaskAging,
-    TaskClass,
-    TraceWindow,
-    Verdict,
-    WaiterClass,
-    headline_figures,
-)
+from kvmctl.report.schema import Aging, AgingSample, Bucket, Contention, ContentionRow, EpochRow, Fallback, GroundTruth, Headers, HeatMap, HostFacts, Memslot, Mmu, PassRow, Probes, Report, TaskAging, TaskClass, TraceWindow, Verdict, WaiterClass
+from kvmctl.report.figures import headline_figures
 
 MIB = 1 << 20
 T0 = 1_000_000_000_000  # CLOCK_MONOTONIC at probe attach

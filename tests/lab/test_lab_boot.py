@@ -7,11 +7,7 @@ so the whole tier stays within CI's ~10 minute budget.
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 

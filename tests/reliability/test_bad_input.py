@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 from kvmctl.errors import ExitCode, KvmctlError, UsageError
-from kvmctl.report.model import SCHEMA_VERSION, Report, write_report
+from kvmctl.report.schema import SCHEMA_VERSION, Report
+from kvmctl.report.files import write_report
 from tests.helpers.hoststate import HostState, assert_nothing_left, assert_one_line_error, private_env, run_kvmctl
 
 USAGE, UNSUPPORTED, PERMISSION, FAILURE = ExitCode.USAGE, ExitCode.UNSUPPORTED, ExitCode.PERMISSION, ExitCode.FAILURE

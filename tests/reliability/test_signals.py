@@ -155,7 +155,7 @@ def test_sigkill_of_the_controller_takes_the_vm_child_with_it(tmp_path):
 # cleanup after the run and the report write. A prelude (run in the kvmctl
 # process only) slows each down and announces it; the signal lands inside.
 SLOW_WRITE = """
-import time, kvmctl.report.model as m
+import time, kvmctl.report.files as m
 _write = m.write_report
 def slow_write(report, path):
     print("[test] writing the report", file=sys.stderr, flush=True)

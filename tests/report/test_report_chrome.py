@@ -8,7 +8,7 @@ import pytest
 
 from kvmctl.errors import UsageError
 from kvmctl.report.chrome import chrome_trace
-from kvmctl.report.model import Report
+from kvmctl.report.schema import Report
 from tests.helpers.reports import make_report
 
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from kvmctl.errors import ExitCode
-from kvmctl.report.model import SCHEMA_VERSION, write_report
+from kvmctl.report.schema import SCHEMA_VERSION
+from kvmctl.report.files import write_report
 from kvmctl.report.textual import render_text
 from tests.helpers.reports import make_report, with_repeats
 

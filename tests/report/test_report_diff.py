@@ -7,7 +7,8 @@ import math
 import pytest
 
 from kvmctl.report.diff import Noise, Side, compare, compare_figure, diff_json, pooled_sd, render_diff
-from kvmctl.report.model import HEADLINE, Report
+from kvmctl.report.schema import Report
+from kvmctl.report.figures import HEADLINE
 from kvmctl.report.textual import WIDTH
 from tests.helpers.reports import make_report, with_repeats
 

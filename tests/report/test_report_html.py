@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvmctl.report.html import plots, render_html
-from kvmctl.report.model import AgingSample, Report
+from kvmctl.report.schema import AgingSample, Report
 from tests.helpers.pages import chromium, parse, run_chromium
 from tests.helpers.reports import make_report
 

@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from kvmctl.report.model import REQUIRED_FIGURES, load_report
+from kvmctl.report.figures import REQUIRED_FIGURES
+from kvmctl.report.files import load_report
 from kvmctl.report.textual import WIDTH
 from tests.helpers.pages import chromium, parse, run_chromium
 

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from kvmctl.trace.hist import log2_buckets
-from kvmctl.report.model import Bucket, EpochRow, GuestFault, Report
+from kvmctl.report.schema import Bucket, EpochRow, GuestFault, Report
 from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, hist_unit_label, log2_hist_lines, render_text
 from tests.helpers.reports import make_report, with_repeats
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvmctl.experiment.fallback import FallbackInputs, decide
-from kvmctl.report.model import Verdict
+from kvmctl.report.schema import Verdict
 
 SHADOW_STATS = {"pages_4k": 16390, "pages_2m": 0, "mmu_cache_miss": 133, "mmu_shadow_zapped": 0,
                 "max_mmu_rmap_size": 0, "remote_tlb_flush": 0}

@@ -10,26 +10,11 @@ import stat
 import pytest
 
 from kvmctl.errors import KvmctlError, UsageError
-from kvmctl.report import model, output
+from kvmctl.report import files, output
 from kvmctl.trace.hist import log2_buckets
-from kvmctl.report.model import (
-    REQUIRED_FIGURES,
-    SCHEMA_VERSION,
-    Bucket,
-    ContentionRow,
-    HeatMap,
-    Memslot,
-    Mmu,
-    PassRow,
-    Report,
-    TaskAging,
-    TaskClass,
-    Verdict,
-    WaiterClass,
-    headline_figures,
-    load_report,
-    write_report,
-)
+from kvmctl.report.schema import SCHEMA_VERSION, Bucket, ContentionRow, HeatMap, Memslot, Mmu, PassRow, Report, TaskAging, TaskClass, Verdict, WaiterClass
+from kvmctl.report.figures import REQUIRED_FIGURES, headline_figures
+from kvmctl.report.files import load_report, write_report
 
 SLOT = Memslot(0, 0x100000000, 0x100000000 + (1 << 20), 0x7F0000000000, 0x7F0000000000 + (1 << 20), 1 << 20, "file",
                "/tmp/guest.mem")
@@ -54,7 +39,7 @@ def _report() -> Report:
 
 def test_round_trip():
     r = _report()
-    data = json.loads(model.report_json(r))
+    data = json.loads(files.report_json(r))
     assert Report.from_dict(data) == r
     assert data["aging"]["by_task"][0]["class"] == "kdamond"  # JSON keys, not Python names
     assert data["passes"][0]["pass"] == 1
@@ -139,16 +124,16 @@ def test_load_binary(tmp_path):
 
 
 def test_load_truncated_file(tmp_path):
-    text = model.report_json(_report())
+    text = files.report_json(_report())
     (tmp_path / "r.json").write_text(text[: len(text) // 2])
     _expect_usage(tmp_path / "r.json", "truncated")
 
 
 def test_truncated_at_every_point():
-    text = model.report_json(_report())
+    text = files.report_json(_report())
     for cut in range(1, len(text) - 2):  # inside strings, numbers, literals, keys, between items
         with pytest.raises(UsageError, match="truncated"):
-            model.parse_report_text(text[:cut], "r.json")
+            files.parse_report_text(text[:cut], "r.json")
 
 
 def test_load_other_json(tmp_path):
@@ -180,7 +165,7 @@ def test_load_migrates_older_version(tmp_path, monkeypatch):
         d["aging"]["calls"] = d["aging"].pop("calls_total")
         return d | {"schema_version": 1}
 
-    monkeypatch.setitem(model.MIGRATIONS, 0, v0_to_v1)
+    monkeypatch.setitem(files.MIGRATIONS, 0, v0_to_v1)
     assert load_report(tmp_path / "r.json") == _report()
 
 

@@ -1,0 +1,91 @@
+"""Which report figures matter: the required ones, the headline, and dotted access to them.
+
+A figure is a dotted path into the report (``"ground_truth.refaults"``).
+Required figures are in every report, null with a reason when unknown; the
+headline is what ``report show`` leads with, ``report diff`` compares and
+``--repeat`` records. A new headline figure is one line in ``HEADLINE``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvmctl.report.schema import Report
+
+# Figures other tools rely on: present in every report, null + reason when unknown.
+REQUIRED_FIGURES: tuple[str, ...] = (
+    "host.mmu",
+    "aging.calls",
+    "aging.pages",
+    "aging.background_calls",
+    "aging.bits_cleared",
+    "ground_truth.hot_resident_fraction",
+    "ground_truth.evicted_cold_fraction",
+    "ground_truth.refaults",
+    "contention.mmu_lock_wait_ns",
+    "fallback.verdict",
+    "fallback.rmap_share",
+    "lost_events",
+    "trace_window.start_ns",
+    "trace_window.end_ns",
+)
+
+
+class Unit(enum.Enum):
+    COUNT = "count"
+    FRACTION = "fraction"
+    NS = "ns"
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str  # dotted path into the report
+    label: str
+    unit: Unit
+    lower_is_better: bool | None = None  # None: neither direction is "better"
+
+
+# The headline: what `report show` leads with, `report diff` compares and repeats record.
+HEADLINE: tuple[Figure, ...] = (
+    Figure("aging.calls", "aging calls", Unit.COUNT),
+    Figure("aging.pages", "pages aged", Unit.COUNT),
+    Figure("aging.background_calls", "background aging calls", Unit.COUNT),
+    Figure("aging.bits_cleared", "accessed bits cleared", Unit.COUNT),
+    Figure("ground_truth.hot_resident_fraction", "hot pages resident", Unit.FRACTION, False),
+    Figure("ground_truth.evicted_cold_fraction", "evicted pages that were cold", Unit.FRACTION, False),
+    Figure("ground_truth.refaults", "re-faults of evicted pages", Unit.COUNT, True),
+    Figure("ground_truth.precision", "young/idle precision", Unit.FRACTION, False),
+    Figure("ground_truth.recall", "young/idle recall", Unit.FRACTION, False),
+    Figure("contention.mmu_lock_wait_ns", "mmu_lock wait", Unit.NS, True),
+    Figure("fallback.rmap_share", "aging calls on the rmap path", Unit.FRACTION),
+    Figure("lost_events", "lost events", Unit.COUNT, True),
+)
+
+
+def get_figure(report: Report, key: str) -> Any:
+    obj: Any = report
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj.value if isinstance(obj, enum.Enum) else obj
+
+
+def set_figure(report: Report, key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    obj: Any = report
+    for part in path:
+        obj = getattr(obj, part)
+    if not hasattr(obj, last):
+        raise AttributeError(f"report has no figure {key!r}")
+    setattr(obj, last, value)
+
+
+def headline_figures(report: Report) -> dict[str, float | None]:
+    """The headline as plain numbers: one entry of ``Report.repeats``."""
+    out: dict[str, float | None] = {}
+    for fig in HEADLINE:
+        value = get_figure(report, fig.key)
+        out[fig.key] = None if value is None else float(value)
+    return out

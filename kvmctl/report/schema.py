@@ -1,0 +1,298 @@
+"""The experiment report's schema: one versioned dataclass tree.
+
+The experiment fills a :class:`Report`; every renderer (text, HTML, diff,
+Chrome trace) reads only this tree. Figures a host cannot observe stay
+``None`` and carry a reason in ``probes.not_observable`` keyed by the figure's
+dotted name (``"aging.bits_cleared"``), so no renderer ever shows a made-up 0.
+``docs/report-schema.md`` documents every field; a new field goes here and
+there (a test checks that every field is documented).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from kvmctl import __version__
+from kvmctl.kvm.memslot import Memslot
+from kvmctl.report.figures import REQUIRED_FIGURES, get_figure, set_figure
+from kvmctl.report.serialize import dump, load
+from kvmctl.vocab import Bucket, TaskClass, TraceWindow, WaiterClass
+
+SCHEMA_VERSION = 1
+KIND = "kvmctl-report"
+HEATMAP_BINS = 64  # fixed so that heat maps of two reports line up bin by bin
+
+
+class Mmu(str, enum.Enum):
+    TDP = "tdp"  # EPT/NPT with the TDP MMU
+    SHADOW = "shadow"  # shadow paging (PVM, or no TDP MMU)
+
+
+class Verdict(str, enum.Enum):
+    """Which aging path the experiment VM's aging calls took."""
+
+    TDP = "tdp"
+    RMAP_SHADOW = "rmap (no TDP MMU: shadow paging)"
+    RMAP_NESTED = "rmap (nested)"
+
+
+class Headers(str, enum.Enum):
+    """Which kernel headers BCC compiled the probes against."""
+
+    EXACT = "exact"
+    MISMATCHED = "mismatched"
+    NONE = "none"  # BCC not used (nothing traced)
+
+
+def _key(name: str) -> dict:
+    """Field metadata: the JSON key differs from the Python name (keywords)."""
+    return {"key": name}
+
+
+@dataclass
+class HostFacts:
+    kernel_release: str | None = None
+    machine: str | None = None
+    kvm_module: str | None = None  # kvm_intel, kvm_amd, kvm_pvm
+    mmu: Mmu | None = None
+    tdp_mmu: bool | None = None
+    lockless_aging: bool | None = None  # CONFIG_KVM_MMU_LOCKLESS_AGING
+    headers: Headers | None = None
+    headers_version: str | None = None  # e.g. "6.1.0-28-amd64" when mismatched
+    cpus: int | None = None
+    memory_bytes: int | None = None
+
+
+@dataclass
+class Probes:
+    chosen: dict[str, str] = field(default_factory=dict)  # measurement -> attach point
+    not_observable: dict[str, str] = field(default_factory=dict)  # figure/measurement -> reason
+
+
+@dataclass
+class TaskAging:
+    pid: int
+    comm: str
+    task_class: TaskClass = field(metadata=_key("class"))
+    calls: int
+    pages: int
+
+
+@dataclass
+class AgingSample:
+    t_offset_ns: int  # interval start, from trace_window.start_ns
+    calls: int
+    pages: int
+    background_calls: int
+    background_pages: int
+
+
+@dataclass
+class Aging:
+    calls: int | None = None  # all aging calls on our VM's memslots (ours + background)
+    pages: int | None = None  # guest pages those calls covered
+    background_calls: int | None = None  # calls not made by our ager
+    background_pages: int | None = None
+    bits_cleared: int | None = None  # accessed bits actually cleared (TDP MMU only)
+    interval_ns: int | None = None  # width of one series sample
+    by_task: list[TaskAging] = field(default_factory=list)
+    series: list[AgingSample] = field(default_factory=list)
+
+
+@dataclass
+class ContentionRow:
+    """One ``perf lock contention`` row: a (caller, lock, waiter) key."""
+
+    contended: int
+    total_wait_ns: int
+    max_wait_ns: int
+    avg_wait_ns: int
+    lock_type: str  # spinlock, rwlock:W, rwsem:R, mutex, ...
+    caller: str  # first non-lock frame, symbol+offset
+    waiter_class: WaiterClass
+    is_mmu_lock: bool
+    lock: str | None = None  # lock address or symbol when known
+
+
+@dataclass
+class Contention:
+    mmu_lock_wait_ns: int | None = None  # total wait on our VM's mmu_lock
+    mmu_lock_contended: int | None = None
+    rows: list[ContentionRow] = field(default_factory=list)
+
+
+@dataclass
+class GroundTruth:
+    hot_pages: int | None = None
+    cold_pages: int | None = None
+    hot_resident_fraction: float | None = None  # after the last pass
+    cold_resident_fraction: float | None = None
+    evicted_pages: int | None = None
+    evicted_cold_fraction: float | None = None
+    refaults: int | None = None  # evicted pages the guest touched again
+    precision: float | None = None  # young/idle verdicts vs the touched set
+    recall: float | None = None
+    scored_by: str | None = None  # the ager whose decisions were scored
+
+
+@dataclass
+class Spte:
+    """Mappings of the VM's data pages (kvmmmu tracepoints) beside the pages_4k gauge."""
+
+    set_spte: int | None = None  # kvm_mmu_set_spte events on data gfns in the trace window
+    refaults: int | None = None  # of those, re-mappings of a gfn mapped before (after a zap)
+    gfns_mapped: int | None = None  # distinct data gfns mapped at least once
+    shadow_pages_created: int | None = None  # kvm_mmu_get_page events that created a shadow page
+    pages_4k_at_build: int | None = None  # VM stat pages_4k after the VM was built (system pages)
+    pages_4k_after_populate: int | None = None  # ... after the populate epoch (system + every data page)
+    pages_4k_at_end: int | None = None  # ... at the end of the run
+
+
+@dataclass
+class Fallback:
+    verdict: Verdict | None = None
+    tdp_share: float | None = None  # share of aging calls on the TDP path
+    rmap_share: float | None = None
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EpochRow:
+    epoch: int
+    vcpu: int
+    pattern: str
+    pages_touched: int
+    guest_seconds: float
+    wall_seconds: float
+    start_ns: int | None = None  # CLOCK_MONOTONIC, for the timeline export
+    end_ns: int | None = None
+
+
+@dataclass
+class PassRow:
+    pass_no: int = field(metadata=_key("pass"))
+    ager: str
+    start_ns: int  # CLOCK_MONOTONIC
+    end_ns: int
+    hot_resident_fraction: float | None = None
+    cold_resident_fraction: float | None = None
+    evicted_pages: int | None = None
+    refaults: int | None = None  # since the previous pass
+    aging_calls: int | None = None  # during the pass
+    aging_pages: int | None = None
+    background_calls: int | None = None
+    aging_paths: dict[str, int] | None = None  # kvm_age_gfn calls per path during the pass (function probes)
+
+
+@dataclass
+class HeatMap:
+    """Aged vs touched counts along one memslot, in HEATMAP_BINS bins.
+
+    Bin i covers the slot's pages [i*pages//bins, (i+1)*pages//bins).
+    """
+
+    slot: int
+    pages: int
+    bins: int
+    aged: list[int]  # aging visits per bin (sum over the bin's pages)
+    touched: list[int]  # epochs that touched a page, summed per bin
+
+    @classmethod
+    def from_gfn_counts(
+        cls,
+        memslot: Memslot,
+        aged: Mapping[int, int],
+        touched: Mapping[int, int],
+        bins: int = HEATMAP_BINS,
+    ) -> HeatMap:
+        """Bin per-gfn counts (absolute gfns; others ignored) over ``memslot``."""
+        pages = memslot.pages
+        base = memslot.gfn_start
+        bins = min(bins, pages)
+        edges = (np.arange(bins, dtype=np.int64) * pages) // bins
+
+        def binned(counts: Mapping[int, int]) -> list[int]:
+            per_page = np.zeros(pages, dtype=np.int64)
+            for gfn, n in counts.items():
+                if 0 <= gfn - base < pages:
+                    per_page[gfn - base] += n
+            return [int(x) for x in np.add.reduceat(per_page, edges)]
+
+        return cls(memslot.slot, pages, bins, binned(aged), binned(touched))
+
+
+@dataclass
+class GuestFault:
+    message: str
+    registers: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    kind: str = KIND
+    schema_version: int = SCHEMA_VERSION
+    complete: bool = False  # set True only when the run finished normally
+    incomplete_reason: str | None = None
+    kvmctl_version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    command_line: list[str] = field(default_factory=list)
+    host: HostFacts = field(default_factory=HostFacts)
+    spec: dict[str, Any] = field(default_factory=dict)
+    probes: Probes = field(default_factory=Probes)
+    trace_window: TraceWindow = field(default_factory=TraceWindow)
+    memslots: list[Memslot] = field(default_factory=list)
+    aging: Aging = field(default_factory=Aging)
+    histograms: dict[str, list[Bucket]] = field(default_factory=dict)
+    contention: Contention = field(default_factory=Contention)
+    ground_truth: GroundTruth = field(default_factory=GroundTruth)
+    fallback: Fallback = field(default_factory=Fallback)
+    spte: Spte = field(default_factory=Spte)
+    lost_events: int | None = None
+    epochs: list[EpochRow] = field(default_factory=list)
+    passes: list[PassRow] = field(default_factory=list)
+    heatmaps: list[HeatMap] = field(default_factory=list)
+    vm_stats: dict[str, int | list[int]] = field(default_factory=dict)
+    repeats: list[dict[str, float | None]] = field(default_factory=list)
+    guest_fault: GuestFault | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dump(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """Build from a current-schema dict; UsageError names a bad field."""
+        return load(cls, data, "")
+
+    def mark_not_observable(self, figure: str, reason: str) -> None:
+        """Set a figure (dotted name) to null and record why."""
+        set_figure(self, figure, None)
+        self.probes.not_observable[figure] = reason
+
+    def reason_for(self, figure: str) -> str:
+        """Why a null figure is null, in words fit for the user."""
+        reason = self.probes.not_observable.get(figure)
+        if reason is None and "." in figure:  # a whole measurement may be marked
+            reason = self.probes.not_observable.get(figure.split(".", 1)[0])
+        if reason is not None:
+            return reason
+        if not self.complete:
+            return "the run was cut short first"
+        return "no reason recorded"
+
+    def unexplained_nulls(self) -> list[str]:
+        """Required figures that are null without a recorded reason."""
+        return [
+            k
+            for k in REQUIRED_FIGURES
+            if get_figure(self, k) is None and self.reason_for(k) == "no reason recorded"
+        ]
+
+
+__all__ = ["Bucket", "Memslot", "TaskClass", "TraceWindow", "WaiterClass"]

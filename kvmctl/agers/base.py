@@ -89,23 +89,13 @@ def page_hvas(memslots: list[Memslot]) -> np.ndarray:
 
 @dataclass
 class PassRecord:
-    """What one ager pass did and saw. Times are time.monotonic_ns()."""
+    """What one ager pass did and saw; each ager extends it with its own fields. Times are time.monotonic_ns()."""
 
     ager: str
     index: int
     start_ns: int = 0
     end_ns: int = 0
     thread_ids: list[int] = field(default_factory=list)  # native tids that did the aging (for the tracer)
-    bytes_requested: int = 0
-    bytes_reclaimed: int = 0
-    usage_before: int | None = None
-    usage_after: int | None = None
-    limit_steps: list[dict[str, Any]] = field(default_factory=list)
-    pages_marked_idle: int = 0
-    pages_found_idle: int = 0
-    lru_gen_commands: list[str] = field(default_factory=list)
-    generations: list[dict[str, int]] = field(default_factory=list)  # MGLRU per-gen counts after the pass
-    counters: dict[str, int] = field(default_factory=dict)  # kernel event counts over the pass (memory.stat deltas)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # Per guest page (see module doc): True = idle (not accessed since marked).
@@ -133,6 +123,8 @@ class Ager(abc.ABC):
     name: ClassVar[str]
     # One line for `kvmctl info` and --help.
     summary: ClassVar[str] = ""
+    # What a pass of this ager records.
+    record_type: ClassVar[type[PassRecord]] = PassRecord
 
     def __init__(self) -> None:
         self.ctx: AgerContext | None = None
@@ -163,7 +155,7 @@ class Ager(abc.ABC):
     def run_pass(self, index: int) -> PassRecord:
         if self.ctx is None:
             raise UsageError(f"ager {self.name} was not prepared", "call prepare(ctx) before run_pass()")
-        record = PassRecord(ager=self.name, index=index, thread_ids=[threading.get_native_id()])
+        record = self.record_type(ager=self.name, index=index, thread_ids=[threading.get_native_id()])
         record.start_ns = time.monotonic_ns()
         try:
             self._run_pass(record)

@@ -70,9 +70,15 @@ def young_pages(hvas: np.ndarray, regions: list[DamonRegion]) -> tuple[np.ndarra
     return young, observed
 
 
+@dataclass
+class DamonPass(PassRecord):
+    pages_found_idle: int = 0
+
+
 class DamonAger(Ager):
     name = "damon"
     summary = "a kdamond of our own (vaddr on the VM pid); refuses if any other kdamond exists"
+    record_type = DamonPass
 
     def __init__(self, admin: Path = DAMON_ADMIN):
         super().__init__()
@@ -134,7 +140,7 @@ class DamonAger(Ager):
         self._write(k / "state", "on")
         self._kdamond_pid = int(_read(k / "pid"))
 
-    def _run_pass(self, record: PassRecord) -> None:
+    def _run_pass(self, record: DamonPass) -> None:
         assert self.ctx is not None and self._owned is not None
         record.thread_ids = [self._kdamond_pid] if self._kdamond_pid else []
         time.sleep(float(self._option("pass_s", 1.0)))

@@ -15,6 +15,9 @@ Options (``ctx.options``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
 from kvmctl.cgroup import ExperimentCgroup
 from kvmctl.errors import UsageError
@@ -47,9 +50,20 @@ def stat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in _COUNTERS if k in before and k in after}
 
 
+@dataclass
+class MemcgPass(PassRecord):
+    bytes_requested: int = 0
+    bytes_reclaimed: int = 0
+    usage_before: int | None = None
+    usage_after: int | None = None
+    limit_steps: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # kernel event counts over the pass (memory.stat deltas)
+
+
 class MemcgAger(Ager):
     name = "memcg"
     summary = "memory cgroup reclaim (v2 memory.reclaim, v1 stepped memory.limit_in_bytes)"
+    record_type = MemcgPass
 
     def availability(self) -> Availability:
         memcg = probe_memcg()
@@ -70,7 +84,7 @@ class MemcgAger(Ager):
         assert self.ctx is not None and self.ctx.cgroup is not None
         return self.ctx.cgroup
 
-    def _run_pass(self, record: PassRecord) -> None:
+    def _run_pass(self, record: MemcgPass) -> None:
         cg = self.cgroup
         usage = cg.usage_bytes()
         target = squeeze_target(usage, self._option("squeeze", None), self._option("target_bytes", None))

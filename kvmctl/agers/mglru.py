@@ -104,9 +104,20 @@ def eviction_command(memcg_id: int, node: int, min_gen: int, swappiness: int, nr
     return f"{cmd} {nr_to_reclaim}" if nr_to_reclaim else cmd
 
 
+@dataclass
+class MglruPass(PassRecord):
+    lru_gen_commands: list[str] = field(default_factory=list)
+    generations: list[dict[str, int]] = field(default_factory=list)  # per-generation counts after the pass
+    pages_found_idle: int = 0  # pages outside the generation aged into
+    usage_before: int | None = None  # with eviction
+    usage_after: int | None = None
+    bytes_reclaimed: int = 0
+
+
 class MglruAger(Ager):
     name = "mglru"
     summary = "multi-gen LRU aging/eviction of the VM's memcg via /sys/kernel/debug/lru_gen"
+    record_type = MglruPass
 
     def __init__(self, enabled: Path = LRU_GEN_ENABLED, debugfs: Path = LRU_GEN_DEBUGFS):
         super().__init__()
@@ -147,7 +158,7 @@ class MglruAger(Ager):
                                    "the experiment cgroup must be in the hierarchy MGLRU manages (cgroup memory controller)")
         return found
 
-    def _run_pass(self, record: PassRecord) -> None:
+    def _run_pass(self, record: MglruPass) -> None:
         gens = self._gens()
         aged_into = {node: max(g.gen for g in node_gens) for node, node_gens in gens.nodes.items() if node_gens}
         for node, max_gen in sorted(aged_into.items()):
@@ -179,7 +190,7 @@ class MglruAger(Ager):
         record.notes.append(f"generation(s) aged into {sorted(set(aged_into.values()))} hold {young} of "
                             f"{after.pages()} pages (used since the previous aging)")
 
-    def _issue(self, record: PassRecord, cmd: str) -> None:
+    def _issue(self, record: MglruPass, cmd: str) -> None:
         record.lru_gen_commands.append(cmd)
         try:
             self._write(self.debugfs, cmd + "\n")

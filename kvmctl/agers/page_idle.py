@@ -24,6 +24,7 @@ pages read back idle (the heads), all others young.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,16 @@ class IdleBitmap:
         return out
 
 
+@dataclass
+class PageIdlePass(PassRecord):
+    pages_marked_idle: int = 0
+    pages_found_idle: int = 0
+
+
 class PageIdleAger(Ager):
     name = "page_idle"
     summary = "idle page tracking (/proc/<pid>/pagemap + /sys/kernel/mm/page_idle/bitmap)"
+    record_type = PageIdlePass
 
     def __init__(self, bitmap: Path = PAGE_IDLE_BITMAP, proc: Path = Path("/proc")):
         super().__init__()
@@ -212,7 +220,7 @@ class PageIdleAger(Ager):
             raise PermissionDeniedError("pagemap shows pages but no PFNs", "run kvmctl as root (CAP_SYS_ADMIN)")
         return present, pfns
 
-    def _flag_pfns(self, present: np.ndarray, pfns: np.ndarray, record: PassRecord) -> np.ndarray:
+    def _flag_pfns(self, present: np.ndarray, pfns: np.ndarray, record: PageIdlePass) -> np.ndarray:
         """Per guest page, the PFN of its idle flag (0 where absent or unknown); see the module doc."""
         path = self.proc / "kpageflags"
         flags = read_kpageflags(path, pfns[present])
@@ -229,7 +237,7 @@ class PageIdleAger(Ager):
                                 "(the kernel keeps one idle flag per huge page, on its head)")
         return out
 
-    def _run_pass(self, record: PassRecord) -> None:
+    def _run_pass(self, record: PageIdlePass) -> None:
         present, pfns = self._pfns()
         flag = self._flag_pfns(present, pfns, record)
         no_flag = int((present & (flag == 0)).sum())

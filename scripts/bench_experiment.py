@@ -39,7 +39,6 @@ from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.kvm import BackingKind
 from kvmctl.trace.catalogue import kernel_offer, make_plan
-from kvmctl.kvm import Memslot
 from kvmctl.trace.records import TraceTarget
 from kvmctl.trace.tracer import Tracer
 from kvmctl.units import format_size, parse_size
@@ -114,8 +113,8 @@ def _round(vm: VmProcess, pattern: str, seconds: float) -> Round:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         e = vm.epoch(pattern, False)
-        r.touches.append(sum(v["touched"] for v in e["vcpus"]))
-        r.guest_s.append(max(v["guest_seconds"] for v in e["vcpus"]))
+        r.touches.append(e.touches)
+        r.guest_s.append(e.guest_seconds)
     return r
 
 
@@ -125,19 +124,18 @@ def bench_overhead(mem: str, pattern: str, rounds: int, seconds: float) -> list[
     handle = cleanup.register(f"stop VM process {vm.pid}", vm.close)
     sides: dict[str, list[Round]] = {"without": [], "with": []}
     try:
-        info = vm.build(spec, None, 600.0)
+        built = vm.build(spec, 600.0)
         # fault every page in and write it back now, so that periodic writeback (mkclean zaps every SPTE)
         # does not land in a round; the read epoch maps the clean pages again: rounds measure steady state
         vm.epoch("seq", True)
-        vm.call("sync_memory")
+        vm.sync_memory()
         vm.epoch("seq", False)
-        ranges = [Memslot(**m) for m in info["memslots"]]
         plan = make_plan(kernel_offer())
         print(f"    probes: {', '.join(sorted(plan.programs()))}; workload {pattern} read over {mem}, "
               f"{rounds} rounds of {seconds:g} s per side", flush=True)
         for i in range(rounds):
             sides["without"].append(_round(vm, pattern, seconds))
-            tracer = Tracer(plan, TraceTarget(info["pid"], ranges))
+            tracer = Tracer(plan, TraceTarget(built.pid, list(built.memslots)))
             tracer.start()  # compile + attach outside the measured span
             try:
                 sides["with"].append(_round(vm, pattern, seconds))

@@ -100,6 +100,14 @@ class ExperimentSpec:
             cpl=0 if self.nested else 3,
         )
 
+    def ager_options_for(self, usage_bytes: int, guest_bytes: int) -> dict[str, Any]:
+        """The ager's options once the VM runs: ``squeeze_guest`` becomes a target below the cgroup's usage."""
+        opts = dict(self.ager_options)
+        if "squeeze_guest" in opts:  # take this fraction of the guest's size away from the cgroup's usage
+            frac = float(opts.pop("squeeze_guest"))
+            opts["target_bytes"] = max(PAGE_SIZE, usage_bytes - int(frac * guest_bytes))
+        return opts
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

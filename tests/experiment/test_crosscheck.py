@@ -78,12 +78,12 @@ class TracedExperiment(Experiment):
 
     instance: TracefsInstance | None = None
 
-    def _start_tracer(self, info: dict) -> None:
+    def start_tracer(self) -> None:
         inst = TracefsInstance(require_tracefs(), _filters(self.report.memslots), buffer_kb=32768)
         inst.__enter__()
         self.instance = inst
         cleanup.register(f"remove tracefs instance {inst.path.name}", lambda: inst.__exit__(None, None, None))
-        super()._start_tracer(info)
+        super().start_tracer()
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,12 @@ def test_vcpu_threads_run_where_the_placement_says():
     vm_cpus = frozenset(allowed[1:])
     proc = VmProcess()
     try:
-        info = proc.build(MachineSpec(mem_bytes=16 << 20, vcpus=2, backing=BackingKind.ANON), None, None,
-                          cpus=vm_cpus)
+        built = proc.build(MachineSpec(mem_bytes=16 << 20, vcpus=2, backing=BackingKind.ANON), None, cpus=vm_cpus)
         seen = thread_affinities(proc.pid)
-        assert len(info["vcpu_tids"]) == 2
-        for tid in info["vcpu_tids"]:
+        assert len(built.vcpu_tids) == 2
+        for tid in built.vcpu_tids:
             assert seen[tid] == vm_cpus, f"vCPU thread {tid} may run on {sorted(seen[tid])}"
-        assert sum(v["touched"] for v in proc.epoch("seq", write=True)["vcpus"]) == 16 << 20 >> 12
+        assert proc.epoch("seq", write=True).touches == 16 << 20 >> 12
     finally:
         proc.close()
     assert os.sched_getaffinity(0) == set(allowed), "building a VM changed our own affinity"

@@ -34,7 +34,7 @@ HOST_KNOBS = ("/sys/kernel/mm/lru_gen/enabled", "/sys/kernel/mm/lru_gen/min_ttl_
               "/sys/kernel/mm/transparent_hugepage/enabled", "/proc/sys/vm/swappiness",
               "/proc/sys/vm/nr_hugepages")
 ERROR_RE = re.compile(r"^kvmctl: error: .+ \(.+\)$")
-VMPROC = "kvmctl.experiment.vmproc"
+VMPROC = "kvmctl.experiment.vmchild"
 
 
 def _read(path: Path) -> str | None:

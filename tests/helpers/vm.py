@@ -34,15 +34,15 @@ class VmChild:
             self.pid = self.proc.pid
             self.cg.add_pid(self.pid)
             self.placement = resolve_placement(AUTO, AUTO, vcpus=1)
-            info = self.proc.build(MachineSpec(mem_bytes=size, vcpus=1, backing=backing), None, None,
-                                   nice=-10, cpus=self.placement.vm)
+            built = self.proc.build(MachineSpec(mem_bytes=size, vcpus=1, backing=backing), None,
+                                    nice=-10, cpus=self.placement.vm)
             undo.pop_all()
-        self.memslots = [Memslot(**m) for m in info["memslots"]]
-        self.backing = self.proc.backing_path(0)  # the first data memslot's, None if anonymous
+        self.memslots: list[Memslot] = list(built.memslots)
+        self.backing = self.proc.backing_fd_path(0)  # the first data memslot's, None if anonymous
 
     def epoch(self, pattern: str, write: bool) -> int:
         """Run one epoch; the pages touched."""
-        return sum(v["touched"] for v in self.proc.epoch(pattern, write)["vcpus"])
+        return self.proc.epoch(pattern, write).touches
 
     def spin(self, pattern: str, write: bool, min_epochs: int = 0) -> None:
         """Run epochs back to back until :meth:`stop`, after ``min_epochs`` of them."""
@@ -50,15 +50,15 @@ class VmChild:
 
     def stop(self) -> int:
         """Stop spinning; the epochs run."""
-        return self.proc.loop_stop()["epochs"]
+        return self.proc.loop_stop().epochs
 
     def sync(self) -> None:
         """Write the guest memory back to its files: clean pages reclaim can drop without writeback."""
-        self.proc.call("sync_memory")
+        self.proc.sync_memory()
 
     def stats(self) -> dict:
         """The VM's binary stats."""
-        return self.proc.call("stats")
+        return self.proc.stats()
 
     def slot_refs(self) -> list[Memslot]:
         """The data memslots as an ager's context wants them."""

@@ -1,6 +1,6 @@
 """Guest faults end to end: `kvmctl experiment` exits 4 with the registers in the report, VM torn down.
 
-KVMCTL_TEST_PAYLOAD=faults:<mode> (a test hook of kvmctl.experiment.vmproc,
+KVMCTL_TEST_PAYLOAD=faults:<mode> (a test hook of kvmctl.experiment.vmchild,
 documented in docs/reliability.md) makes the experiment's VM run the faults
 payload: #UD, a read of unbacked guest-physical memory (MMIO exit), a #PF on
 an unmapped address, a triple fault (no usable IDT) and a guest that never

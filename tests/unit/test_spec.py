@@ -8,7 +8,6 @@ import pytest
 
 from kvmctl.errors import UsageError
 from kvmctl.experiment import cmd
-from kvmctl.experiment.runner import Experiment
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 from kvmctl.kvm import BackingKind
 
@@ -157,25 +156,14 @@ def test_ager_opt_values_become_numbers_when_they_are():
         assert "key=value" in err.value.message
 
 
-class _Usage:
-    """The one cgroup figure _ager_options reads."""
-
-    def __init__(self, usage: int):
-        self.usage = usage
-
-    def usage_bytes(self) -> int:
-        return self.usage
-
-
 def test_squeeze_guest_becomes_a_target_below_the_usage():
-    exp = Experiment(ExperimentSpec(mem="512M"))
-    exp.total_pages = (512 * MiB) >> 12
+    spec = ExperimentSpec(mem="512M")
     # usage after populate: the guest's 512 MiB plus 40 MiB of the VM process itself
-    opts = exp._ager_options(_Usage(552 * MiB))
+    opts = spec.ager_options_for(552 * MiB, 512 * MiB)
     assert opts == {"target_bytes": 552 * MiB - 256 * MiB}  # half the guest taken away
-    exp.spec.ager_options = {"squeeze_guest": 1.0, "steps": 4}
-    assert exp._ager_options(_Usage(100 * MiB)) == {"target_bytes": 4096, "steps": 4}  # never below a page
-    assert exp.spec.ager_options == {"squeeze_guest": 1.0, "steps": 4}  # the spec is not consumed
+    spec.ager_options = {"squeeze_guest": 1.0, "steps": 4}
+    assert spec.ager_options_for(100 * MiB, 512 * MiB) == {"target_bytes": 4096, "steps": 4}  # never below a page
+    assert spec.ager_options == {"squeeze_guest": 1.0, "steps": 4}  # the spec is not consumed
 
 
 def test_nested_runs_the_svm_payload_at_cpl0_between_passes():

@@ -1,0 +1,169 @@
+"""Report assembly: host facts, per-pass rows and scores, ground truth, the fallback verdict.
+
+Everything here writes into the :class:`Report` from what the session and the
+pass loop observed; scoring itself is pure (:mod:`kvmctl.experiment.scoring`,
+:mod:`kvmctl.experiment.fallback`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kvmctl.experiment.fallback import FallbackInputs, decide
+from kvmctl.experiment.passes import PassOutcome
+from kvmctl.experiment.scoring import ResidencyScore, YoungScore, refaults, residency_score, young_score
+from kvmctl.experiment.spec import ExperimentSpec
+from kvmctl.experiment.tracing import ExperimentTracer
+from kvmctl.placement import CpuPlacement, format_cpu_list, thread_affinities
+from kvmctl.probe import HostCaps, MmuMode
+from kvmctl.report.figures import REQUIRED_FIGURES, get_figure
+from kvmctl.report.schema import Headers, Mmu, PassRow, Report
+from kvmctl.trace.records import SpteCounts
+
+# Figures that need the tracer.
+_TRACED = ("aging.calls", "aging.pages", "aging.background_calls", "aging.bits_cleared", "contention.mmu_lock_wait_ns",
+           "lost_events", "trace_window.start_ns", "trace_window.end_ns")
+
+
+def host_facts(report: Report, caps: HostCaps) -> None:
+    h = report.host
+    h.kernel_release = caps.kernel.release
+    h.machine = caps.kernel.machine
+    h.kvm_module = caps.kvm.module.value if caps.kvm.module else None
+    h.mmu = Mmu.TDP if caps.mmu is MmuMode.TDP else Mmu.SHADOW
+    h.tdp_mmu = bool(caps.paging.tdp_mmu)
+    lockless = caps.paging.lockless_aging.value
+    h.lockless_aging = lockless if isinstance(lockless, bool) else None
+    h.cpus = os.cpu_count()
+    h.memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def placement_note(placement: CpuPlacement, vm_pid: int, vcpu_tids: list[int]) -> str:
+    """The placement asked for, and the vCPU threads' affinity read back from the kernel."""
+    seen = thread_affinities(vm_pid)
+    vcpus = sorted({format_cpu_list(seen[t]) for t in vcpu_tids if t in seen})
+    return (f"CPU placement: {placement.describe()}; vCPU threads may run on CPUs {' / '.join(vcpus)} "
+            "(sched_getaffinity of each vCPU thread)")
+
+
+def tracer_started(report: Report, tracer: ExperimentTracer) -> None:
+    report.probes.chosen.update(tracer.chosen)
+    report.probes.not_observable.update(tracer.not_observable)
+    report.trace_window.start_ns = tracer.window_start_ns
+    h = tracer.headers
+    report.host.headers = Headers.EXACT if h.exact else Headers.MISMATCHED
+    report.host.headers_version = h.release
+    if h.note():
+        report.notes.append(h.note())
+
+
+def not_traced(report: Report, reason: str) -> None:
+    report.host.headers = Headers.NONE
+    for figure in _TRACED:
+        report.probes.not_observable[figure] = reason
+
+
+def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None,
+             report: Report) -> tuple[PassRow, ResidencyScore | None, YoungScore | None]:
+    """The report row of one pass, with its residency and young/idle scores against the pages touched."""
+    record, phase = outcome.record, outcome.phase
+    row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns)
+    score = young = None
+    before, after = outcome.resident_before, outcome.resident_after
+    if before is not None and after is not None:
+        score = residency_score(before, after, phase.touched)
+        row.hot_resident_fraction = score.hot_resident_fraction
+        row.cold_resident_fraction = score.cold_resident_fraction
+        row.evicted_pages = score.evicted_pages
+    if evicted_prev is not None:
+        row.refaults = refaults(evicted_prev, phase.touched)
+    if record.idle is not None:
+        young = young_score(record.idle, record.observed, phase.touched)
+    s0, s1 = outcome.aging_before, outcome.aging_after
+    if s0 is not None and s1 is not None:
+        row.aging_calls = s1["calls"] - s0["calls"]
+        row.aging_pages = s1["pages"] - s0["pages"]
+        row.background_calls = s1["background_calls"] - s0["background_calls"]
+        if s0.get("paths") is not None and s1.get("paths") is not None:
+            row.aging_paths = {k: s1["paths"].get(k, 0) - s0["paths"].get(k, 0) for k in s1["paths"]}
+    report.notes.extend(f"pass {index}: {note}" for note in record.notes + record.errors)
+    return row, score, young
+
+
+def mapping_counts(report: Report, spte: SpteCounts | None, at_build: dict, after_populate: dict) -> None:
+    """Mappings of the data pages (kvmmmu tracepoints) beside the VM's pages_4k gauge."""
+    if spte is None:
+        return
+    sp = report.spte
+    sp.set_spte, sp.refaults = spte.set_spte, spte.refaults
+    sp.gfns_mapped = int((spte.mappings_per_gfn > 0).sum())
+    sp.shadow_pages_created = spte.shadow_pages_created
+    sp.pages_4k_at_build = at_build.get("pages_4k")
+    sp.pages_4k_after_populate = after_populate.get("pages_4k")
+    sp.pages_4k_at_end = report.vm_stats.get("pages_4k")
+
+
+def ground_truth(report: Report, spec: ExperimentSpec, scores: list[ResidencyScore], young: list[YoungScore]) -> None:
+    gt = report.ground_truth
+    if scores:
+        last = scores[-1]
+        gt.hot_pages, gt.cold_pages = last.hot_pages, last.cold_pages
+        gt.hot_resident_fraction = last.hot_resident_fraction
+        gt.cold_resident_fraction = last.cold_resident_fraction
+        evicted = sum(s.evicted_pages for s in scores)
+        gt.evicted_pages = evicted
+        gt.evicted_cold_fraction = sum(s.evicted_cold for s in scores) / evicted if evicted else None
+        if not evicted:
+            report.probes.not_observable["ground_truth.evicted_cold_fraction"] = \
+                "no page was evicted by any pass (nothing to score)"
+        gt.refaults = sum(r.refaults or 0 for r in report.passes)
+        gt.scored_by = f"{spec.ager} (page-cache residency via mincore on the backing file)"
+    else:
+        reason = (f"{spec.backing} backing: page-cache residency (mincore) applies only to file and memfd "
+                  "backings; anonymous guest memory is never evicted here (no swap)")
+        for f in ("ground_truth.hot_resident_fraction", "ground_truth.evicted_cold_fraction",
+                  "ground_truth.refaults"):
+            report.probes.not_observable[f] = reason
+    if young:
+        gt.precision, gt.recall = young[-1].precision, young[-1].recall
+    else:
+        reason = f"the {spec.ager} ager reports no per-page young/idle verdicts"
+        report.probes.not_observable.setdefault("ground_truth.precision", reason)
+        report.probes.not_observable.setdefault("ground_truth.recall", reason)
+
+
+def _shares(paths: dict[str, int] | None) -> str:
+    total = sum((paths or {}).values())
+    if not total:
+        return "no aging call seen by the function probes"
+    return ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(paths.items()) if v)
+
+
+def fallback(report: Report, spec: ExperimentSpec, paths: dict[str, int] | None, shadow_pages: int | None) -> None:
+    """The fallback verdict; with --nested, the paths before and after the nested guest ran."""
+    r = report
+    res = decide(FallbackInputs(host_mmu=r.host.mmu.value if r.host.mmu else "shadow", path_calls=paths,
+                                shadow_pages_created=shadow_pages, vm_stats=r.vm_stats))
+    r.fallback.verdict, r.fallback.tdp_share, r.fallback.rmap_share = res.verdict, res.tdp_share, res.rmap_share
+    r.fallback.evidence = res.evidence
+    if spec.nested and r.passes:
+        after: dict[str, int] = {}
+        for row in r.passes[1:]:
+            for k, v in (row.aging_paths or {}).items():
+                after[k] = after.get(k, 0) + v
+        r.fallback.evidence.insert(0, f"before the nested guest ran (pass 0): {_shares(r.passes[0].aging_paths)}; "
+                                      f"after it ran (passes 1..{len(r.passes) - 1}): {_shares(after)}")
+    if res.rmap_share_reason:
+        r.notes.append(f"fallback.rmap_share: {res.rmap_share_reason}")
+        if res.rmap_share is None:
+            r.probes.not_observable["fallback.rmap_share"] = res.rmap_share_reason
+
+
+def explain_nulls(report: Report) -> None:
+    """Every required figure that is still null says why, also in a report cut short."""
+    for name in REQUIRED_FIGURES:
+        if get_figure(report, name) is None and report.reason_for(name) == "no reason recorded":
+            report.probes.not_observable.setdefault(
+                name, "the run was cut short first" if not report.complete else "not measured")

@@ -20,11 +20,11 @@ from kvmctl.errors import ExitCode, Interrupted, KvmctlError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("kvmctl.host_cmd", "what this host offers for aging work (KVM, MMU, BPF, agers)"),
-    "run": ("kvmctl.guest.run_cmd", "run a touch payload in a fresh VM and print its figures"),
-    "experiment": ("kvmctl.experiment.cmd", "run an aging experiment: VM + agers + probes -> report"),
-    "report": ("kvmctl.report.cmd", "show, render, compare or export experiment reports"),
-    "lab": ("kvmctl.lab.cmd", "run a kvmctl command on a chosen kernel in an emulated SVM+NPT machine"),
+    "info": ("kvmctl.commands.info", "what this host offers for aging work (KVM, MMU, BPF, agers)"),
+    "run": ("kvmctl.commands.run", "run a touch payload in a fresh VM and print its figures"),
+    "experiment": ("kvmctl.commands.experiment", "run an aging experiment: VM + agers + probes -> report"),
+    "report": ("kvmctl.commands.report", "show, render, compare or export experiment reports"),
+    "lab": ("kvmctl.commands.lab", "run a kvmctl command on a chosen kernel in an emulated SVM+NPT machine"),
 }
 
 

@@ -36,11 +36,9 @@ _NEEDS: dict[str, Callable[[HostCaps], Item]] = {
 
 
 def lab_status() -> tuple[bool, str]:
-    """The lab engineer's verdict (kvmctl.lab.probe.lab_available), or 'lab not built'."""
-    try:
-        from kvmctl.lab.probe import lab_available
-    except ImportError:
-        return False, "lab not built (kvmctl.lab.probe is missing)"
+    """Whether this host can run `kvmctl lab`, and if not, why (kvmctl.lab.prereqs.lab_available)."""
+    from kvmctl.lab.prereqs import lab_available
+
     ok, why = lab_available()
     return bool(ok), why
 

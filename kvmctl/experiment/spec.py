@@ -17,9 +17,8 @@ from typing import Any
 from kvmctl.errors import UsageError
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.guest.patterns import Pattern
-from kvmctl.kvm import BackingKind
 from kvmctl.placement import CpuPlacement, resolve_placement
-from kvmctl.units import HUGE_2M, PAGE_SIZE, parse_duration, parse_size
+from kvmctl.units import PAGE_SIZE, parse_duration
 
 MODES = ("concurrent", "between")
 
@@ -87,18 +86,9 @@ class ExperimentSpec:
         return resolve_placement(self.vm_cpus, self.ager_cpus, int(self.vcpus))
 
     def machine_spec(self) -> MachineSpec:
-        page = parse_size(self.guest_page, "--guest-page")
-        return MachineSpec(
-            mem_bytes=parse_size(self.mem, "--mem"),
-            vcpus=int(self.vcpus),
-            backing=BackingKind.parse(self.backing),
-            backing_path=self.backing_path,
-            memslots=int(self.memslots),
-            guest_page=page if page in (PAGE_SIZE, HUGE_2M) else -1,
-            shared=bool(self.share),
-            payload="nested_svm" if self.nested else "touch",
-            cpl=0 if self.nested else 3,
-        )
+        return MachineSpec.from_shape(self.mem, self.vcpus, self.backing, self.backing_path, self.memslots,
+                                      self.guest_page, self.share, payload="nested_svm" if self.nested else "touch",
+                                      cpl=0 if self.nested else 3)
 
     def ager_options_for(self, usage_bytes: int, guest_bytes: int) -> dict[str, Any]:
         """The ager's options once the VM runs: ``squeeze_guest`` becomes a target below the cgroup's usage."""

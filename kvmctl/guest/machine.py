@@ -33,7 +33,7 @@ from kvmctl.guest.patterns import Pattern, Region, epoch_touched, partition, ran
 from kvmctl.guest.payload import Payload
 from kvmctl.kvm import BackingKind, Kvm, Memslot, create_backing, exits
 from kvmctl.probe.memory import hugetlb_dir, hugetlb_pool
-from kvmctl.units import HUGE_2M, PAGE_SIZE
+from kvmctl.units import HUGE_2M, PAGE_SIZE, parse_size
 
 DATA_GPA = 4 << 30  # guest RAM for payload data starts above the 32-bit hole
 KICK_SIGNAL = signal.SIGUSR1
@@ -53,6 +53,15 @@ class MachineSpec:
     # Bytes right after the data area that the page tables map but no memslot backs: a guest access
     # there exits with KVM_EXIT_MMIO (the fault tests use it; 0 = none). A multiple of 2 MiB.
     mmio_hole: int = 0
+
+    @classmethod
+    def from_shape(cls, mem: str | int, vcpus: int, backing: str, backing_path: str | None, memslots: int,
+                   guest_page: str | int, share: bool, payload: str = "touch", cpl: int = 3) -> MachineSpec:
+        """From the VM-shape settings as users give them (flags, TOML): sizes as text, the backing by name."""
+        return cls(mem_bytes=parse_size(mem, "--mem"), vcpus=int(vcpus), backing=BackingKind.parse(backing),
+                   backing_path=backing_path, memslots=int(memslots),
+                   guest_page=parse_size(guest_page, "--guest-page"),  # validate() names a bad size
+                   shared=bool(share), payload=payload, cpl=cpl)
 
     def validate(self) -> None:
         align = max(HUGE_2M, self.backing.alignment)

@@ -66,7 +66,7 @@ class LabResult:
 def resolve_command(command: list[str], python: str) -> list[str]:
     """Map ``kvmctl``/``pytest``/``python`` to this interpreter so the lab runs our code."""
     if not command:
-        return [python, "-m", "kvmctl.lab.check"]
+        return [python, "-m", "kvmctl.lab.selfcheck"]
     head, rest = command[0], command[1:]
     if head == "kvmctl":
         return [python, "-m", "kvmctl", *rest]

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def self_check(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("lab-check")
-    res = lab(out, "python", "-m", "kvmctl.lab.check", "--out", "check.json")
+    res = lab(out, "python", "-m", "kvmctl.lab.selfcheck", "--out", "check.json")
     assert SUMMARY_RE.search(res.stderr), f"the lab did not boot: {res.stderr[-2000:]}"
     # written inside the lab into the shared outdir: proves outputs come back
     results = json.loads((out / "check.json").read_text())

@@ -105,7 +105,7 @@ def test_user_kernel_bare_image_has_no_modules(tmp_path):
 
 
 @pytest.mark.parametrize("command, want", [
-    ([], [PY, "-m", "kvmctl.lab.check"]),
+    ([], [PY, "-m", "kvmctl.lab.selfcheck"]),
     (["kvmctl", "info", "--json"], [PY, "-m", "kvmctl", "info", "--json"]),
     (["pytest", "-m", "tdp"], [PY, "-m", "pytest", "-m", "tdp"]),
     (["python", "-c", "1"], [PY, "-c", "1"]),
@@ -167,7 +167,7 @@ def test_inside_refuses_to_touch_the_host():
 
 
 def test_check_results_fail_skip_and_pass(monkeypatch):
-    from kvmctl.lab import check
+    from kvmctl.lab import selfcheck as check
 
     def unsupported() -> str:
         raise UnsupportedError("no MGLRU here", "boot a kernel with CONFIG_LRU_GEN")

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from kvmctl.errors import UsageError
-from kvmctl.experiment import cmd
+from kvmctl.commands import experiment as cmd
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 from kvmctl.kvm import BackingKind
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from kvmctl.lab.kernel import resolve_kernel
-from kvmctl.lab.probe import check_lab, find_vng
+from kvmctl.lab.prereqs import check_lab, find_vng
 from kvmctl.lab.runner import LabResult, LabSpec, resolve_command, run_lab
 from kvmctl.units import parse_duration, parse_size
 
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     kernel = check_lab(resolve_kernel(None if args.stock else args.kernel))
     python = sys.executable
     if not command and args.json:
-        command = ["python", "-m", "kvmctl.lab.check", "--json"]
+        command = ["python", "-m", "kvmctl.lab.selfcheck", "--json"]
     spec = LabSpec(
         kernel=kernel,
         command=resolve_command(command, python),

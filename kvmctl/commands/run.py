@@ -8,44 +8,20 @@ import sys
 import time
 from dataclasses import asdict
 
+from kvmctl.commands.flags import EPOCH_TIMEOUT, add_flags, add_vm_shape, flag_hints
+from kvmctl.errors import UsageError
 from kvmctl.guest.machine import GuestMachine, MachineSpec
-from kvmctl.guest.patterns import PATTERN_HELP, Pattern
-from kvmctl.kvm import BackingKind, Memslot
-from kvmctl.units import format_size, parse_duration, parse_size
+from kvmctl.guest.patterns import Pattern
+from kvmctl.kvm import Memslot
+from kvmctl.units import format_size, parse_duration
 
-
-def add_machine_arguments(parser: argparse.ArgumentParser, default_backing: str = "anon",
-                          default_mem: str = "1G", default_pattern: str = "seq") -> None:
-    """VM and payload options shared by `run` and `experiment`."""
-    g = parser.add_argument_group("guest")
-    g.add_argument("--mem", default=default_mem, help=f"guest data memory (default {default_mem})")
-    g.add_argument("--vcpus", type=int, default=1, help="vCPUs (default 1)")
-    g.add_argument("--backing", default=default_backing, metavar="KIND",
-                   help=f"anon|file|memfd|thp|hugetlb|hugetlb1g (default {default_backing})")
-    g.add_argument("--backing-path", help="file backing: use this file instead of an unlinked temporary one")
-    g.add_argument("--memslots", type=int, default=1, help="split the data memory into N memslots (default 1)")
-    g.add_argument("--guest-page", default="4K", help="guest page-table leaf size for data: 4K or 2M")
-    g.add_argument("--pattern", default=default_pattern, help=f"{PATTERN_HELP} (default {default_pattern})")
-    g.add_argument("--access", choices=("read", "write"), default="write", help="default write")
-    g.add_argument("--share", action="store_true", help="every vCPU touches the whole memory (default: partition)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random pattern (default 0)")
-    g.add_argument("--epoch-timeout", default="600s", help="watchdog: fail if an epoch takes longer (default 600s)")
-
-
-def machine_spec_from_args(args) -> MachineSpec:
-    return MachineSpec(
-        mem_bytes=parse_size(args.mem, "--mem"),
-        vcpus=args.vcpus,
-        backing=BackingKind.parse(args.backing),
-        backing_path=args.backing_path,
-        memslots=args.memslots,
-        guest_page=parse_size(args.guest_page, "--guest-page"),  # MachineSpec.validate names bad sizes
-        shared=args.share,
-    )
+_DEFAULTS = {"mem": "1G", "vcpus": 1, "backing": "anon", "memslots": 1, "guest_page": "4K", "share": False,
+             "pattern": "seq", "access": "write", "seed": 0, "epoch_timeout": "600s"}
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
-    add_machine_arguments(parser)
+    add_vm_shape(parser, _DEFAULTS, fill=True)
+    add_flags(parser, (EPOCH_TIMEOUT,), _DEFAULTS, fill=True)
     parser.add_argument("--epochs", type=int, default=None, help="passes over the memory (default 10)")
     parser.add_argument("--duration", help="run epochs until this much time has passed (e.g. 5s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -53,9 +29,13 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from kvmctl.errors import UsageError
+    with flag_hints():
+        return _run(args)
 
-    spec = machine_spec_from_args(args)
+
+def _run(args) -> int:
+    spec = MachineSpec.from_shape(args.mem, args.vcpus, args.backing, args.backing_path, args.memslots,
+                                  args.guest_page, args.share)
     pattern = Pattern.parse(args.pattern)
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "use --epochs 1 or more")

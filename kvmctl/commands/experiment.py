@@ -5,30 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 
 from kvmctl import cleanup
-from kvmctl.errors import Interrupted, KvmctlError
+from kvmctl.commands.flags import EPOCH_TIMEOUT, add_flags, add_vm_shape, flag_hints, vm_shape_keys
+from kvmctl.errors import Interrupted
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
-_FLAG_KEYS = ("mem", "vcpus", "backing", "backing_path", "memslots", "guest_page", "share", "pattern", "access",
-              "seed", "ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout", "repeat",
-              "vm_nice", "vm_cpus", "ager_cpus", "nested")
+# Flags that set the spec field of the same name; None: not given (the TOML file or the default holds).
+_FLAG_KEYS = vm_shape_keys() + ("ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout",
+                                "repeat", "vm_nice", "vm_cpus", "ager_cpus", "nested", "populate", "trace")
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
     d = ExperimentSpec()
+    defaults = asdict(d)
     parser.add_argument("--spec", metavar="TOML", help="read the experiment from a TOML file (flags override it)")
-    g = parser.add_argument_group("guest")
-    g.add_argument("--mem", help=f"guest data memory (default {d.mem})")
-    g.add_argument("--vcpus", type=int, help=f"vCPUs (default {d.vcpus})")
-    g.add_argument("--backing", help=f"anon|file|memfd|thp|hugetlb|hugetlb1g (default {d.backing})")
-    g.add_argument("--backing-path", help="file backing: this file instead of an unlinked temporary one")
-    g.add_argument("--memslots", type=int, help=f"data memslots (default {d.memslots})")
-    g.add_argument("--guest-page", help=f"4K or 2M guest page-table leaves (default {d.guest_page})")
-    g.add_argument("--share", action="store_true", default=None, help="vCPUs share the whole memory")
-    g.add_argument("--pattern", help=f"touch pattern (default {d.pattern})")
-    g.add_argument("--access", choices=("read", "write"), help=f"(default {d.access})")
-    g.add_argument("--seed", type=int, help="random pattern seed")
+    g = add_vm_shape(parser, defaults, fill=False)
     g.add_argument("--no-populate", dest="populate", action="store_false", default=None,
                    help="skip the initial seq write + fsync that makes every page resident and clean")
     a = parser.add_argument_group("aging")
@@ -53,7 +46,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     t = parser.add_argument_group("tracing and output")
     t.add_argument("--no-trace", dest="trace", action="store_false", default=None, help="attach no BPF programs")
     t.add_argument("--interval", help=f"aging time-series bucket (default {d.interval})")
-    t.add_argument("--epoch-timeout", help=f"watchdog per guest epoch (default {d.epoch_timeout})")
+    add_flags(t, (EPOCH_TIMEOUT,), defaults, fill=False)
     t.add_argument("--repeat", type=int, help="run the experiment N times; the report carries every run's figures")
     t.add_argument("--output", "-o", default="report.json", help="report file (default report.json)")
     t.add_argument("--json", action="store_true", help="print the report JSON instead of the text summary")
@@ -62,7 +55,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args) -> ExperimentSpec:
     spec = ExperimentSpec.from_toml(args.spec) if args.spec else ExperimentSpec()
-    for key in _FLAG_KEYS + ("populate", "trace"):
+    for key in _FLAG_KEYS:
         value = getattr(args, key, None)
         if value is not None:
             setattr(spec, key, value)
@@ -95,6 +88,11 @@ def _progress(quiet: bool):
 
 
 def main(args) -> int:
+    with flag_hints():
+        return _run(args)
+
+
+def _run(args) -> int:
     from kvmctl.cli import signals_allowed, signals_deferred  # here: kvmctl.cli imports this module
 
     spec = spec_from_args(args)
@@ -157,6 +155,3 @@ def _mark_interrupted(report, error: BaseException | None) -> None:
     if isinstance(error, Interrupted):
         report.complete = False
         report.incomplete_reason = report.incomplete_reason or error.one_line()
-
-
-__all__ = ["main", "set_argparser", "KvmctlError"]

@@ -102,32 +102,29 @@ def _join_below_mount(mount: _Mount, cg_path: str) -> Path | None:
     return Path(mount.mountpoint) / cg_path[len(root):].lstrip("/")
 
 
+# Where each hierarchy's memory cgroups are: its key in /proc/<pid>/cgroup, its mounts, and what to do without one.
+_HIERARCHIES = (
+    (CgroupVersion.V1, "memory", lambda m: m.fstype == "cgroup" and "memory" in m.super_options,
+     "the cgroup v1 memory controller is not mounted where this process can see it",
+     "mount it: mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory"),
+    (CgroupVersion.V2, "", lambda m: m.fstype == "cgroup2",
+     "cgroup v2 is not mounted where this process can see it", "mount it: mount -t cgroup2 none /sys/fs/cgroup"),
+)
+
+
 def locate_memcg(proc_cgroup: str, mountinfo: str) -> Memcg:
-    """Find the memory cgroup described by a /proc/<pid>/cgroup text."""
+    """Find the memory cgroup described by a /proc/<pid>/cgroup text (v1's memory controller first)."""
     paths = parse_proc_cgroup(proc_cgroup)
     mounts = parse_mountinfo(mountinfo)
-    if "memory" in paths:
-        rel = paths["memory"]
-        for m in mounts:
-            if m.fstype == "cgroup" and "memory" in m.super_options:
-                d = _join_below_mount(m, rel)
-                if d is not None:
-                    return Memcg(CgroupVersion.V1, d, rel)
-        raise UnsupportedError(
-            "the cgroup v1 memory controller is not mounted where this process can see it",
-            "mount it: mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory",
-        )
-    if "" in paths:
-        rel = paths[""]
-        for m in mounts:
-            if m.fstype == "cgroup2":
-                d = _join_below_mount(m, rel)
-                if d is not None:
-                    return Memcg(CgroupVersion.V2, d, rel)
-        raise UnsupportedError(
-            "cgroup v2 is not mounted where this process can see it",
-            "mount it: mount -t cgroup2 none /sys/fs/cgroup",
-        )
+    for version, key, is_mount, absent, mount_hint in _HIERARCHIES:
+        if key not in paths:
+            continue
+        rel = paths[key]
+        found = (d for m in mounts if is_mount(m) and (d := _join_below_mount(m, rel)) is not None)
+        d = next(found, None)
+        if d is None:
+            raise UnsupportedError(absent, mount_hint)
+        return Memcg(version, d, rel)
     raise UnsupportedError("this process is in no memory cgroup", "enable the memory cgroup controller (cgroup_enable=memory)")
 
 

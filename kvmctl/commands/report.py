@@ -64,25 +64,26 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report_command", metavar="ACTION", parser_class=type(parser))
     sub.required = True
 
-    p = sub.add_parser("show", help="80-column text summary (or the JSON with --json)")
-    p.add_argument("report", help="report JSON written by 'kvmctl experiment --output'")
-    p.add_argument("--json", action="store_true", help="print the report's JSON (migrated to the current schema)")
-    p.set_defaults(_report_main=_show)
-
-    p = sub.add_parser("html", help="one self-contained HTML page with plots")
-    p.add_argument("report")
-    p.add_argument("-o", "--output", help="HTML file to write (default: <report>.html)")
-    p.set_defaults(_report_main=_html)
-
-    p = sub.add_parser("diff", help="compare reports figure by figure; the first is the baseline")
-    p.add_argument("reports", nargs="+", metavar="report")
-    p.add_argument("--json", action="store_true", help="machine-readable comparison")
-    p.set_defaults(_report_main=_diff)
-
-    p = sub.add_parser("trace", help="timeline in Chrome trace-event format (Perfetto, chrome://tracing)")
-    p.add_argument("report")
-    p.add_argument("-o", "--output", help="trace JSON to write (default: <report>.trace.json)")
-    p.set_defaults(_report_main=_trace)
+    actions = (
+        ("show", _show, "80-column text summary (or the JSON with --json)",
+         "print the report's JSON (migrated to the current schema)", None),
+        ("html", _html, "one self-contained HTML page with plots", None, "HTML file to write (default: <report>.html)"),
+        ("diff", _diff, "compare reports figure by figure; the first is the baseline", "machine-readable comparison",
+         None),
+        ("trace", _trace, "timeline in Chrome trace-event format (Perfetto, chrome://tracing)", None,
+         "trace JSON to write (default: <report>.trace.json)"),
+    )
+    for name, action, help_text, json_help, output_help in actions:
+        p = sub.add_parser(name, help=help_text)
+        if name == "diff":
+            p.add_argument("reports", nargs="+", metavar="report")
+        else:
+            p.add_argument("report", help="report JSON written by 'kvmctl experiment --output'")
+        if json_help:
+            p.add_argument("--json", action="store_true", help=json_help)
+        if output_help:
+            p.add_argument("-o", "--output", help=output_help)
+        p.set_defaults(_report_main=action)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,16 +13,8 @@ MAILBOX_MAGIC = 0x584F424C49414D4B  # "KMAILBOX"
 PAYLOAD_MAGIC = 0x44504C54434D564B  # "KVMCTLPD"
 
 
-class Command(enum.IntEnum):
-    RUN_EPOCH = 0
-    EXIT = 1
-
-
-class PatternCode(enum.IntEnum):
-    SEQ = 0
-    STRIDE = 1
-    RANDOM = 2
-    HOTCOLD = 3
+Command = enum.IntEnum("Command", ["RUN_EPOCH", "EXIT"], start=0, module=__name__)
+PatternCode = enum.IntEnum("PatternCode", ["SEQ", "STRIDE", "RANDOM", "HOTCOLD"], start=0, module=__name__)
 
 
 class Port(enum.IntEnum):

@@ -29,18 +29,19 @@ class Vcpu(FdOwner):
         self._stats: Stats | None = None
 
     # --- registers ---------------------------------------------------------
+    def _get(self, struct, request: int, name: str):
+        out = struct()
+        ioctl(self.fd, request, ctypes.addressof(out), name)
+        return out
+
     def get_regs(self) -> abi.kvm_regs:
-        regs = abi.kvm_regs()
-        ioctl(self.fd, abi.KVM_GET_REGS, ctypes.addressof(regs), "KVM_GET_REGS")
-        return regs
+        return self._get(abi.kvm_regs, abi.KVM_GET_REGS, "KVM_GET_REGS")
 
     def set_regs(self, regs: abi.kvm_regs) -> None:
         ioctl(self.fd, abi.KVM_SET_REGS, ctypes.addressof(regs), "KVM_SET_REGS")
 
     def get_sregs(self) -> abi.kvm_sregs:
-        sregs = abi.kvm_sregs()
-        ioctl(self.fd, abi.KVM_GET_SREGS, ctypes.addressof(sregs), "KVM_GET_SREGS")
-        return sregs
+        return self._get(abi.kvm_sregs, abi.KVM_GET_SREGS, "KVM_GET_SREGS")
 
     def set_sregs(self, sregs: abi.kvm_sregs) -> None:
         ioctl(self.fd, abi.KVM_SET_SREGS, ctypes.addressof(sregs), "KVM_SET_SREGS")

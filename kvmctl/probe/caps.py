@@ -50,6 +50,16 @@ def _tree(obj) -> dict[str, Any]:
     return out
 
 
+class _Alias:
+    """A read-only attribute that is one area's item."""
+
+    def __init__(self, area: str, item: str):
+        self.area, self.item = area, item
+
+    def __get__(self, caps, owner=None) -> Item:
+        return getattr(getattr(caps, self.area), self.item)
+
+
 @dataclass(frozen=True)
 class HostCaps:
     kernel: KernelInfo
@@ -96,25 +106,12 @@ class HostCaps:
     def bpf_tracepoints(self) -> Item:
         return first_missing(self.bpf.tracepoint, self.bpf.bcc, self.bpf.bcc_compile)
 
-    @property
-    def kprobes(self) -> Item:
-        return self.bpf.kprobe
-
-    @property
-    def fentry(self) -> Item:
-        return self.bpf.fentry
-
-    @property
-    def mglru(self) -> Item:
-        return self.memory.mglru
-
-    @property
-    def page_idle(self) -> Item:
-        return self.memory.page_idle
-
-    @property
-    def foreign_kdamond(self) -> Item:
-        return self.memory.foreign_kdamond
+    # Items other modules ask for by a short name.
+    kprobes = _Alias("bpf", "kprobe")
+    fentry = _Alias("bpf", "fentry")
+    mglru = _Alias("memory", "mglru")
+    page_idle = _Alias("memory", "page_idle")
+    foreign_kdamond = _Alias("memory", "foreign_kdamond")
 
     def hugetlb_pages(self, size: int | str) -> Item:
         """Free hugetlb pages of ``size`` (bytes, or '2M' / '1G')."""

@@ -17,19 +17,6 @@ from kvmctl.probe.item import ROOT_REMEDY, Item, exists, is_dir, missing, ok, re
 from kvmctl.probe.kernel import KernelConfig, parse_bracketed_choice
 from kvmctl.units import format_size
 
-SWAPS = Path("/proc/swaps")
-THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-HUGEPAGES = Path("/sys/kernel/mm/hugepages")
-LRU_GEN_ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
-LRU_GEN_DEBUGFS = Path("/sys/kernel/debug/lru_gen")
-PAGE_IDLE_BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
-DAMON_ADMIN = Path("/sys/kernel/mm/damon/admin")
-
-# Feature bits of lru_gen/enabled (include/linux/mmzone.h) that aging with force_scan needs.
-LRU_GEN_CORE = 0x1
-LRU_GEN_MM_WALK = 0x2
-LRU_GEN_REQUIRED = LRU_GEN_CORE | LRU_GEN_MM_WALK
-
 
 @dataclass(frozen=True)
 class MemoryCaps:
@@ -66,6 +53,9 @@ def probe_memcg() -> Item:
 
 
 # --- swap and THP ----------------------------------------------------------------------------
+
+SWAPS = Path("/proc/swaps")
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 @dataclass(frozen=True)
@@ -117,6 +107,8 @@ def probe_thp() -> Item:
 
 # --- hugetlb ---------------------------------------------------------------------------------
 
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+
 
 def hugetlb_dir(page_size: int, root: Path = HUGEPAGES) -> Path:
     return root / f"hugepages-{page_size // 1024}kB"
@@ -146,6 +138,14 @@ def probe_hugetlb(root: Path = HUGEPAGES) -> dict[str, Item]:
 
 
 # --- MGLRU and idle page tracking ------------------------------------------------------------
+
+LRU_GEN_ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
+LRU_GEN_DEBUGFS = Path("/sys/kernel/debug/lru_gen")
+# Feature bits of lru_gen/enabled (include/linux/mmzone.h) that aging with force_scan needs.
+LRU_GEN_CORE = 0x1
+LRU_GEN_MM_WALK = 0x2
+LRU_GEN_REQUIRED = LRU_GEN_CORE | LRU_GEN_MM_WALK
+PAGE_IDLE_BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
 
 
 def parse_lru_gen_features(text: str) -> int:
@@ -183,6 +183,8 @@ def probe_page_idle(config: KernelConfig, bitmap: Path = PAGE_IDLE_BITMAP) -> It
 
 
 # --- DAMON (read-only) -----------------------------------------------------------------------
+
+DAMON_ADMIN = Path("/sys/kernel/mm/damon/admin")
 
 
 @dataclass(frozen=True)

@@ -252,10 +252,12 @@ def _spte(report: Report) -> list[str]:
     return lines
 
 
-def _elide(rows: list, head: int = _LIST_HEAD) -> tuple[list, int, list]:
+def _elided(rows: list, fmt: str, cells, what: str, head: int = _LIST_HEAD) -> list[str]:
+    """A table's rows, ``fmt % cells(row)`` each; past 2 * head rows the middle is one "omitted" line."""
     if len(rows) <= 2 * head:
-        return rows, 0, []
-    return rows[:head], len(rows) - 2 * head, rows[-head:]
+        return [fmt % cells(r) for r in rows]
+    return ([fmt % cells(r) for r in rows[:head]] + [f"  ... {len(rows) - 2 * head} {what} omitted"]
+            + [fmt % cells(r) for r in rows[-head:]])
 
 
 def _passes(report: Report) -> list[str]:
@@ -264,26 +266,11 @@ def _passes(report: Report) -> list[str]:
     fmt = "%4s %-7s %7s %6s %6s %8s %8s %8s %9s %8s"
     lines = _section("Ager passes")
     lines.append(fmt % ("pass", "ager", "ms", "hot%", "cold%", "evicted", "refaults", "calls", "pages", "bg calls"))
-    first, skipped, last = _elide(report.passes)
-    for chunk in (first, last):
-        for p in chunk:
-            lines.append(
-                fmt
-                % (
-                    p.pass_no,
-                    _clip(p.ager, 7),
-                    f"{(p.end_ns - p.start_ns) / 1e6:.1f}",
-                    fmt_fraction(p.hot_resident_fraction).replace("%", ""),
-                    fmt_fraction(p.cold_resident_fraction).replace("%", ""),
-                    fmt_count(p.evicted_pages),
-                    fmt_count(p.refaults),
-                    fmt_count(p.aging_calls),
-                    fmt_count(p.aging_pages),
-                    fmt_count(p.background_calls),
-                )
-            )
-        if chunk is first and skipped:
-            lines.append(f"  ... {skipped} passes omitted")
+    lines += _elided(report.passes, fmt, lambda p: (
+        p.pass_no, _clip(p.ager, 7), f"{(p.end_ns - p.start_ns) / 1e6:.1f}",
+        fmt_fraction(p.hot_resident_fraction).replace("%", ""), fmt_fraction(p.cold_resident_fraction).replace("%", ""),
+        fmt_count(p.evicted_pages), fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(p.aging_pages),
+        fmt_count(p.background_calls)), "passes")
     lines.append("  (hot%/cold% resident after the pass; refaults since the previous pass;")
     lines.append("   calls/pages: all aging during the pass; - = not measured)")
     return lines
@@ -298,25 +285,14 @@ def _epochs(report: Report) -> list[str]:
     fmt = "%5s %5s %-22s %14s %10s %10s"
     lines = _section("Guest epochs")
     lines.append(fmt % ("epoch", "vcpus", "pattern", "pages touched", "guest s", "wall s"))
-    first, skipped, last = _elide(sorted(by_epoch))
-    for chunk in (first, last):
-        for e in chunk:
-            rows = by_epoch[e]
-            patterns = sorted({r.pattern for r in rows})
-            vcpus = "all" if any(r.vcpu < 0 for r in rows) else str(len(rows))
-            lines.append(
-                fmt
-                % (
-                    e,
-                    vcpus,
-                    _clip(",".join(patterns), 22),
-                    fmt_count(sum(r.pages_touched for r in rows)),
-                    f"{max(r.guest_seconds for r in rows):.3f}",
-                    f"{max(r.wall_seconds for r in rows):.3f}",
-                )
-            )
-        if chunk is first and skipped:
-            lines.append(f"  ... {skipped} epochs omitted")
+
+    def cells(e: int) -> tuple:
+        rows = by_epoch[e]
+        return (e, "all" if any(r.vcpu < 0 for r in rows) else str(len(rows)),
+                _clip(",".join(sorted({r.pattern for r in rows})), 22), fmt_count(sum(r.pages_touched for r in rows)),
+                f"{max(r.guest_seconds for r in rows):.3f}", f"{max(r.wall_seconds for r in rows):.3f}")
+
+    lines += _elided(sorted(by_epoch), fmt, cells, "epochs")
     lines.append("  (pages summed over vCPUs; seconds of the slowest vCPU; all = one row for a")
     lines.append("   run of epochs on every vCPU, numbered from its first epoch)")
     return lines

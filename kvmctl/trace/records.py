@@ -18,13 +18,8 @@ from kvmctl.vocab import Bucket, TaskClass, TraceWindow, WaiterClass
 
 
 
-class Cfg(enum.IntEnum):
-    """Configuration words of every program (ebpf/ranges.h enum cfg)."""
-
-    NR_RANGES = 0
-    VM_TGID = 1
-    START_NS = 2
-    END_NS = 3
+# Configuration words of every program: ebpf/ranges.h enum cfg
+Cfg = enum.IntEnum("Cfg", ["NR_RANGES", "VM_TGID", "START_NS", "END_NS"], start=0, module=__name__)
 
 
 class EventKind(enum.IntEnum):
@@ -39,40 +34,21 @@ class EventKind(enum.IntEnum):
         return self.name.lower()
 
 
-class AgingLost(enum.IntEnum):
-    """ebpf/aging.c enum aging_lost."""
-
-    TASKS_FULL = 0
-    BUCKET_OVERFLOW = 1
-    GFN_CLIPPED = 2
-    GFN_INDEX = 3
+# ebpf/aging.c enum aging_lost
+AgingLost = enum.IntEnum("AgingLost", ["TASKS_FULL", "BUCKET_OVERFLOW", "GFN_CLIPPED", "GFN_INDEX"], start=0,
+                         module=__name__)
 
 
-class SpteCount(enum.IntEnum):
-    """ebpf/spte.c enum spte_count."""
-
-    SET_SPTE = 0
-    REFAULT = 1
-    SP_CREATED = 2
-    SP_EXISTING = 3
-    SPTE_CHANGED = 4
-    BITS_CLEARED = 5
+# ebpf/spte.c enum spte_count
+SpteCount = enum.IntEnum("SpteCount", ["SET_SPTE", "REFAULT", "SP_CREATED", "SP_EXISTING", "SPTE_CHANGED", "BITS_CLEARED"], start=0, module=__name__)
 
 
-class SpteLost(enum.IntEnum):
-    """ebpf/spte.c enum spte_lost."""
-
-    GFN_INDEX = 0
-    AGING_TIDS_FULL = 1
+# ebpf/spte.c enum spte_lost
+SpteLost = enum.IntEnum("SpteLost", ["GFN_INDEX", "AGING_TIDS_FULL"], start=0, module=__name__)
 
 
-class LocksLost(enum.IntEnum):
-    """ebpf/locks.c enum locks_lost."""
-
-    THREADS_FULL = 0
-    NO_BEGIN = 1
-    STACK = 2  # counted, without a stack: a partial record, not a lost event
-    ENTRIES_FULL = 3
+# ebpf/locks.c enum locks_lost; STACK: counted without a stack, a partial record, not a lost event
+LocksLost = enum.IntEnum("LocksLost", ["THREADS_FULL", "NO_BEGIN", "STACK", "ENTRIES_FULL"], start=0, module=__name__)
 
 
 class FuncRole(enum.IntEnum):
@@ -85,11 +61,8 @@ class FuncRole(enum.IntEnum):
     OTHER = 4  # e.g. a test_clear_young notifier of a patched kernel
 
 
-class FuncsLost(enum.IntEnum):
-    """ebpf/funcs.c enum funcs_lost."""
-
-    ENTRY_FULL = 0
-    NO_ENTRY = 1
+# ebpf/funcs.c enum funcs_lost
+FuncsLost = enum.IntEnum("FuncsLost", ["ENTRY_FULL", "NO_ENTRY"], start=0, module=__name__)
 
 
 class AgingPath(enum.IntEnum):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed of kvmctl's core against C references, measured in one run (issue 3, section 5).
+"""Speed of kvmctl's core against C references, measured in one run.
 
   (a) guest touch rate of `seq` write over 64 MiB and 1 GiB (steady state: the
       median epoch after the first) vs a native C loop making the same stores

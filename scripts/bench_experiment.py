@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scale and overhead of `kvmctl experiment` (issue 4, section 4): ratios from one run.
+"""Scale and overhead of `kvmctl experiment`: ratios from one run.
 
     sudo .venv/bin/python scripts/bench_experiment.py [--big-mem 8G] [--skip-big] [--rounds 4]
 

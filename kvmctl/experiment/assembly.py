@@ -15,7 +15,7 @@ from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.passes import PassOutcome
 from kvmctl.experiment.scoring import ResidencyScore, YoungScore, refaults, residency_score, young_score
 from kvmctl.experiment.spec import ExperimentSpec
-from kvmctl.experiment.tracing import ExperimentTracer
+from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.placement import CpuPlacement, format_cpu_list, thread_affinities
 from kvmctl.probe import HostCaps, MmuMode
 from kvmctl.report.figures import REQUIRED_FIGURES, get_figure

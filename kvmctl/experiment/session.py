@@ -19,7 +19,7 @@ from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import ExperimentCgroup, own_memcg, stale_cgroups
 from kvmctl.errors import UnsupportedError
 from kvmctl.experiment.spec import ExperimentSpec
-from kvmctl.experiment.tracing import ExperimentTracer
+from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.experiment.vmproc import VmProcess
 from kvmctl.experiment.vmproto import Built
 from kvmctl.placement import CpuPlacement

@@ -42,7 +42,7 @@ def _leftovers() -> set[str]:
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
-    """Other engineers' runs may share our memcg: only names of ended processes are leftovers."""
+    """Other runs may share our memcg: only names of ended processes are leftovers."""
     before = _leftovers()
     yield
     failures = cleanup.run_all()

@@ -1,4 +1,4 @@
-"""Cross-checks of a whole experiment (issue 4, section 3).
+"""Cross-checks of a whole experiment against independent counts.
 
 (a) The report's aging counts equal an independent count of the same
     tracepoints: a private tracefs instance, opened right before the

@@ -1,4 +1,4 @@
-"""Heat-map binning of per-page counts (kvmctl.experiment.tracing._heatmaps): pure logic, no host needs.
+"""Heat-map binning of per-page counts (kvmctl.experiment.observations._heatmaps): pure logic, no host needs.
 
 Per-page arrays run over the data memslots laid end to end (the tracer's
 per-gfn index); each memslot gets its own map of at most HEATMAP_BINS bins,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvmctl.experiment.tracing import _heatmaps
+from kvmctl.experiment.observations import _heatmaps
 from kvmctl.report import schema as rm
 
 PAGE = 4096

@@ -1,6 +1,6 @@
 """Host-state snapshots and kvmctl subprocess runs for the reliability tests.
 
-The development host is shared: other engineers' tests create their own
+The development host is shared: other people's tests create their own
 kvmctl-<pid>-* cgroups, tracefs instances and BPF programs at the same time.
 So every check here is scoped to the kvmctl process a test started (its pid
 is in the names it creates, its BPF program ids are read from its fds while

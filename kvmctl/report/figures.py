@@ -1,6 +1,7 @@
 """Which report figures matter: the required ones, the headline, and dotted access to them.
 
-A figure is a dotted path into the report (``"ground_truth.refaults"``).
+A figure is a dotted path into the report (``"ground_truth.refaults"``);
+the functions here walk any report tree by it, so the schema can use them.
 Required figures are in every report, null with a reason when unknown; the
 headline is what ``report show`` leads with, ``report diff`` compares and
 ``--repeat`` records. A new headline figure is one line in ``HEADLINE``.
@@ -10,10 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from kvmctl.report.schema import Report
+from typing import Any
 
 # Figures other tools rely on: present in every report, null + reason when unknown.
 REQUIRED_FIGURES: tuple[str, ...] = (
@@ -65,14 +63,14 @@ HEADLINE: tuple[Figure, ...] = (
 )
 
 
-def get_figure(report: Report, key: str) -> Any:
+def get_figure(report: Any, key: str) -> Any:
     obj: Any = report
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj.value if isinstance(obj, enum.Enum) else obj
 
 
-def set_figure(report: Report, key: str, value: Any) -> None:
+def set_figure(report: Any, key: str, value: Any) -> None:
     *path, last = key.split(".")
     obj: Any = report
     for part in path:
@@ -82,7 +80,7 @@ def set_figure(report: Report, key: str, value: Any) -> None:
     setattr(obj, last, value)
 
 
-def headline_figures(report: Report) -> dict[str, float | None]:
+def headline_figures(report: Any) -> dict[str, float | None]:
     """The headline as plain numbers: one entry of ``Report.repeats``."""
     out: dict[str, float | None] = {}
     for fig in HEADLINE:

@@ -18,6 +18,7 @@ from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.placement import CpuPlacement, format_cpu_list, thread_affinities
 from kvmctl.probe import HostCaps, MmuMode
+from kvmctl.probe.memory import host_memory_bytes
 from kvmctl.report.figures import REQUIRED_FIGURES, get_figure
 from kvmctl.report.schema import Headers, Mmu, PassRow, Report
 from kvmctl.trace.records import SpteCounts
@@ -37,7 +38,7 @@ def host_facts(report: Report, caps: HostCaps) -> None:
     lockless = caps.paging.lockless_aging.value
     h.lockless_aging = lockless if isinstance(lockless, bool) else None
     h.cpus = os.cpu_count()
-    h.memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    h.memory_bytes = host_memory_bytes()
 
 
 def placement_note(placement: CpuPlacement, vm_pid: int, vcpu_tids: list[int]) -> str:

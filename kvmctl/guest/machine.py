@@ -15,7 +15,6 @@ its ``out PORT_SYNC``), so the host can age memory with the guest paused.
 from __future__ import annotations
 
 import ctypes
-import os
 import queue
 import signal
 import threading
@@ -32,7 +31,7 @@ from kvmctl.guest.mailbox import (
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched, partition, random_key
 from kvmctl.guest.payload import Payload
 from kvmctl.kvm import BackingKind, Kvm, Memslot, create_backing, exits
-from kvmctl.probe.memory import hugetlb_dir, hugetlb_pool
+from kvmctl.probe.memory import host_memory_bytes, hugetlb_dir, hugetlb_pool
 from kvmctl.units import HUGE_2M, PAGE_SIZE, parse_size
 
 DATA_GPA = 4 << 30  # guest RAM for payload data starts above the 32-bit hole
@@ -72,7 +71,7 @@ class MachineSpec:
                              f"use at most {lm.MAX_VCPUS} vCPUs")
         if self.memslots < 1:
             raise UsageError(f"--memslots must be at least 1, got {self.memslots}", "use --memslots 1 or more")
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram = host_memory_bytes()
         if self.mem_bytes > ram:
             # Every payload touches all of it: more than RAM only thrashes or OOMs a shared host.
             raise UsageError(f"--mem {self.mem_bytes >> 20} MiB is more than this host's memory ({ram >> 20} MiB)",

@@ -30,6 +30,11 @@ class MemoryCaps:
     foreign_kdamond: Item  # available == a kdamond that is not ours is running
 
 
+def host_memory_bytes() -> int:
+    """The host's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 # --- memcg -----------------------------------------------------------------------------------
 
 

@@ -142,21 +142,10 @@ def _totals(res: TraceResult) -> dict[str, int]:
 
 
 def _heatmaps(memslots: list[rm.Memslot], aged: np.ndarray | None, touched: np.ndarray | None) -> list[rm.HeatMap]:
-    out = []
-    base = 0
+    """One heat map per memslot from arrays over all data pages (memslots end to end)."""
+    out, base = [], 0
     for m in memslots:
-        n = m.pages
-        bins = min(rm.HEATMAP_BINS, n)
-        edges = (np.arange(bins, dtype=np.int64) * n) // bins
-
-        def binned(arr):
-            if arr is None:
-                return [0] * bins
-            part = np.zeros(n, dtype=np.int64)
-            seg = arr[base: base + n]
-            part[: len(seg)] = seg
-            return [int(x) for x in np.add.reduceat(part, edges)]
-
-        out.append(rm.HeatMap(m.slot, n, bins, binned(aged), binned(touched)))
-        base += n
+        out.append(rm.HeatMap.from_pages(m, None if aged is None else aged[base:base + m.pages],
+                                         None if touched is None else touched[base:base + m.pages]))
+        base += m.pages
     return out

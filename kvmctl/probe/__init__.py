@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import time
 
-from kvmctl.probe.bpf import probe_bpf
+from kvmctl.probe.bpf import kprobe_support, probe_bpf
 from kvmctl.probe.caps import HostCaps, MmuMode
 from kvmctl.probe.item import Item, is_root
 from kvmctl.probe.kernel import probe_kernel_info, probe_lockdown
@@ -62,12 +62,14 @@ def probe_host(load_bpf: bool = True) -> HostCaps:
     symbols = probe_symbols(kernel_symbols)
     tracepoints = annotate_tracepoints(probe_tracepoints(TRACEPOINTS, tracefs), kvm.module.value,
                                        bool(paging.tdp_mmu))
-    bpf = probe_bpf(kernel.release, kernel.config, tracefs, probe_lockdown(kernel.config),
+    lockdown = probe_lockdown(kernel.config)
+    kprobes = kprobe_support(kernel.config, tracefs, lockdown)
+    bpf = probe_bpf(kernel.release, tracefs, lockdown, kprobes,
                     bool(symbols.get("kvm_age_gfn")), bool(tracepoints.get("kvm:kvm_age_hva")), load_bpf)
     if load_bpf and not is_root():
         notes.append("not root: BPF loads, DAMON and cgroup writes were not tried")
     return HostCaps(kernel, kvm, paging, memory, bpf, symbols, tracepoints, tuple(notes),
-                    time.monotonic() - started, tracefs, kernel_symbols)
+                    time.monotonic() - started, tracefs, kernel_symbols, kprobes)
 
 
 __all__ = ["HostCaps", "Item", "MmuMode", "probe_host"]

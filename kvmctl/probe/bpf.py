@@ -326,12 +326,25 @@ def _btf() -> Item:
                    source=str(BTF_VMLINUX))
 
 
+def kprobe_support(config: KernelConfig, tracefs: Path | None, lockdown: Item) -> Item:
+    """What the kernel's files say about kprobes, before any attach is tried."""
+    if config.get("CONFIG_KPROBES") == "n":
+        return missing("CONFIG_KPROBES is not set", "use a kernel with CONFIG_KPROBES=y", source=config.source)
+    found = kprobe_interfaces(tracefs)
+    if not found:
+        return missing("no kprobe PMU, no debugfs kprobes and no kprobe_events in tracefs",
+                       "use a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y", source=str(KPROBE_PMU))
+    if lockdown.value == "confidentiality":
+        return missing("kernel lockdown=confidentiality forbids kprobes", "boot with lockdown=integrity or none",
+                       source=lockdown.source)
+    return ok(True, source=str(found[0]))
+
+
 def _not_tried(blocking: Item) -> Item:
     return missing(f"not tried: {blocking.reason}", blocking.remedy)
 
 
-def _bcc_plan(items: dict[str, Item], config: KernelConfig, tracefs: Path | None, age_fn: str,
-              tp: str) -> tuple[dict[str, str], dict[str, Item]]:
+def _bcc_plan(items: dict[str, Item], age_fn: str, tp: str) -> tuple[dict[str, str], dict[str, Item]]:
     """Which BCC attempts are worth making, and why not when not."""
     plan: dict[str, str] = {}
     blocked: dict[str, Item] = {}
@@ -342,13 +355,9 @@ def _bcc_plan(items: dict[str, Item], config: KernelConfig, tracefs: Path | None
         blocked = dict.fromkeys(("compile", "fentry", "kprobe"), _not_tried(first))
     else:
         plan["compile"] = tp
-    if config.get("CONFIG_KPROBES") == "n":
-        blocked["kprobe"] = missing("CONFIG_KPROBES is not set", "use a kernel with CONFIG_KPROBES=y",
-                                    source=config.source)
-    elif not kprobe_interfaces(tracefs):
-        blocked["kprobe"] = missing("no kprobe PMU, no debugfs kprobes and no kprobe_events in tracefs",
-                                    "use a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
-                                    source=str(KPROBE_PMU))
+    kprobes = items["kprobe_support"]
+    if not kprobes:
+        blocked["kprobe"] = kprobes
     elif "kprobe" not in blocked:
         plan["kprobe"] = age_fn
     btf, lockdown = items["btf"], items["lockdown"]
@@ -362,7 +371,7 @@ def _bcc_plan(items: dict[str, Item], config: KernelConfig, tracefs: Path | None
     return plan, blocked
 
 
-def probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, lockdown: Item, has_age_gfn: bool,
+def probe_bpf(release: str, tracefs: Path | None, lockdown: Item, kprobes: Item, has_age_gfn: bool,
               has_age_hva: bool, load_bpf: bool) -> BpfCaps:
     """Files first; then (root only) raw loads, then the BCC attempts that the files say can work."""
     # Attach to a KVM aging tracepoint when there is one, else to one every kernel has.
@@ -375,8 +384,8 @@ def probe_bpf(release: str, config: KernelConfig, tracefs: Path | None, lockdown
     else:
         bpf_syscall = tracepoint = missing("not tried: probe_host(load_bpf=False)", "run kvmctl info")
     items = {"bpf_syscall": bpf_syscall, "tracepoint": tracepoint, "bcc": bcc_module(),
-             "headers": headers_item(release), "btf": _btf(), "lockdown": lockdown}
-    plan, blocked = _bcc_plan(items, config, tracefs, "kvm_age_gfn" if has_age_gfn else "vfs_read", tp)
+             "headers": headers_item(release), "btf": _btf(), "lockdown": lockdown, "kprobe_support": kprobes}
+    plan, blocked = _bcc_plan(items, "kvm_age_gfn" if has_age_gfn else "vfs_read", tp)
     results = _bcc_attempts(tuple(sorted(plan.items()))) if plan else {}
 
     def verdict(kind: str, remedy: str) -> Item:

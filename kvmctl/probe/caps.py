@@ -73,6 +73,7 @@ class HostCaps:
     probe_seconds: float = 0.0
     tracefs: Path | None = None  # the mounted tracefs
     kernel_symbols: KernelSymbols = KernelSymbols(None, "not read")
+    kprobe_support: Item = missing("not read")  # what the kernel's files say, before an attach is tried
 
     # -- verdicts and predicates other modules call --
 
@@ -112,6 +113,11 @@ class HostCaps:
     mglru = _Alias("memory", "mglru")
     page_idle = _Alias("memory", "page_idle")
     foreign_kdamond = _Alias("memory", "foreign_kdamond")
+
+    @property
+    def kprobe_verdict(self) -> Item:
+        """Whether kprobes attach: the attach attempt where one was made, else what the files say."""
+        return self.bpf.kprobe if self.bpf.kprobe.source == "BCC self-test" else self.kprobe_support
 
     def hugetlb_pages(self, size: int | str) -> Item:
         """Free hugetlb pages of ``size`` (bytes, or '2M' / '1G')."""

@@ -204,27 +204,34 @@ class HeatMap:
     touched: list[int]  # epochs that touched a page, summed per bin
 
     @classmethod
-    def from_gfn_counts(
-        cls,
-        memslot: Memslot,
-        aged: Mapping[int, int],
-        touched: Mapping[int, int],
-        bins: int = HEATMAP_BINS,
-    ) -> HeatMap:
-        """Bin per-gfn counts (absolute gfns; others ignored) over ``memslot``."""
+    def from_pages(cls, memslot: Memslot, aged: np.ndarray | None, touched: np.ndarray | None,
+                   bins: int = HEATMAP_BINS) -> HeatMap:
+        """Bin per-page counts of ``memslot`` (index i is its page i; missing pages count 0, None is all 0)."""
         pages = memslot.pages
-        base = memslot.gfn_start
         bins = min(bins, pages)
         edges = (np.arange(bins, dtype=np.int64) * pages) // bins
 
-        def binned(counts: Mapping[int, int]) -> list[int]:
+        def binned(counts: np.ndarray | None) -> list[int]:
             per_page = np.zeros(pages, dtype=np.int64)
-            for gfn, n in counts.items():
-                if 0 <= gfn - base < pages:
-                    per_page[gfn - base] += n
+            if counts is not None:
+                per_page[: min(pages, len(counts))] = counts[:pages]
             return [int(x) for x in np.add.reduceat(per_page, edges)]
 
         return cls(memslot.slot, pages, bins, binned(aged), binned(touched))
+
+    @classmethod
+    def from_gfn_counts(cls, memslot: Memslot, aged: Mapping[int, int], touched: Mapping[int, int],
+                        bins: int = HEATMAP_BINS) -> HeatMap:
+        """Bin per-gfn counts (absolute gfns; others ignored) over ``memslot``."""
+
+        def per_page(counts: Mapping[int, int]) -> np.ndarray:
+            out = np.zeros(memslot.pages, dtype=np.int64)
+            for gfn, n in counts.items():
+                if 0 <= gfn - memslot.gfn_start < memslot.pages:
+                    out[gfn - memslot.gfn_start] += n
+            return out
+
+        return cls.from_pages(memslot, per_page(aged), per_page(touched), bins)
 
 
 @dataclass

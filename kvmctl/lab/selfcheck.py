@@ -130,7 +130,7 @@ def check_mglru() -> str:
     after = (read_knob(LRU_GEN_ENABLED) or "").strip()
     if parse_lru_gen_features(during) & 0x7 != 0x7 or after != before:
         raise RuntimeError(f"enabled={during} with 'y', {after} after restoring {before}")
-    return f"lru_gen/enabled {before} -> {during} -> restored {after}"
+    return f"{LRU_GEN_ENABLED}: {before} -> {during} -> restored {after}"
 
 
 CHECK_BYTES = 16 << 20

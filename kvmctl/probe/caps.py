@@ -18,7 +18,7 @@ from kvmctl.probe.item import Item, first_missing, missing, ok
 from kvmctl.probe.kernel import KernelInfo
 from kvmctl.probe.kvm import KvmCaps, PagingCaps
 from kvmctl.probe.memory import MemoryCaps
-from kvmctl.probe.tracing import KALLSYMS, KernelSymbols, probe_tracepoints, tracepoint_fields
+from kvmctl.probe.tracing import KALLSYMS, KernelSymbols, tracepoint_fields
 from kvmctl.units import format_size, parse_size
 
 
@@ -127,10 +127,6 @@ class HostCaps:
             return missing(f"this kernel offers no {key} hugetlb pages",
                            f"use one of: {', '.join(self.memory.hugetlb) or 'none (CONFIG_HUGETLBFS off)'}")
         return item
-
-    def tracepoint(self, name: str) -> Item:
-        """A tracepoint 'system:event', probed on demand when ``kvmctl info`` does not list it."""
-        return self.tracepoints.get(name) or probe_tracepoints((name,), self.tracefs)[name]
 
     def tracepoint_fields(self, name: str) -> frozenset[str] | None:
         """The record fields of a tracepoint, None when this kernel has none by that name."""

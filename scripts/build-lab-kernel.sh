@@ -156,7 +156,9 @@ fi
 cd "$tree"
 
 log "configuring $tree"
-PATH=$(dirname "$vng"):$PATH "$vng" --kconfig --config "$HERE/lab-kernel.config" >/dev/null
+# the merge's "override" warnings are expected: the fragment overrides virtme-ng's defaults
+PATH=$(dirname "$vng"):$PATH "$vng" --kconfig --config "$HERE/lab-kernel.config" >.kvmctl-kconfig.log 2>&1 \
+    || { cat .kvmctl-kconfig.log >&2; die "virtme-ng could not configure $tree" "see the messages above"; }
 # no DWARF (it triples the build) and nothing left as a module
 ./scripts/config --disable DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT --disable DEBUG_INFO_DWARF4 \
     --disable DEBUG_INFO_DWARF5 --enable DEBUG_INFO_NONE --set-str LOCALVERSION "-kvmctl-lab$suffix"

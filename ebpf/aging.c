@@ -1,7 +1,10 @@
 /* Aging calls of KVM's mmu notifiers on the experiment VM's memory.
  *
  * kvm:kvm_age_hva (clear_young / clear_flush_young), kvm:kvm_test_age_hva
- * (test_young) and kvm:kvm_unmap_hva_range (invalidate_range_start) are
+ * (test_young), kvm:kvm_unmap_hva_range (invalidate_range_start) and, with
+ * -DWITH_AGE_NOTIFIER, the requests the test_clear_young hook answered
+ * (kvm:kvm_age_notifier, op test_clear_young, a lockless path: these fire
+ * no kvm_age_hva) are
  * filtered to the VM's memslot hva ranges, converted to guest frames and
  * aggregated here: calls and pages per (kind, task class), per-gfn counts,
  * a time series per BUCKET_NS and calls per (task, kind). Python copies the
@@ -17,6 +20,7 @@
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
 
+#define KVMCTL_TASK_CLASSES
 #include "ranges.h"
 
 #ifndef NR_PAGES
@@ -42,16 +46,8 @@ enum event_kind {
 	KIND_AGE = 0,
 	KIND_TEST_AGE = 1,
 	KIND_UNMAP = 2,
-	NR_KINDS = 3,
-};
-
-enum task_class {
-	CLASS_OURS = 0,
-	CLASS_KSWAPD = 1,
-	CLASS_KDAMOND = 2,
-	CLASS_VM = 3,
-	CLASS_OTHER = 4,
-	NR_CLASSES = 5,
+	KIND_TEST_CLEAR_YOUNG = 3,
+	NR_KINDS = 4,
 };
 
 enum aging_lost {
@@ -104,17 +100,9 @@ static __always_inline void counter_add(struct counter *c, u64 pages)
 	__sync_fetch_and_add(&c->pages, pages);
 }
 
-static __always_inline u32 classify(u32 tid, u32 tgid, const char *comm)
+static __always_inline bool ager_tid_known(u32 tid)
 {
-	if (ager_tids.lookup(&tid))
-		return CLASS_OURS;
-	if (comm_is_kswapd(comm))
-		return CLASS_KSWAPD;
-	if (comm_is_kdamond(comm))
-		return CLASS_KDAMOND;
-	if (tgid == cfg_get(CFG_VM_TGID))
-		return CLASS_VM;
-	return CLASS_OTHER;
+	return ager_tids.lookup(&tid) != 0;
 }
 
 static __always_inline void count_gfns(u32 kind, u64 index, u64 n)
@@ -190,7 +178,7 @@ static __always_inline int on_range(u32 kind, u64 start, u64 end)
 	u32 tid = (u32)id, tgid = id >> 32;
 	struct task_key tk = {.pid = tid, .tgid = tgid, .kind = kind};
 	bpf_get_current_comm(&tk.comm, sizeof(tk.comm));
-	u32 cls = classify(tid, tgid, tk.comm);
+	u32 cls = classify(tid, tgid, cfg_get(CFG_VM_TGID), tk.comm);
 
 	int slot = kind * NR_CLASSES + cls;
 	struct counter *c = totals.lookup(&slot);
@@ -230,3 +218,13 @@ TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
 {
 	return on_range(KIND_UNMAP, args->start, args->end);
 }
+
+#ifdef WITH_AGE_NOTIFIER
+/* op 0 = test_clear_young; paths 0 and 1 = answered by the hook (notifier.c) */
+TRACEPOINT_PROBE(kvm, kvm_age_notifier)
+{
+	if (args->op != 0 || args->path > 1)
+		return 0;
+	return on_range(KIND_TEST_CLEAR_YOUNG, args->start, args->end);
+}
+#endif

@@ -17,13 +17,22 @@
  * other tasks are still counted per lock (stack id NO_STACK), so those on
  * our VM's mmu_lock are found by its address.
  *
+ * With -DAGING_SECTIONS (kernels whose kvm:kvm_age_notifier marks the end of
+ * every aging request), each wait also records whether a locked aging
+ * request on our hva ranges was in progress at any time during it: begun by
+ * kvm_age_hva / kvm_test_age_hva (fired before the locked op takes mmu_lock)
+ * and not yet ended by kvm_age_notifier. Such waits add to behind_ns.
+ *
  * Options (-D): MAX_THREADS, MAX_ENTRIES, MAX_STACKS, STACK_DEPTH, MAX_AGER_TIDS,
- * OTHER_STACKS.
+ * OTHER_STACKS, AGING_SECTIONS.
  * Enum values are mirrored in kvmctl/trace/records.py.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
 
+#ifdef AGING_SECTIONS
+#define KVMCTL_HVA_FILTER
+#endif
 #include "ranges.h"
 
 #ifndef MAX_THREADS
@@ -69,10 +78,11 @@ struct start_key {
 
 struct tstamp {
 	u64 ts;
+	u64 sections_ended; /* aging sections ended before the wait began */
 	s32 stack_id;
 	u32 flags;
 	u32 waiter;
-	u32 pad;
+	u32 aging; /* an aging section was in progress when the wait began */
 };
 
 struct contention_key {
@@ -85,8 +95,15 @@ struct contention_val {
 	u64 total_ns;
 	u64 max_ns;
 	u64 count;
+	u64 behind_ns; /* the part of total_ns spent while aging held or wanted mmu_lock */
 	u32 flags;
 	u32 pad;
+};
+
+enum aging_state {
+	AGING_ACTIVE = 0, /* locked aging requests on our ranges in progress */
+	AGING_ENDED = 1,  /* and how many have ended */
+	NR_AGING_STATE = 2,
 };
 
 BPF_ARRAY(config, u64, NR_CFG);
@@ -103,6 +120,11 @@ struct short_stack {
 BPF_TABLE("stacktrace", int, struct short_stack, stacks, MAX_STACKS);
 BPF_ARRAY(wait_hist, u64, NR_WAITERS * NR_SLOTS);
 BPF_ARRAY(lost, u64, NR_LOCKS_LOST);
+BPF_ARRAY(aging_state, u64, NR_AGING_STATE);
+#ifdef AGING_SECTIONS
+BPF_ARRAY(ranges, struct slot_range, MAX_RANGES);
+BPF_HASH(in_section, u32, u8, MAX_THREADS);
+#endif
 
 static __always_inline u64 cfg_get(int which)
 {
@@ -116,6 +138,59 @@ static __always_inline void lost_inc(int which)
 	if (v)
 		__sync_fetch_and_add(v, 1);
 }
+
+static __always_inline u64 aging_get(int which)
+{
+	u64 *v = aging_state.lookup(&which);
+	return v ? *v : 0;
+}
+
+#ifdef AGING_SECTIONS
+static __always_inline struct slot_range *range_lookup(int k)
+{
+	return ranges.lookup(&k);
+}
+
+static __always_inline void aging_add(int which, s64 delta)
+{
+	u64 *v = aging_state.lookup(&which);
+	if (v)
+		__sync_fetch_and_add(v, delta);
+}
+
+static __always_inline int section_begin(u64 start, u64 end)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	u8 one = 1;
+	if (!hva_overlaps(start, end) || in_section.lookup(&tid))
+		return 0;
+	if (!in_section.update(&tid, &one))
+		aging_add(AGING_ACTIVE, 1);
+	return 0;
+}
+
+TRACEPOINT_PROBE(kvm, kvm_age_hva)
+{
+	return section_begin(args->start, args->end);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
+{
+	return section_begin(args->hva, args->hva + 1);
+}
+
+/* Every request ends with this event; only locked ones began a section. */
+TRACEPOINT_PROBE(kvm, kvm_age_notifier)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	if (!in_section.lookup(&tid))
+		return 0;
+	in_section.delete(&tid);
+	aging_add(AGING_ACTIVE, -1);
+	aging_add(AGING_ENDED, 1);
+	return 0;
+}
+#endif
 
 static __always_inline u32 waiter_class(u32 tid, u32 tgid)
 {
@@ -141,6 +216,8 @@ TRACEPOINT_PROBE(lock, contention_begin)
 	u64 id = bpf_get_current_pid_tgid();
 	struct tstamp t = {.ts = bpf_ktime_get_ns(), .flags = args->flags, .stack_id = NO_STACK};
 	t.waiter = waiter_class(id, id >> 32);
+	t.aging = aging_get(AGING_ACTIVE) != 0;
+	t.sections_ended = aging_get(AGING_ENDED);
 #ifndef OTHER_STACKS
 	if (t.waiter != WAITER_OTHER)
 #endif
@@ -168,6 +245,7 @@ TRACEPOINT_PROBE(lock, contention_end)
 	u64 wait = now - t->ts;
 	struct contention_key key = {.stack_id = t->stack_id, .waiter = t->waiter, .lock = sk.lock};
 	u32 flags = t->flags;
+	bool behind = t->aging || aging_get(AGING_ACTIVE) || aging_get(AGING_ENDED) != t->sections_ended;
 	starts.delete(&sk);
 	if (!in_window)
 		return 0;
@@ -177,6 +255,8 @@ TRACEPOINT_PROBE(lock, contention_end)
 	if (v) {
 		__sync_fetch_and_add(&v->total_ns, wait);
 		__sync_fetch_and_add(&v->count, 1);
+		if (behind)
+			__sync_fetch_and_add(&v->behind_ns, wait);
 		if (wait > v->max_ns)
 			v->max_ns = wait; /* racy max, as in perf: a lost update only lowers it */
 		v->flags = flags;

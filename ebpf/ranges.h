@@ -1,5 +1,6 @@
-/* Shared by the aging, spte, funcs and locks programs: the experiment VM's
- * memslot ranges, the configuration words Python writes before attaching,
+/* Shared by the aging, notifier, spte, funcs and locks programs: the
+ * experiment VM's memslot ranges, the configuration words Python writes
+ * before attaching, the hva filter, the task classes of aging and notifier,
  * and the aging marker of funcs.c and spte.c.
  *
  * Only types and map-free helpers live here: BCC rewrites map accesses
@@ -62,18 +63,41 @@ static __always_inline bool comm_is_kdamond(const char *c)
 	       c[6] == 'd';
 }
 
-/* The aging marker (programs that #define KVMCTL_AGING_MARKER first):
- * remember which threads are inside an aging notifier call about our hva
- * ranges. The tracepoints fire just before KVM walks the range, so what the
- * thread does next (a probed function, an SPTE change) belongs to our VM.
- * The program defines the accessors declared here, next to its maps, and
- * expands AGING_MARKER_PROBES once. */
-#ifdef KVMCTL_AGING_MARKER
+/* Who aged (programs that #define KVMCTL_TASK_CLASSES first and define
+ * ager_tid_known() next to their ager_tids map). */
+#ifdef KVMCTL_TASK_CLASSES
+enum task_class {
+	CLASS_OURS = 0,
+	CLASS_KSWAPD = 1,
+	CLASS_KDAMOND = 2,
+	CLASS_VM = 3,
+	CLASS_OTHER = 4,
+	NR_CLASSES = 5,
+};
+
+static __always_inline bool ager_tid_known(u32 tid);
+
+static __always_inline u32 classify(u32 tid, u32 tgid, u64 vm_tgid, const char *comm)
+{
+	if (ager_tid_known(tid))
+		return CLASS_OURS;
+	if (comm_is_kswapd(comm))
+		return CLASS_KSWAPD;
+	if (comm_is_kdamond(comm))
+		return CLASS_KDAMOND;
+	if (tgid == vm_tgid)
+		return CLASS_VM;
+	return CLASS_OTHER;
+}
+#endif
+
+/* The hva filter (programs that #define KVMCTL_HVA_FILTER or
+ * KVMCTL_AGING_MARKER first): whether a range touches our memslots. The
+ * program defines the accessors declared here, next to its maps. */
+#if defined(KVMCTL_HVA_FILTER) || defined(KVMCTL_AGING_MARKER)
 static __always_inline u64 cfg_get(int which);
 /* ranges[k], or 0 */
 static __always_inline struct slot_range *range_lookup(int k);
-/* store (ours) or forget tid in the program's aging_tids map */
-static __always_inline void aging_tid_mark(u32 tid, bool ours);
 
 static __always_inline bool hva_overlaps(u64 start, u64 end)
 {
@@ -90,6 +114,17 @@ static __always_inline bool hva_overlaps(u64 start, u64 end)
 	}
 	return false;
 }
+#endif
+
+/* The aging marker (programs that #define KVMCTL_AGING_MARKER first):
+ * remember which threads are inside an aging notifier call about our hva
+ * ranges. The tracepoints fire just before KVM walks the range, so what the
+ * thread does next (a probed function, an SPTE change) belongs to our VM.
+ * The program defines aging_tid_mark() next to its maps and expands
+ * AGING_MARKER_PROBES once. */
+#ifdef KVMCTL_AGING_MARKER
+/* store (ours) or forget tid in the program's aging_tids map */
+static __always_inline void aging_tid_mark(u32 tid, bool ours);
 
 static __always_inline int mark_aging(u64 start, u64 end)
 {

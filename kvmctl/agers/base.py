@@ -65,6 +65,7 @@ class AgerContext:
     memslots: list[Memslot]
     guest_pages: int = 0  # 0: derived from the memslots
     options: dict[str, Any] = field(default_factory=dict)
+    caps: Any = None  # the experiment's HostCaps; None: the agers probe the host themselves
 
     def __post_init__(self) -> None:
         total = sum(m.pages for m in self.memslots)
@@ -129,6 +130,8 @@ class Ager(abc.ABC):
     def __init__(self) -> None:
         self.ctx: AgerContext | None = None
         self._restore_handle: cleanup.Handle | None = None
+        # host settings this ager chose for its passes (name -> value), for the report
+        self.settings: dict[str, str] = {}
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -17,7 +17,11 @@ Options: ``enable`` (default True: turn MGLRU features on if needed, restored
 afterwards), ``can_swap`` (1), ``force_scan`` (1), ``evict`` (False: after
 aging, evict every generation older than the one aged into, i.e. the pages
 not used since the previous pass), ``swappiness`` (0 without swap, else 60),
-``evict_pages`` (nr_to_reclaim, 0 = unbounded).
+``evict_pages`` (nr_to_reclaim, 0 = unbounded), ``test_clear_young``
+(``on``/``off``/``keep``: cap 0x0008 of a kernel with the test_clear_young
+series, which harvests KVM's accessed bits without mmu_lock; default ``on``
+on such a kernel, restored afterwards; ``off`` is the A side of a
+comparison in one boot).
 """
 
 from __future__ import annotations
@@ -28,15 +32,29 @@ from pathlib import Path
 from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
 from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
 from kvmctl.knobs import read_knob, write_knob
+from kvmctl.probe import probe_host
 from kvmctl.probe.kernel import kernel_config
 from kvmctl.probe.memory import (
     LRU_GEN_DEBUGFS,
     LRU_GEN_ENABLED,
     LRU_GEN_REQUIRED,
+    LRU_GEN_SECONDARY_YOUNG,
     parse_lru_gen_features,
     probe_mglru,
     swap_total_bytes,
 )
+
+CAP_CHOICES = ("on", "off", "keep")
+
+
+def cap_choice(value: object) -> str:
+    """The ``test_clear_young`` option as on/off/keep (1/0 and true/false accepted)."""
+    text = str(value).strip().lower()
+    text = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(text, text)
+    if text not in CAP_CHOICES:
+        raise UsageError(f"--ager-opt test_clear_young={value} is not one of {', '.join(CAP_CHOICES)}",
+                         "write --ager-opt test_clear_young=off (or on, keep)")
+    return text
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,7 @@ class MglruAger(Ager):
         self.enabled_path = enabled
         self.debugfs = debugfs
         self._original_enabled: str | None = None
+        self._hook = False  # the kernel has the test_clear_young series
 
     def availability(self) -> Availability:
         item = probe_mglru(kernel_config(), self.enabled_path, self.debugfs)
@@ -137,13 +156,42 @@ class MglruAger(Ager):
             raise UsageError("the mglru ager needs the VM in an experiment cgroup", "create one with ExperimentCgroup.create()")
         current = (read_knob(self.enabled_path) or "").strip()
         features = parse_lru_gen_features(current)
+        wanted = features
         if features & LRU_GEN_REQUIRED != LRU_GEN_REQUIRED:
             if not ctx.options.get("enable", True):
                 raise UnsupportedError(f"MGLRU features are {current}, aging needs {LRU_GEN_REQUIRED:#x}",
                                        f"echo {LRU_GEN_REQUIRED:#x} > {self.enabled_path}, or allow enable")
+            wanted |= LRU_GEN_REQUIRED
+        wanted = self._with_cap(wanted, ctx)
+        if wanted != features:
             self._original_enabled = current
-            self._write(self.enabled_path, f"{features | LRU_GEN_REQUIRED:#x}")
+            self._write(self.enabled_path, f"{wanted:#x}")
+        if self._hook:
+            now = parse_lru_gen_features(read_knob(self.enabled_path) or "0")
+            if bool(now & LRU_GEN_SECONDARY_YOUNG) != bool(wanted & LRU_GEN_SECONDARY_YOUNG):
+                raise UnsupportedError(f"{self.enabled_path} did not keep cap {LRU_GEN_SECONDARY_YOUNG:#06x} "
+                                       f"(wrote {wanted:#06x}, reads {now:#06x})",
+                                       "use a kernel with the test_clear_young series (kernels/test-clear-young)")
+            self.settings["lru_gen_cap"] = "on" if now & LRU_GEN_SECONDARY_YOUNG else "off"
+            self.settings["lru_gen_enabled"] = f"{now:#06x}"
         self._gens()  # fail early if our memcg is not listed
+
+    def _with_cap(self, features: int, ctx: AgerContext) -> int:
+        """The features with the test_clear_young cap as the option asks (default: on where the kernel has it)."""
+        self._hook = bool((ctx.caps or probe_host(load_bpf=False)).test_clear_young)
+        asked = "test_clear_young" in ctx.options
+        choice = cap_choice(ctx.options.get("test_clear_young", "on" if self._hook else "keep"))
+        if not self._hook:
+            if asked and choice == "on":
+                raise UnsupportedError("--ager-opt test_clear_young=on: this kernel lacks the test_clear_young "
+                                       f"series, so {self.enabled_path} has no cap {LRU_GEN_SECONDARY_YOUNG:#06x}",
+                                       "build it: scripts/build-lab-kernel.sh --patches kernels/test-clear-young")
+            return features
+        if choice == "on":
+            return features | LRU_GEN_SECONDARY_YOUNG
+        if choice == "off":
+            return features & ~LRU_GEN_SECONDARY_YOUNG
+        return features
 
     def _restore(self) -> None:
         if self._original_enabled is not None:

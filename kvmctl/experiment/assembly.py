@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from kvmctl.experiment import hook
 from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.passes import PassOutcome
 from kvmctl.experiment.scoring import ResidencyScore, YoungScore, refaults, residency_score, young_score
@@ -66,8 +67,8 @@ def not_traced(report: Report, reason: str) -> None:
         report.probes.not_observable[figure] = reason
 
 
-def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None,
-             report: Report) -> tuple[PassRow, ResidencyScore | None, YoungScore | None]:
+def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, report: Report,
+             tracer: ExperimentTracer | None = None) -> tuple[PassRow, ResidencyScore | None, YoungScore | None]:
     """The report row of one pass, with its residency and young/idle scores against the pages touched."""
     record, phase = outcome.record, outcome.phase
     row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns)
@@ -89,8 +90,27 @@ def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None,
         row.background_calls = s1["background_calls"] - s0["background_calls"]
         if s0.get("paths") is not None and s1.get("paths") is not None:
             row.aging_paths = {k: s1["paths"].get(k, 0) - s0["paths"].get(k, 0) for k in s1["paths"]}
+        if tracer is not None:
+            locks = tracer.pass_lock_figures(s0, s1)
+            row.lockless_share, row.mmu_lock_acquisitions = locks.lockless_share, locks.acquisitions
+            if s0.get("notifier") is not None and s1.get("notifier") is not None:
+                during = s1["notifier"].minus(s0["notifier"])
+                row.notifier_paths = hook.paths_by_label(during)
+                row.hook_cleared = hook.hook_figures(during, None, None).cleared
     report.notes.extend(f"pass {index}: {note}" for note in record.notes + record.errors)
     return row, score, young
+
+
+def ager_settings(report: Report, settings: dict[str, str]) -> None:
+    """Host settings the ager chose for its passes: in the notes, and the hook's cap where it applies."""
+    if "lru_gen_cap" in settings:
+        report.aging.test_clear_young.lru_gen_cap = settings["lru_gen_cap"]
+        report.notes.append(f"the mglru ager ran its passes with lru_gen/enabled {settings.get('lru_gen_enabled')}: "
+                            f"test_clear_young cap 0x0008 {settings['lru_gen_cap']} (restored afterwards; "
+                            "--ager-opt test_clear_young=on|off|keep)")
+    for key, value in settings.items():
+        if key not in ("lru_gen_cap", "lru_gen_enabled"):
+            report.notes.append(f"ager setting {key}={value}")
 
 
 def mapping_counts(report: Report, spte: SpteCounts | None, at_build: dict, after_populate: dict) -> None:
@@ -138,24 +158,32 @@ def ground_truth(report: Report, spec: ExperimentSpec, scores: list[ResidencySco
 def _shares(paths: dict[str, int] | None) -> str:
     total = sum((paths or {}).values())
     if not total:
-        return "no aging call seen by the function probes"
+        return "no aging call seen"
     return ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(paths.items()) if v)
 
 
 def fallback(report: Report, spec: ExperimentSpec, paths: dict[str, int] | None, shadow_pages: int | None) -> None:
     """The fallback verdict; with --nested, the paths before and after the nested guest ran."""
     r = report
+    notifier: dict[str, int] = {}
+    for row in r.aging.paths:
+        notifier[row.path] = notifier.get(row.path, 0) + row.calls
     res = decide(FallbackInputs(host_mmu=r.host.mmu.value if r.host.mmu else "shadow", path_calls=paths,
-                                shadow_pages_created=shadow_pages, vm_stats=r.vm_stats))
+                                shadow_pages_created=shadow_pages, vm_stats=r.vm_stats,
+                                notifier_paths=notifier or None))
     r.fallback.verdict, r.fallback.tdp_share, r.fallback.rmap_share = res.verdict, res.tdp_share, res.rmap_share
     r.fallback.evidence = res.evidence
     if spec.nested and r.passes:
-        after: dict[str, int] = {}
-        for row in r.passes[1:]:
-            for k, v in (row.aging_paths or {}).items():
-                after[k] = after.get(k, 0) + v
-        r.fallback.evidence.insert(0, f"before the nested guest ran (pass 0): {_shares(r.passes[0].aging_paths)}; "
-                                      f"after it ran (passes 1..{len(r.passes) - 1}): {_shares(after)}")
+        for field in ("aging_paths", "notifier_paths"):
+            if getattr(r.passes[0], field) is None:
+                continue
+            after: dict[str, int] = {}
+            for row in r.passes[1:]:
+                for k, v in (getattr(row, field) or {}).items():
+                    after[k] = after.get(k, 0) + v
+            r.fallback.evidence.insert(0, f"{field}: before the nested guest ran (pass 0): "
+                                          f"{_shares(getattr(r.passes[0], field))}; after it ran "
+                                          f"(passes 1..{len(r.passes) - 1}): {_shares(after)}")
     if res.rmap_share_reason:
         r.notes.append(f"fallback.rmap_share: {res.rmap_share_reason}")
         if res.rmap_share is None:

@@ -1,8 +1,9 @@
 """The fallback verdict: did this VM's aging take the TDP path or the rmap path?
 
-Evidence, strongest first: which aging function ran (function probes), the
-shadow pages KVM created for the VM (kvmmmu:kvm_mmu_get_page), the VM's
-binary stats and the host's MMU mode. On a host without a TDP MMU every
+Evidence, strongest first: the path KVM named for each aging request
+(kvm:kvm_age_notifier, kernels with the test_clear_young series), which
+aging function ran (function probes), the shadow pages KVM created for the
+VM (kvmmmu:kvm_mmu_get_page), the VM's binary stats and the host's MMU mode. On a host without a TDP MMU every
 aging call takes the rmap path by construction; the verdict says so and
 names the observations that confirm the VM ran on shadow pages.
 """
@@ -22,6 +23,7 @@ class FallbackInputs:
     shadow_pages_created: int | None = None  # kvm_mmu_get_page events for this VM
     vm_stats: dict = field(default_factory=dict)
     nested_shadow_pages: int | None = None  # shadow pages for a nested guest's roots (lab)
+    notifier_paths: dict[str, int] | None = None  # aging requests per kvm_age_notifier path label
 
 
 @dataclass
@@ -34,6 +36,21 @@ class FallbackResult:
 
 
 def decide(inp: FallbackInputs) -> FallbackResult:
+    result = _decide(inp)
+    notifier = inp.notifier_paths or {}
+    refused, both = notifier.get("refused:nested", 0), notifier.get("lockless+rmap", 0)
+    if refused:
+        result.verdict = Verdict.RMAP_NESTED_HOOK_DISABLED
+        result.evidence.insert(0, f"kvm_age_notifier: test_clear_young refused {refused} requests because the VM has "
+                                  "shadow roots (kvm.test_clear_young_nested=v1), each retried under mmu_lock")
+    elif both:
+        result.verdict = Verdict.RMAP_NESTED
+        result.evidence.insert(0, f"kvm_age_notifier: {both} requests walked the TDP MMU without mmu_lock and the "
+                                  "shadow-MMU rmaps under it (kvm.test_clear_young_nested=fixed)")
+    return result
+
+
+def _decide(inp: FallbackInputs) -> FallbackResult:
     ev: list[str] = []
     stats = inp.vm_stats
     for key in ("pages_4k", "pages_2m", "mmu_cache_miss", "mmu_shadow_zapped", "max_mmu_rmap_size"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvmctl.experiment import hook
 from kvmctl.report import schema as rm
 from kvmctl.probe import HostCaps
 from kvmctl.probe.bpf import find_headers
@@ -18,7 +19,8 @@ from kvmctl.trace.records import EventKind, TraceResult, TraceTarget
 from kvmctl.vocab import TaskClass
 from kvmctl.trace.tracer import Tracer, TracerOptions
 
-AGING_KINDS = (EventKind.AGE, EventKind.TEST_AGE)  # clear_young/clear_flush_young and test_young
+# clear_young/clear_flush_young, test_young, and the requests the test_clear_young hook answered
+AGING_KINDS = (EventKind.AGE, EventKind.TEST_AGE, EventKind.TEST_CLEAR_YOUNG)
 BACKGROUND = (TaskClass.KSWAPD, TaskClass.KDAMOND, TaskClass.OTHER)
 
 
@@ -30,6 +32,11 @@ class ExperimentTracer:
         self.headers = find_headers(caps.kernel.release)
         self.tracer = Tracer(self.plan, self.target, TracerOptions(bucket_ns=interval_ns), headers=self.headers)
         self.memslots = memslots
+        lockless = caps.paging.lockless_aging.value
+        self.lockless_aging = lockless if isinstance(lockless, bool) else None
+        hook_item = caps.test_clear_young
+        self.hook_facts = hook_item.value if hook_item else None
+        self.hook_missing = None if hook_item else hook_item.reason
         self.tracer.start()
         self.window_start_ns = self.tracer.window.start_ns
 
@@ -72,7 +79,14 @@ class ExperimentTracer:
             return None
         totals = _totals(res)
         totals["paths"] = dict(res.paths["age"]) if res.paths else None
+        totals["notifier"] = res.notifier
         return totals
+
+    def pass_lock_figures(self, before: dict, after: dict) -> hook.LockFigures:
+        """The lock figures of the requests between two running totals."""
+        n0, n1 = before.get("notifier"), after.get("notifier")
+        return hook.lock_figures(n1.minus(n0) if n0 is not None and n1 is not None else None,
+                                 after["calls"] - before["calls"], self.lockless_aging)
 
     def stop(self) -> None:
         self.tracer.stop()
@@ -109,6 +123,7 @@ class ExperimentTracer:
                     background_calls=int(calls[b][:, bg].sum()), background_pages=int(pages[b][:, bg].sum())))
         if res.spte is not None:
             report.aging.bits_cleared = res.spte.bits_cleared
+        self._hook_figures(report, res)
         if res.contention is not None:
             rows = []
             for r in sorted(res.contention, key=lambda x: -x.total_ns):
@@ -127,11 +142,39 @@ class ExperimentTracer:
         for f in res.funcs or []:
             report.histograms[f"{f.function} latency ns"] = list(f.hist)
         if res.per_gfn is not None:
-            aged = res.per_gfn.by_kind.get(EventKind.AGE.label)
-            test = res.per_gfn.by_kind.get(EventKind.TEST_AGE.label)
-            per_page = None if aged is None else aged.astype(np.int64) + (0 if test is None else test)
+            kinds = [res.per_gfn.by_kind.get(k.label) for k in AGING_KINDS]
+            per_page = None if kinds[0] is None else sum(k.astype(np.int64) for k in kinds if k is not None)
             report.heatmaps = _heatmaps(self.memslots, per_page, touch_counts)
         return res
+
+
+    def _hook_figures(self, report: rm.Report, res: TraceResult) -> None:
+        """Paths, the lockless share, mmu_lock taken by aging and vCPU waits behind it."""
+        locks = hook.lock_figures(res.notifier, _totals(res)["calls"] if res.aging else None, self.lockless_aging)
+        report.aging.lockless_share = locks.lockless_share
+        report.contention.aging_mmu_lock_acquisitions = locks.acquisitions
+        report.probes.derived.update(locks.derived)
+        for figure, why in locks.not_observable.items():
+            report.probes.not_observable.setdefault(figure, why)
+        if res.notifier is not None:
+            report.aging.paths = hook.path_rows(res.notifier)
+            facts = self.hook_facts or {}
+            report.aging.test_clear_young = hook.hook_figures(res.notifier, facts.get("lru_gen_cap"),
+                                                              facts.get("nested_mode"))
+        else:
+            report.probes.not_observable.setdefault(
+                hook.HOOK, self.hook_missing or self.plan.not_observable.get("aging.test_clear_young",
+                                                                             "not traced"))
+            report.probes.not_observable.setdefault("aging.paths", self.plan.not_observable.get(
+                "aging.notifier_paths", "not traced"))
+        behind, how = hook.behind_aging_ns(res.contention, res.aging_sections, res.notifier is not None,
+                                           self.lockless_aging)
+        report.contention.vcpu_wait_behind_aging_ns = behind
+        if behind is None:
+            report.probes.not_observable.setdefault(hook.BEHIND, self.plan.not_observable.get(
+                "contention.behind_aging", "lock contention was not traced"))
+        elif not res.aging_sections:
+            report.probes.derived[hook.BEHIND] = how
 
 
 def _totals(res: TraceResult) -> dict[str, int]:

@@ -85,7 +85,8 @@ class Experiment:
             assembly.not_traced(report, "tracing disabled (--no-trace)")
         self._populate()
         options = spec.ager_options_for(session.cgroup.usage_bytes(), built.total_pages * PAGE_SIZE)
-        ager.prepare(AgerContext(session.cgroup, built.pid, list(built.memslots), options=options))
+        ager.prepare(AgerContext(session.cgroup, built.pid, list(built.memslots), options=options,
+                                 caps=session.probe()))
         evicted = self._ager_passes(ager)
         self.progress("final touch phase (re-faults of the last pass)")
         final = self.passes.touch_phase()
@@ -93,6 +94,7 @@ class Experiment:
             report.passes[-1].refaults = refaults(evicted, final.touched)
         ager.restore()
         self._finish_trace()
+        assembly.ager_settings(report, ager.settings)
         report.vm_stats = session.vm.stats()
         spte = self.trace_result.spte if self.trace_result is not None else None
         assembly.mapping_counts(report, spte, self.stats_at_build, self.stats_after_populate)
@@ -126,7 +128,7 @@ class Experiment:
             eta = f", ETA {(time.monotonic() - t0) / p * (spec.passes - p + 1):.0f}s" if p else ""
             self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode}), epoch {passes.next_epoch}{eta}")
             outcome = passes.run_pass(ager, p)
-            row, score, young = assembly.pass_row(p, outcome, evicted, self.report)
+            row, score, young = assembly.pass_row(p, outcome, evicted, self.report, self.session.tracer)
             self.report.passes.append(row)
             self._scores += [score] if score else []
             self._young += [young] if young else []

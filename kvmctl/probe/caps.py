@@ -17,7 +17,7 @@ from kvmctl.probe.bpf import BpfCaps
 from kvmctl.probe.item import Item, first_missing, missing, ok
 from kvmctl.probe.kernel import KernelInfo
 from kvmctl.probe.kvm import KvmCaps, PagingCaps
-from kvmctl.probe.memory import MemoryCaps
+from kvmctl.probe.memory import LRU_GEN_SECONDARY_YOUNG, MemoryCaps, parse_lru_gen_features
 from kvmctl.probe.tracing import KALLSYMS, KernelSymbols, tracepoint_fields
 from kvmctl.units import format_size, parse_size
 
@@ -104,6 +104,25 @@ class HostCaps:
                        "run on a host with EPT/NPT (bare metal, or nested virtualization enabled) and kvm.tdp_mmu=Y")
 
     @property
+    def test_clear_young(self) -> Item:
+        """The lockless accessed-bit harvest hook (kernels/test-clear-young): symbol, tracepoint, switches."""
+        hook = self.symbols.get("kvm_arch_test_clear_young")
+        tracepoint = self.tracepoints.get("kvm:kvm_age_notifier") or missing("not probed")
+        if not hook and not tracepoint:
+            return missing("this kernel lacks the test_clear_young series (no kvm_arch_test_clear_young, "
+                           "no kvm:kvm_age_notifier)",
+                           "build one: scripts/build-lab-kernel.sh --patches kernels/test-clear-young, then "
+                           "kvmctl lab --kernel <tree>", source=hook.source if hook else None)
+        mglru = self.memory.mglru
+        cap = (("on" if parse_lru_gen_features(mglru.value) & LRU_GEN_SECONDARY_YOUNG else "off")
+               if isinstance(mglru.value, str) else None)
+        value = {"symbol": "kvm_arch_test_clear_young" if hook else None, "tracepoint": bool(tracepoint),
+                 "lru_gen_cap": cap, "lru_gen_cap_bit": f"{LRU_GEN_SECONDARY_YOUNG:#06x}",
+                 "nested_mode": self.paging.test_clear_young_nested.value}
+        reason = None if tracepoint else "no kvm:kvm_age_notifier tracepoint: calls per path are not observable"
+        return ok(value, source=hook.source if hook else tracepoint.source, reason=reason)
+
+    @property
     def bpf_tracepoints(self) -> Item:
         return first_missing(self.bpf.tracepoint, self.bpf.bcc, self.bpf.bcc_compile)
 
@@ -143,6 +162,7 @@ class HostCaps:
             ("BPF", _items(self.bpf)),
             (f"Aging symbols ({KALLSYMS})", dict(self.symbols)),
             ("Tracepoints", dict(self.tracepoints)),
+            ("Aging patches", {"test_clear_young": self.test_clear_young}),
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,7 +177,7 @@ class HostCaps:
             "tracepoints": {k: v.to_dict() for k, v in self.tracepoints.items()},
             "predicates": {name: getattr(self, name).to_dict() for name in
                            ("kvm_usable", "tdp", "bpf_tracepoints", "kprobes", "fentry", "mglru", "page_idle",
-                            "foreign_kdamond")},
+                            "foreign_kdamond", "test_clear_young")},
             "notes": list(self.notes),
             "probe_seconds": round(self.probe_seconds, 3),
         }

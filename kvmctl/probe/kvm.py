@@ -64,6 +64,7 @@ class PagingCaps:
     ad_bits: Item
     nested: Item
     lockless_aging: Item  # CONFIG_KVM_MMU_LOCKLESS_AGING: value True/False, "unknown" without a config
+    test_clear_young_nested: Item  # the test_clear_young series' nested mode: "v1" or "fixed"
 
 
 def _module_item(sys_module: Path) -> Item:
@@ -198,10 +199,28 @@ def _lockless_aging(config: KernelConfig, version: tuple[int, int, int]) -> Item
                    f"use a kernel >= {since}", False, config.source)
 
 
+TEST_CLEAR_YOUNG_NESTED = "test_clear_young_nested"
+TEST_CLEAR_YOUNG_NESTED_MODES = ("v1", "fixed")
+
+
+def test_clear_young_nested_path(sys_module: Path = SYS_MODULE) -> Path:
+    return sys_module / "kvm/parameters" / TEST_CLEAR_YOUNG_NESTED
+
+
+def _test_clear_young_nested(sys_module: Path) -> Item:
+    """kvm.test_clear_young_nested: what the lockless hook does for a VM that has shadow roots (nested)."""
+    path = test_clear_young_nested_path(sys_module)
+    text, why = read(path)
+    if text is None:
+        return missing("no kvm.test_clear_young_nested parameter: this kernel lacks the test_clear_young series",
+                       "build it: scripts/build-lab-kernel.sh --patches kernels/test-clear-young", source=str(path))
+    return ok(text.strip(), source=str(path))
+
+
 def probe_paging(module: str | None, config: KernelConfig, version: tuple[int, int, int],
                  sys_module: Path = SYS_MODULE) -> PagingCaps:
     npt = _module_param(sys_module, "kvm_amd", "npt", module, "AMD-V with NPT")
     return PagingCaps(_tdp_mmu(sys_module, module), _module_param(sys_module, "kvm_intel", "ept", module,
                                                                   "Intel VT-x with EPT"),
                       npt, _ad_bits(sys_module, module, npt), _nested(sys_module, module),
-                      _lockless_aging(config, version))
+                      _lockless_aging(config, version), _test_clear_young_nested(sys_module))

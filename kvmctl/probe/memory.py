@@ -150,6 +150,8 @@ LRU_GEN_DEBUGFS = Path("/sys/kernel/debug/lru_gen")
 LRU_GEN_CORE = 0x1
 LRU_GEN_MM_WALK = 0x2
 LRU_GEN_REQUIRED = LRU_GEN_CORE | LRU_GEN_MM_WALK
+# The test_clear_young series' cap: harvest KVM's accessed bits without mmu_lock (kernels/test-clear-young).
+LRU_GEN_SECONDARY_YOUNG = 0x8
 PAGE_IDLE_BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
 
 

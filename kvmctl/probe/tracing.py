@@ -35,6 +35,7 @@ TRACEPOINTS = (
     "lock:contention_end",
     "kvm:kvm_exit",
     "kvm:kvm_page_fault",
+    "kvm:kvm_age_notifier",  # the test_clear_young series (kernels/test-clear-young)
 )
 # Tracepoints that exist in every kernel but fire only on some MMUs or vendor modules.
 _TDP_ONLY_EVENTS = ("kvmmmu:kvm_tdp_mmu_spte_changed",)
@@ -50,6 +51,7 @@ AGING_SYMBOLS = (
     "kvm_age_rmap",
     "kvm_test_age_rmap",
     "kvm_arch_test_clear_young",
+    "kvm_mmu_notifier_test_clear_young",
     "kvm_mmu_notifier_clear_flush_young",
     "kvm_mmu_notifier_clear_young",
     "kvm_mmu_notifier_test_young",

@@ -58,6 +58,10 @@ HEADLINE: tuple[Figure, ...] = (
     Figure("ground_truth.precision", "young/idle precision", Unit.FRACTION, False),
     Figure("ground_truth.recall", "young/idle recall", Unit.FRACTION, False),
     Figure("contention.mmu_lock_wait_ns", "mmu_lock wait", Unit.NS, True),
+    Figure("aging.lockless_share", "lockless aging share", Unit.FRACTION),
+    Figure("aging.test_clear_young.cleared", "bits cleared by the hook", Unit.COUNT),
+    Figure("contention.aging_mmu_lock_acquisitions", "mmu_lock taken by aging", Unit.COUNT, True),
+    Figure("contention.vcpu_wait_behind_aging_ns", "vCPU wait behind aging", Unit.NS, True),
     Figure("fallback.rmap_share", "aging calls on the rmap path", Unit.FRACTION),
     Figure("lost_events", "lost events", Unit.COUNT, True),
 )

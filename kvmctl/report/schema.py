@@ -40,6 +40,8 @@ class Verdict(str, enum.Enum):
     TDP = "tdp"
     RMAP_SHADOW = "rmap (no TDP MMU: shadow paging)"
     RMAP_NESTED = "rmap (nested)"
+    # the test_clear_young series refused its lockless path for the whole VM (kvm.test_clear_young_nested=v1)
+    RMAP_NESTED_HOOK_DISABLED = "rmap (nested): test_clear_young disabled: this VM has run a nested guest"
 
 
 class Headers(str, enum.Enum):
@@ -67,12 +69,15 @@ class HostFacts:
     headers_version: str | None = None  # e.g. "6.1.0-28-amd64" when mismatched
     cpus: int | None = None
     memory_bytes: int | None = None
+    # the test_clear_young series (kernels/test-clear-young): symbol, tracepoint, lru_gen cap, nested mode
+    test_clear_young: dict[str, Any] | None = None
 
 
 @dataclass
 class Probes:
     chosen: dict[str, str] = field(default_factory=dict)  # measurement -> attach point
     not_observable: dict[str, str] = field(default_factory=dict)  # figure/measurement -> reason
+    derived: dict[str, str] = field(default_factory=dict)  # figure -> how it follows from what was traced
 
 
 @dataclass
@@ -94,6 +99,33 @@ class AgingSample:
 
 
 @dataclass
+class NotifierPathRow:
+    """Aging requests of one (op, path) on our memslots (kvm:kvm_age_notifier)."""
+
+    op: str  # test_clear_young, clear_flush_young, clear_young, test_young
+    path: str  # lockless, lockless+rmap, refused:nested, refused:mmu, locked
+    calls: int
+    pages: int  # pages asked about, inside our memslots
+    young: int  # accessed pages found
+    cleared: int  # of those, cleared (requests that asked to clear)
+
+
+@dataclass
+class ClearYoungHook:
+    """The lockless test_clear_young hook: the requests it answered and what it found."""
+
+    calls: int | None = None  # requests answered by the hook (lockless or lockless+rmap)
+    pages: int | None = None
+    pages_per_call: float | None = None
+    young: int | None = None  # accessed pages found
+    cleared: int | None = None  # accessed bits cleared through the hook
+    refused_nested: int | None = None  # requests refused: the VM has shadow roots (a nested guest ran)
+    refused_mmu: int | None = None  # requests refused: no TDP MMU or no accessed bits
+    lru_gen_cap: str | None = None  # "on"/"off": lru_gen/enabled cap 0x0008 while the passes ran
+    nested_mode: str | None = None  # kvm.test_clear_young_nested: "v1" or "fixed"
+
+
+@dataclass
 class Aging:
     calls: int | None = None  # all aging calls on our VM's memslots (ours + background)
     pages: int | None = None  # guest pages those calls covered
@@ -103,6 +135,9 @@ class Aging:
     interval_ns: int | None = None  # width of one series sample
     by_task: list[TaskAging] = field(default_factory=list)
     series: list[AgingSample] = field(default_factory=list)
+    lockless_share: float | None = None  # share of aging calls that took no mmu_lock for the TDP MMU
+    paths: list[NotifierPathRow] = field(default_factory=list)
+    test_clear_young: ClearYoungHook = field(default_factory=ClearYoungHook)
 
 
 @dataclass
@@ -125,6 +160,8 @@ class Contention:
     mmu_lock_wait_ns: int | None = None  # total wait on our VM's mmu_lock
     mmu_lock_contended: int | None = None
     rows: list[ContentionRow] = field(default_factory=list)
+    aging_mmu_lock_acquisitions: int | None = None  # aging requests on our VM that took mmu_lock for write
+    vcpu_wait_behind_aging_ns: int | None = None  # vCPU mmu_lock waits while a locked aging request ran
 
 
 @dataclass
@@ -188,6 +225,10 @@ class PassRow:
     aging_pages: int | None = None
     background_calls: int | None = None
     aging_paths: dict[str, int] | None = None  # kvm_age_gfn calls per path during the pass (function probes)
+    notifier_paths: dict[str, int] | None = None  # aging requests per kvm_age_notifier path during the pass
+    lockless_share: float | None = None
+    hook_cleared: int | None = None  # accessed bits cleared through test_clear_young during the pass
+    mmu_lock_acquisitions: int | None = None  # aging requests that took mmu_lock during the pass
 
 
 @dataclass
@@ -284,11 +325,11 @@ class Report:
 
     def reason_for(self, figure: str) -> str:
         """Why a null figure is null, in words fit for the user."""
-        reason = self.probes.not_observable.get(figure)
-        if reason is None and "." in figure:  # a whole measurement may be marked
-            reason = self.probes.not_observable.get(figure.split(".", 1)[0])
-        if reason is not None:
-            return reason
+        parts = figure.split(".")
+        for n in range(len(parts), 0, -1):  # a whole measurement or object may be marked
+            reason = self.probes.not_observable.get(".".join(parts[:n]))
+            if reason is not None:
+                return reason
         if not self.complete:
             return "the run was cut short first"
         return "no reason recorded"

@@ -276,6 +276,35 @@ def _passes(report: Report) -> list[str]:
     return lines
 
 
+def _aging_paths(report: Report) -> list[str]:
+    """How KVM answered the aging requests (kernels with kvm:kvm_age_notifier)."""
+    a, hook = report.aging, report.aging.test_clear_young
+    if not a.paths:
+        return []
+    lines = _section("Aging requests by path (kvm:kvm_age_notifier)")
+    fmt = "%-18s %-15s %10s %11s %10s %10s"
+    lines.append(fmt % ("op", "path", "calls", "pages", "young", "cleared"))
+    for r in a.paths:
+        lines.append(fmt % (r.op, r.path, fmt_count(r.calls), fmt_count(r.pages), fmt_count(r.young),
+                            fmt_count(r.cleared)))
+    if hook.calls is not None:
+        lines += _field("hook", f"{fmt_count(hook.calls)} requests, {fmt_count(hook.pages_per_call)} pages each, "
+                                f"{fmt_count(hook.cleared)} bits cleared; refused {fmt_count(hook.refused_nested)} "
+                                f"(nested) + {fmt_count(hook.refused_mmu)} (mmu)")
+        lines += _field("switches", f"lru_gen cap 0x0008 {hook.lru_gen_cap or '-'}, "
+                                    f"kvm.test_clear_young_nested {hook.nested_mode or '-'}")
+    rows = [p for p in report.passes if p.notifier_paths is not None]
+    if rows:
+        pfmt = "%4s %9s %9s %9s  %s"
+        lines.append("")
+        lines.append(pfmt % ("pass", "lockless", "mmu_lock", "cleared", "requests by path"))
+        lines += _elided(rows, pfmt, lambda p: (
+            p.pass_no, fmt_fraction(p.lockless_share), fmt_count(p.mmu_lock_acquisitions), fmt_count(p.hook_cleared),
+            _clip(", ".join(f"{k} {fmt_count(v)}" for k, v in sorted(p.notifier_paths.items())), WIDTH - 36)),
+            "passes")
+    return lines
+
+
 def _epochs(report: Report) -> list[str]:
     if not report.epochs:
         return []
@@ -370,6 +399,9 @@ def _probes(report: Report) -> list[str]:
     width = max((len(k) for k in p.chosen), default=10) + 1
     for measurement, point in p.chosen.items():
         lines += _field(measurement, point, min(width, 30))
+    if p.derived:
+        lines.append("derived, not counted per event:")
+        lines += _bullets([f"{k}: {v}" for k, v in p.derived.items()])
     if p.not_observable:
         lines.append("not observable here:")
         lines += _bullets([f"{k}: {v}" for k, v in p.not_observable.items()])
@@ -441,6 +473,7 @@ def render_text(report: Report) -> str:
         _ground_truth,
         _spte,
         _passes,
+        _aging_paths,
         _aging,
         _histograms,
         _contention,

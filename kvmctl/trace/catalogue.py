@@ -65,6 +65,15 @@ _AGE_HVA = _tp("kvm:kvm_age_hva", "aging.c", ("start", "end"))
 _SET_SPTE = _tp("kvmmmu:kvm_mmu_set_spte", "spte.c", ("gfn", "level"))
 _LOCKS = AttachPoint(AttachKind.TRACEPOINT, ("lock:contention_begin", "lock:contention_end"), "locks.c",
                      (("lock_addr", "flags"), ("lock_addr",)))
+# kvm:kvm_age_notifier comes with the test_clear_young series (kernels/test-clear-young): one event
+# per aging request, at its end, with the op and the path KVM took.
+AGE_NOTIFIER = "kvm:kvm_age_notifier"
+_NOTIFIER = _tp(AGE_NOTIFIER, "notifier.c", ("op", "path", "start", "end", "young"))
+# Locked aging requests begin with kvm_age_hva / kvm_test_age_hva and end with kvm_age_notifier.
+_LOCKS_BEHIND_AGING = AttachPoint(
+    AttachKind.TRACEPOINT,
+    ("lock:contention_begin", "lock:contention_end", "kvm:kvm_age_hva", "kvm:kvm_test_age_hva", AGE_NOTIFIER),
+    "locks.c", (("lock_addr", "flags"), ("lock_addr",), ("start", "end"), ("hva",), ()))
 
 # Logical names of function probes; resolved to kallsyms names by kernel_offer().
 FN_AGE = "kvm_age_gfn"
@@ -112,8 +121,10 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     # Without an rmap walker symbol (inlined), an outer call that missed the TDP walker took the rmap path.
     Measurement("aging.path", "which MMU path (TDP or rmap) each aging call took",
                 (_kp(FN_AGE, FN_TDP_AGE, FN_RMAP_AGE), _kp(FN_AGE, FN_TDP_AGE))),
+    Measurement("aging.notifier_paths", "how KVM answered each aging request: op and path (lockless, "
+                "rmaps under mmu_lock, refused, locked), pages asked, young pages found", (_NOTIFIER,)),
     Measurement("aging.test_clear_young", "the test_clear_young notifier of a patched kernel",
-                (_kp(FN_TEST_CLEAR_YOUNG),)),
+                (_NOTIFIER, _kp(FN_TEST_CLEAR_YOUNG))),
     Measurement("aging.bits_cleared", "accessed bits cleared in SPTEs by aging",
                 (_tp("kvmmmu:kvm_tdp_mmu_spte_changed", "spte.c", ("gfn", "old_spte", "new_spte"), True),)),
     Measurement("spte.mappings", "leaf SPTEs installed per guest page (re-faults)", (_SET_SPTE,)),
@@ -122,6 +133,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 (_tp("kvmmmu:kvm_mmu_get_page", "spte.c", ("role", "created")),)),
     Measurement("contention.locks", "kernel lock waits with stacks, perf-lock style", (_LOCKS,)),
     Measurement("contention.mmu_lock", "waits on KVM's mmu_lock by waiter class", (_LOCKS,)),
+    Measurement("contention.behind_aging", "vCPU waits on mmu_lock while a locked aging request was in progress",
+                (_LOCKS_BEHIND_AGING,)),
 )
 
 @dataclass
@@ -223,6 +236,10 @@ def make_plan(offer: KernelOffer, wanted: set[str] | None = None) -> TracePlan:
         not_observable["aging.bits_cleared"] = (
             f"no TDP MMU on this host ({offer.tdp_reason}): the rmap path has no tracepoint for accessed-bit "
             f"clears and {tail}" + (f" ({_kprobe_reason(offer)})" if not offer.kprobes else ""))
+    for name in ("aging.notifier_paths", "contention.behind_aging"):
+        if name in not_observable and AGE_NOTIFIER not in offer.tracepoint_fields:
+            not_observable[name] = (f"tracepoint {AGE_NOTIFIER} does not exist in this kernel: it comes with the "
+                                    "test_clear_young series (kernels/test-clear-young)")
     if "aging.bits_cleared" in points and offer.accessed_mask is None:
         del points["aging.bits_cleared"], chosen["aging.bits_cleared"]
         not_observable["aging.bits_cleared"] = ("the TDP MMU runs without accessed/dirty bits (EPT A/D off): "

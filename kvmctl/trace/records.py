@@ -28,6 +28,7 @@ class EventKind(enum.IntEnum):
     AGE = 0  # kvm:kvm_age_hva (clear_young, clear_flush_young)
     TEST_AGE = 1  # kvm:kvm_test_age_hva (test_young)
     UNMAP = 2  # kvm:kvm_unmap_hva_range (invalidate_range_start)
+    TEST_CLEAR_YOUNG = 3  # kvm:kvm_age_notifier: requests the lockless test_clear_young hook answered
 
     @property
     def label(self) -> str:
@@ -76,6 +77,50 @@ class AgingPath(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+class AgeOp(enum.IntEnum):
+    """ebpf/notifier.c enum age_op: the MMU notifier's accessed-bit op a request came through."""
+
+    TEST_CLEAR_YOUNG = 0  # the lockless harvest hook of the test_clear_young series
+    CLEAR_FLUSH_YOUNG = 1  # eviction's rmap walk (folio_referenced)
+    CLEAR_YOUNG = 2  # idle page tracking, DAMON
+    TEST_YOUNG = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class NotifierPath(enum.IntEnum):
+    """ebpf/notifier.c enum age_path: how KVM answered an aging request (kvm:kvm_age_notifier)."""
+
+    LOCKLESS = 0  # no mmu_lock
+    LOCKLESS_RMAP = 1  # TDP MMU without mmu_lock, shadow-MMU rmaps under it
+    REFUSED_NESTED = 2  # the hook declined: the VM has shadow roots (a nested guest ran)
+    REFUSED_MMU = 3  # the hook declined: no TDP MMU or no accessed bits
+    LOCKED = 4  # the mmu_lock-held ops
+
+    @property
+    def label(self) -> str:
+        return {NotifierPath.LOCKLESS_RMAP: "lockless+rmap", NotifierPath.REFUSED_NESTED: "refused:nested",
+                NotifierPath.REFUSED_MMU: "refused:mmu"}.get(self, self.name.lower())
+
+    @property
+    def takes_mmu_lock(self) -> bool:
+        return self in (NotifierPath.LOCKLESS_RMAP, NotifierPath.LOCKED)
+
+    @property
+    def answered_by_hook(self) -> bool:
+        return self in (NotifierPath.LOCKLESS, NotifierPath.LOCKLESS_RMAP)
+
+    @property
+    def refused(self) -> bool:
+        return self in (NotifierPath.REFUSED_NESTED, NotifierPath.REFUSED_MMU)
+
+
+# ebpf/notifier.c enum notifier_lost
+NotifierLost = enum.IntEnum("NotifierLost", ["BAD_FIELD"], start=0, module=__name__)
 
 
 @dataclass
@@ -163,6 +208,45 @@ class PerGfnCounts:
 
 
 @dataclass
+class NotifierCount:
+    calls: int = 0
+    pages: int = 0  # pages asked about, inside our memslots
+    young: int = 0  # accessed pages found
+    cleared: int = 0  # of those, in requests that cleared what they found
+
+    def add(self, other: NotifierCount) -> None:
+        self.calls += other.calls
+        self.pages += other.pages
+        self.young += other.young
+        self.cleared += other.cleared
+
+
+@dataclass
+class NotifierCounts:
+    """kvm:kvm_age_notifier on our memslots, per (op, path, task class)."""
+
+    cells: dict[tuple[AgeOp, NotifierPath, TaskClass], NotifierCount]
+
+    def total(self, ops: tuple[AgeOp, ...] | None = None, paths: tuple[NotifierPath, ...] | None = None,
+              classes: tuple[TaskClass, ...] | None = None) -> NotifierCount:
+        out = NotifierCount()
+        for (op, path, cls), count in self.cells.items():
+            if (ops is None or op in ops) and (paths is None or path in paths) and \
+                    (classes is None or cls in classes):
+                out.add(count)
+        return out
+
+    def minus(self, earlier: NotifierCounts) -> NotifierCounts:
+        """The requests between an earlier snapshot and this one."""
+        cells = {}
+        for key, count in self.cells.items():
+            before = earlier.cells.get(key, NotifierCount())
+            cells[key] = NotifierCount(count.calls - before.calls, count.pages - before.pages,
+                                       count.young - before.young, count.cleared - before.cleared)
+        return NotifierCounts(cells)
+
+
+@dataclass
 class SpteCounts:
     set_spte: int
     refaults: int
@@ -190,6 +274,7 @@ class ContentionRow:
     max_ns: int
     count: int
     mmu_lock: bool
+    behind_aging_ns: int = 0  # of total_ns, while a locked aging request on our VM was in progress
 
     @property
     def avg_ns(self) -> float:
@@ -225,6 +310,8 @@ class TraceResult:
     wait_hist: dict[WaiterClass, list[Bucket]] | None = None
     funcs: list[FuncLatency] | None = None
     paths: dict[str, dict[str, int]] | None = None  # "age"/"test_age" -> path label -> calls
+    notifier: NotifierCounts | None = None  # kvm:kvm_age_notifier (kernels with the test_clear_young series)
+    aging_sections: bool = False  # contention rows carry behind_aging_ns
     lost: dict[str, int] = field(default_factory=dict)  # events missing from some count, by cause
     partial: dict[str, int] = field(default_factory=dict)  # events counted without a detail (e.g. their stack)
     notes: list[str] = field(default_factory=list)

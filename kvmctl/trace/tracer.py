@@ -32,6 +32,7 @@ from kvmctl.trace import hist, stacks
 from kvmctl.trace.catalogue import TracePlan
 from kvmctl.trace.loader import Headers, LoadedProgram, find_headers, load_program
 from kvmctl.trace.records import (
+    AgeOp,
     AgingCounts,
     AgingLost,
     AgingPath,
@@ -44,6 +45,10 @@ from kvmctl.trace.records import (
     FuncRole,
     FuncsLost,
     LocksLost,
+    NotifierCount,
+    NotifierCounts,
+    NotifierLost,
+    NotifierPath,
     PerGfnCounts,
     SpteCount,
     SpteCounts,
@@ -196,6 +201,10 @@ class Tracer:
                       f"-DMAX_PAGES_PER_EVENT={self.options.max_pages_per_event}"]
         if name == "spte.c" and "aging.bits_cleared" in self.plan.points:
             flags += ["-DWITH_TDP_SPTE_CHANGED", f"-DACCESSED_MASK={self.plan.accessed_mask:#x}ULL"]
+        if name == "aging.c" and "aging.notifier_paths" in self.plan.points:
+            flags.append("-DWITH_AGE_NOTIFIER")
+        if name == "locks.c" and "contention.behind_aging" in self.plan.points:
+            flags.append("-DAGING_SECTIONS")
         return flags
 
     def _configure(self, prog: LoadedProgram) -> None:
@@ -277,6 +286,8 @@ class Tracer:
             self._read_locks(prog, result)
         if (prog := self._programs.get("funcs.c")) is not None:
             self._read_funcs(prog, result)
+        if (prog := self._programs.get("notifier.c")) is not None:
+            self._read_notifier(prog, result)
         return result
 
     def _read_lost(self, prog: LoadedProgram, prefix: str, names: type, result: TraceResult) -> None:
@@ -353,16 +364,17 @@ class Tracer:
                 frames_of[stack_id] = [bpf.ksym(a).decode(errors="replace") for a in addrs]
             return frames_of[stack_id]
 
-        raw = [(k.stack_id, k.waiter, k.lock, int(v.flags), int(v.total_ns), int(v.max_ns), int(v.count))
-               for k, v in _table(prog, "contended").items()]
+        raw = [(k.stack_id, k.waiter, k.lock, int(v.flags), int(v.total_ns), int(v.max_ns), int(v.count),
+                int(v.behind_ns)) for k, v in _table(prog, "contended").items()]
         mmu_locks = stacks.mmu_lock_addresses((frames(sid), flags, lock) for sid, _, lock, flags, *_ in raw)
         rows = []
-        for sid, waiter, lock, flags, total, max_ns, count in raw:
+        for sid, waiter, lock, flags, total, max_ns, count, behind in raw:
             fr = frames(sid)
             rows.append(ContentionRow(sid, WaiterClass.from_code(waiter), lock, stacks.lock_type(flags),
-                                      stacks.caller_of(fr), fr, total, max_ns, count, lock in mmu_locks))
+                                      stacks.caller_of(fr), fr, total, max_ns, count, lock in mmu_locks, behind))
         rows.sort(key=lambda r: -r.total_ns)
         result.contention = rows
+        result.aging_sections = "contention.behind_aging" in self.plan.points
         h = _table(prog, "wait_hist")
         result.wait_hist = {
             w: hist.log2_buckets([int(h[ctypes.c_int(w.code * NR_SLOTS + s)].value) for s in range(NR_SLOTS)])
@@ -386,6 +398,21 @@ class Tracer:
             for o, outer in enumerate(("age", "test_age"))
         }
         self._read_lost(prog, "funcs", FuncsLost, result)
+
+
+    def _read_notifier(self, prog: LoadedProgram, result: TraceResult) -> None:
+        stats = _table(prog, "stats")
+        nc, npath = len(TaskClass), len(NotifierPath)
+        cells = {}
+        for op in AgeOp:
+            for path in NotifierPath:
+                for cls in TaskClass:
+                    leaf = stats[ctypes.c_int((op * npath + path) * nc + cls.code)]
+                    if leaf.calls:
+                        cells[(op, path, cls)] = NotifierCount(int(leaf.calls), int(leaf.pages), int(leaf.young),
+                                                               int(leaf.cleared))
+        result.notifier = NotifierCounts(cells)
+        self._read_lost(prog, "notifier", NotifierLost, result)
 
 
 def _table(prog: LoadedProgram, name: str):

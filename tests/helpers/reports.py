@@ -12,7 +12,9 @@ from __future__ import annotations
 import random
 
 from kvmctl.trace.hist import log2_buckets
-from kvmctl.report.schema import Aging, AgingSample, Bucket, Contention, ContentionRow, EpochRow, Fallback, GroundTruth, Headers, HeatMap, HostFacts, Memslot, Mmu, PassRow, Probes, Report, TaskAging, TaskClass, TraceWindow, Verdict, WaiterClass
+from kvmctl.report.schema import (Aging, AgingSample, Bucket, ClearYoungHook, Contention, ContentionRow, EpochRow,
+                                  Fallback, GroundTruth, Headers, HeatMap, HostFacts, Memslot, Mmu, NotifierPathRow,
+                                  PassRow, Probes, Report, TaskAging, TaskClass, TraceWindow, Verdict, WaiterClass)
 from kvmctl.report.figures import headline_figures
 
 MIB = 1 << 20
@@ -125,6 +127,48 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
         notes=["DAMON's foreign kdamond aged guest memory throughout; counted as background, never stopped.",
                "BCC compiled against mismatched headers (6.1.0-28-amd64); tracepoint programs only."],
     )
+    # a 6.18 host ages without mmu_lock (CONFIG_KVM_MMU_LOCKLESS_AGING=y)
+    lockless = ("CONFIG_KVM_MMU_LOCKLESS_AGING=y: KVM walks SPTEs for aging without mmu_lock (the kernel's code, "
+                "not traced per call; calls counted by kvm_age_hva/kvm_test_age_hva)")
+    report.aging.lockless_share = 1.0
+    report.contention.aging_mmu_lock_acquisitions = 0
+    report.contention.vcpu_wait_behind_aging_ns = 0
+    report.probes.derived = {"aging.lockless_share": lockless, "contention.aging_mmu_lock_acquisitions": lockless,
+                             "contention.vcpu_wait_behind_aging_ns": lockless}
+    report.probes.not_observable["aging.test_clear_young"] = (
+        "this kernel lacks the test_clear_young series (no kvm_arch_test_clear_young, no kvm:kvm_age_notifier)")
+    return report
+
+
+def make_hook_report(*, cap: bool = True, seed: int = 1) -> Report:
+    """A lab report from a kernel with the test_clear_young series: cap 0x0008 on (or off), MGLRU ager."""
+    report = make_report(tdp=True, seed=seed)
+    report.host.kernel_release = "6.1.192-kvmctl-lab-test-clear-young"
+    report.host.kvm_module, report.host.lockless_aging = "kvm_amd", False
+    report.host.test_clear_young = {"symbol": "kvm_arch_test_clear_young", "tracepoint": True,
+                                    "lru_gen_cap": "on" if cap else "off", "lru_gen_cap_bit": "0x0008",
+                                    "nested_mode": "v1"}
+    report.probes.derived = {}
+    del report.probes.not_observable["aging.test_clear_young"]
+    report.probes.chosen["aging.notifier_paths"] = "tracepoint:kvm:kvm_age_notifier"
+    calls = report.aging.calls
+    if cap:
+        report.aging.paths = [NotifierPathRow("test_clear_young", "lockless", calls, calls * 5, 24_702, 24_702)]
+        report.aging.lockless_share = 1.0
+        report.aging.test_clear_young = ClearYoungHook(calls, calls * 5, 5.0, 24_702, 24_702, 0, 0, "on", "v1")
+        report.contention.aging_mmu_lock_acquisitions = 0
+        report.contention.vcpu_wait_behind_aging_ns = 0
+    else:
+        report.aging.paths = [NotifierPathRow("clear_flush_young", "locked", calls, calls, 0, 0)]
+        report.aging.lockless_share = 0.0
+        report.aging.test_clear_young = ClearYoungHook(0, 0, None, 0, 0, 0, 0, "off", "v1")
+        report.contention.aging_mmu_lock_acquisitions = calls
+        report.contention.vcpu_wait_behind_aging_ns = 3_230_000_000
+    for row in report.passes:
+        row.notifier_paths = {"lockless": row.aging_calls} if cap else {"locked": row.aging_calls}
+        row.lockless_share = 1.0 if cap else 0.0
+        row.mmu_lock_acquisitions = 0 if cap else row.aging_calls
+        row.hook_cleared = 8_192 if cap else 0
     return report
 
 

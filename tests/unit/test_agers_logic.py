@@ -301,3 +301,76 @@ def test_page_idle_marks_and_reads_a_thp_through_its_head(tmp_path, monkeypatch)
     rec1 = ager.run_pass(1)
     assert rec1.observed.all() and rec1.idle.all()
     ager.restore()
+
+
+class _Caps:
+    """The one verdict the MGLRU ager asks the probe."""
+
+    def __init__(self, hook: bool):
+        from kvmctl.probe.item import Item
+
+        self.test_clear_young = Item(hook, {"symbol": "kvm_arch_test_clear_young"} if hook else None)
+
+
+def _mglru_with_cap(tmp_path, monkeypatch, hook: bool, options: dict, start: str = "0x0007\n"):
+    """A prepared MglruAger over fake knobs whose enabled file keeps bit 3 only when ``hook``."""
+    from kvmctl.agers.mglru import MglruAger
+    from kvmctl.cgroup import CgroupVersion, ExperimentCgroup, Memcg
+
+    enabled, debugfs = tmp_path / "enabled", tmp_path / "lru_gen"
+    enabled.write_text(start)
+    debugfs.write_text(LRU_GEN)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    def write(self, path, text):
+        if path == enabled:  # a kernel without the series shows no bit 3
+            value = int(text, 0) if hook else int(text, 0) & 0x7
+            path.write_text(f"{value:#06x}\n")
+
+    monkeypatch.setattr(MglruAger, "_write", write)
+    parent = Memcg(CgroupVersion.V1, tmp_path, "/process_api/abc")
+    ager = MglruAger(enabled, debugfs)
+    ctx = AgerContext(ExperimentCgroup(parent.child("kvmctl-7-a"), parent), 1, [Memslot.at(0, 0, 4096, 0)],
+                      options=options, caps=_Caps(hook))
+    return ager, ctx, enabled
+
+
+def test_mglru_turns_the_test_clear_young_cap_on_where_the_kernel_has_it(tmp_path, monkeypatch):
+    ager, ctx, enabled = _mglru_with_cap(tmp_path, monkeypatch, True, {})
+    ager.prepare(ctx)
+    assert enabled.read_text() == "0x000f\n"
+    assert ager.settings == {"lru_gen_cap": "on", "lru_gen_enabled": "0x000f"}
+    ager.restore()
+    assert enabled.read_text() == "0x0007\n"
+
+
+def test_mglru_cap_off_is_the_a_side_of_a_comparison(tmp_path, monkeypatch):
+    ager, ctx, enabled = _mglru_with_cap(tmp_path, monkeypatch, True, {"test_clear_young": "off"}, "0x000f\n")
+    ager.prepare(ctx)
+    assert enabled.read_text() == "0x0007\n" and ager.settings["lru_gen_cap"] == "off"
+    ager.restore()
+    assert enabled.read_text() == "0x000f\n"
+
+
+def test_mglru_keep_leaves_the_cap_alone(tmp_path, monkeypatch):
+    ager, ctx, enabled = _mglru_with_cap(tmp_path, monkeypatch, True, {"test_clear_young": "keep"})
+    ager.prepare(ctx)
+    assert enabled.read_text() == "0x0007\n" and ager.settings["lru_gen_cap"] == "off"
+    ager.restore()
+
+
+def test_mglru_refuses_a_cap_the_kernel_lacks(tmp_path, monkeypatch):
+    from kvmctl.errors import UnsupportedError, UsageError
+
+    ager, ctx, enabled = _mglru_with_cap(tmp_path, monkeypatch, False, {"test_clear_young": 1})
+    with pytest.raises(UnsupportedError, match="lacks the test_clear_young series"):
+        ager.prepare(ctx)
+    assert enabled.read_text() == "0x0007\n"
+    ager, ctx, _ = _mglru_with_cap(tmp_path, monkeypatch, True, {"test_clear_young": "maybe"})
+    with pytest.raises(UsageError, match="not one of on, off, keep"):
+        ager.prepare(ctx)
+    # without the series and without the option nothing changes and nothing is claimed
+    ager, ctx, enabled = _mglru_with_cap(tmp_path, monkeypatch, False, {})
+    ager.prepare(ctx)
+    assert enabled.read_text() == "0x0007\n" and ager.settings == {}
+    ager.restore()

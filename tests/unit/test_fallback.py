@@ -70,3 +70,22 @@ def test_tdp_host_with_nested_shadow_pages_but_no_probes_is_nested_without_share
     assert res.rmap_share is None
     assert "12 shadow pages for nested roots" in res.evidence
     assert "not observable" in res.rmap_share_reason
+
+
+def test_hook_refusals_name_the_nested_guest():
+    res = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 834, "refused:nested": 8434,
+                                                                  "locked": 8183}))
+    assert res.verdict is Verdict.RMAP_NESTED_HOOK_DISABLED
+    assert "this VM has run a nested guest" in res.verdict.value
+    assert "refused 8434 requests" in res.evidence[0] and "test_clear_young_nested=v1" in res.evidence[0]
+
+
+def test_fixed_nested_mode_keeps_the_hook_but_walks_rmaps():
+    res = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 1341, "lockless+rmap": 242}))
+    assert res.verdict is Verdict.RMAP_NESTED
+    assert "242 requests walked the TDP MMU without mmu_lock" in res.evidence[0]
+
+
+def test_hook_without_nesting_leaves_the_verdict_alone():
+    res = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 26542}))
+    assert res.verdict is Verdict.TDP

@@ -138,15 +138,16 @@ def no(reason: str = "missing", remedy: str | None = "fix it") -> Item:
 
 def make_caps(*, module: str | None = "kvm_intel", tdp_mmu: Item = YES, ept: Item = YES, npt: Item = no(),
               device: Item = YES, vm_create: Item = YES, tracepoint: Item = YES, bcc_compile: Item = YES,
-              hugetlb: dict[str, Item] | None = None) -> HostCaps:
+              hugetlb: dict[str, Item] | None = None, mglru: Item | None = None, nested_mode: Item | None = None,
+              symbols: dict[str, Item] | None = None, tracepoints: dict[str, Item] | None = None) -> HostCaps:
     kvm = KvmCaps(Item(bool(module), module, None if module else "no module"), YES, device, Item(True, 12),
                   vm_create, Item(True, ["pages_4k"]), {"USER_MEMORY": Item(True, 1)})
-    paging = PagingCaps(tdp_mmu, ept, npt, YES, no(), YES)
-    memory = MemoryCaps(YES, no(), YES, hugetlb or {}, no("CONFIG_LRU_GEN is not set"), no(), YES, no())
+    paging = PagingCaps(tdp_mmu, ept, npt, YES, no(), YES, nested_mode or no("no kvm.test_clear_young_nested"))
+    memory = MemoryCaps(YES, no(), YES, hugetlb or {}, mglru or no("CONFIG_LRU_GEN is not set"), no(), YES, no())
     bpf = BpfCaps(YES, YES, tracepoint, Item(True, "0.26.0"), YES, bcc_compile, YES, Item(True, "none"),
                   no("CONFIG_KPROBES is not set"), no("EPERM"))
     return HostCaps(KernelInfo("6.18.0", (6, 18, 0), "x86_64", True, KernelConfig({}, None)), kvm, paging, memory, bpf,
-                    {"kvm_age_gfn": YES}, {"kvm:kvm_age_hva": YES})
+                    symbols or {"kvm_age_gfn": YES}, tracepoints or {"kvm:kvm_age_hva": YES})
 
 
 def test_mmu_verdict():
@@ -187,6 +188,20 @@ def test_hugetlb_pages_lookup():
     assert not odd and "16M" in odd.reason and "2M" in odd.remedy
     with pytest.raises(UsageError):
         caps.hugetlb_pages("huge")
+
+
+def test_test_clear_young_verdict_names_the_series_and_its_switches():
+    stock = make_caps().test_clear_young
+    assert not stock and "lacks the test_clear_young series" in stock.reason
+    assert "build-lab-kernel.sh --patches kernels/test-clear-young" in stock.remedy
+    patched = make_caps(mglru=Item(True, "0x000f"), nested_mode=Item(True, "fixed"),
+                        symbols={"kvm_arch_test_clear_young": Item(True, "vmlinux")},
+                        tracepoints={"kvm:kvm_age_notifier": YES}).test_clear_young
+    assert patched and patched.value == {"symbol": "kvm_arch_test_clear_young", "tracepoint": True,
+                                         "lru_gen_cap": "on", "lru_gen_cap_bit": "0x0008", "nested_mode": "fixed"}
+    off = make_caps(mglru=Item(True, "0x0007"), symbols={"kvm_arch_test_clear_young": Item(True, "vmlinux")},
+                    tracepoints={"kvm:kvm_age_notifier": YES}).test_clear_young
+    assert off.value["lru_gen_cap"] == "off" and off.value["nested_mode"] is None
 
 
 def test_predicates_and_groups_carry_reasons():

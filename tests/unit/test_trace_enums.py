@@ -19,7 +19,7 @@ _ITEM_RE = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*,", re.M)
 MIRRORS = [
     ("ranges.h", "cfg", records.Cfg, "CFG_"),
     ("aging.c", "event_kind", records.EventKind, "KIND_"),
-    ("aging.c", "task_class", vocab.TaskClass, "CLASS_"),
+    ("ranges.h", "task_class", vocab.TaskClass, "CLASS_"),
     ("aging.c", "aging_lost", records.AgingLost, "LOST_"),
     ("spte.c", "spte_count", records.SpteCount, "CNT_"),
     ("spte.c", "spte_lost", records.SpteLost, "LOST_"),
@@ -27,6 +27,9 @@ MIRRORS = [
     ("locks.c", "locks_lost", records.LocksLost, "LOST_"),
     ("funcs.c", "fn_role", records.FuncRole, "ROLE_"),
     ("funcs.c", "funcs_lost", records.FuncsLost, "LOST_"),
+    ("notifier.c", "age_op", records.AgeOp, "OP_"),
+    ("notifier.c", "age_path", records.NotifierPath, "AGE_PATH_"),
+    ("notifier.c", "notifier_lost", records.NotifierLost, "LOST_"),
 ]
 
 

@@ -32,6 +32,7 @@ _NEEDS: dict[str, Callable[[HostCaps], Item]] = {
     "tdp": lambda caps: caps.tdp,
     "kprobes": _kprobes_or_fentry,
     "mglru": lambda caps: caps.mglru,
+    "tcy": lambda caps: caps.test_clear_young,
 }
 
 

@@ -4,6 +4,7 @@
     kvmctl lab -- kvmctl info --json             # any kvmctl command, against the lab's KVM
     kvmctl lab --kernel ~/linux -- kvmctl experiment ... -o out/b.json
     kvmctl lab -- pytest tests/kvm -m tdp        # tests, inside the lab
+    kvmctl lab compare --kernel stock --kernel ~/linux -- kvmctl experiment ...   # A/B, see kvmctl.lab.compare
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from kvmctl.errors import UsageError
 from kvmctl.lab.kernel import resolve_kernel
 from kvmctl.lab.prereqs import check_lab, find_vng
 from kvmctl.lab.runner import LabResult, LabSpec, resolve_command, run_lab
@@ -19,7 +21,8 @@ from kvmctl.units import parse_duration, parse_size
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "Everything after -- runs inside the lab; with nothing after it, the lab self-check runs."
+    parser.epilog = ("Everything after -- runs inside the lab; with nothing after it, the lab self-check runs. "
+                     "'kvmctl lab compare --help': one experiment on several kernels and settings, side by side.")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--kernel", metavar="PATH", help="a bzImage/vmlinuz or a kernel build tree (make bzImage modules)")
     which.add_argument("--stock", action="store_true", help="Debian's stock kernel set up by scripts/setup-lab.sh (default)")
@@ -36,6 +39,23 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
 
+def _compare(argv: list[str]) -> int:
+    from kvmctl.cli import _Parser
+    from kvmctl.lab import compare
+
+    parser = _Parser(prog="kvmctl lab compare")
+    compare.set_argparser(parser)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.cpus < 1:
+        raise UsageError(f"--cpus must be at least 1, got {args.cpus}", "give --cpus 2")
+    lab = {"cpus": args.cpus, "memory": parse_size(args.memory, "--memory"),
+           "disk": _size_or_zero(args.disk, "--disk"), "timeout": parse_duration(args.timeout, "--timeout"),
+           "verbose": args.verbose}
+    spec = compare.CompareSpec(args.kernel, args.set, args.repeat, args.outdir, command, lab)
+    return compare.run_compare(spec)
+
+
 def _summary(result: LabResult, release: str) -> str:
     f = result.facts
     boot = f"{result.boot_s:.1f} s" if result.boot_s is not None else "?"
@@ -48,9 +68,9 @@ def _size_or_zero(text: str, what: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kvmctl.errors import UsageError
-
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command[:1] == ["compare"]:
+        return _compare(command[1:])
     if args.cpus < 1:
         raise UsageError(f"--cpus must be at least 1, got {args.cpus}", "give --cpus 2")
     if args.json and command:

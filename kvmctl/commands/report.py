@@ -47,6 +47,11 @@ def _diff(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(diff_json(reports), indent=1) + "\n")
     else:
         sys.stdout.write(render_diff(reports))
+    if args.html:
+        from kvmctl.report.html_diff import render_html_diff
+
+        write_atomic(Path(args.html), render_html_diff(reports).encode())
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 
@@ -77,6 +82,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         if name == "diff":
             p.add_argument("reports", nargs="+", metavar="report")
+            p.add_argument("--html", metavar="FILE", help="also write the comparison and every side's plots as one "
+                                                          "HTML page")
         else:
             p.add_argument("report", help="report JSON written by 'kvmctl experiment --output'")
         if json_help:

@@ -87,19 +87,24 @@ def compare(base: Report, other: Report) -> list[FigureDiff]:
     return [compare_figure(base, other, fig) for fig in HEADLINE]
 
 
-def _context_differences(base: Report, other: Report) -> list[str]:
+def context_differences(base: Report, other: Report) -> list[str]:
     """Spec and host facts that differ: what the comparison is really about."""
     out = []
     for what, a, b in (("spec", base.spec, other.spec), ("host", asdict(base.host), asdict(other.host))):
         for key in sorted(set(a) | set(b), key=str):
             va, vb = a.get(key), b.get(key)
-            if va != vb:
-                show = [getattr(v, "value", v) for v in (va, vb)]
-                out.append(f"{what}.{key}: {show[0]} -> {show[1]}")
+            if va == vb:
+                continue
+            if isinstance(va, dict) and isinstance(vb, dict):  # name the sub-keys that differ
+                out += [f"{what}.{key}.{k}: {va.get(k)} -> {vb.get(k)}" for k in sorted(set(va) | set(vb), key=str)
+                        if va.get(k) != vb.get(k)]
+                continue
+            show = [getattr(v, "value", v) for v in (va, vb)]
+            out.append(f"{what}.{key}: {show[0]} -> {show[1]}")
     return out
 
 
-def _signed(value: float, unit: Unit) -> str:
+def signed(value: float, unit: Unit) -> str:
     if unit is Unit.FRACTION:
         return f"{100 * value:+.2f}pp"
     text = fmt_value(abs(value), unit)
@@ -114,8 +119,13 @@ def _describe(label: str, path: str, report: Report) -> str:
     return f"{label}  {path}: Linux {h.kernel_release or '?'}, {mmu}, {reps}{done}"
 
 
+def side_labels(n: int) -> list[str]:
+    """A, B, C, ... for the reports of a comparison (the first is the baseline)."""
+    return [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(n)]
+
+
 def render_diff(reports: list[tuple[str, Report]]) -> str:
-    labels = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(reports))]
+    labels = side_labels(len(reports))
     lines = ["== kvmctl report diff ".ljust(WIDTH, "=")]
     for label, (path, report) in zip(labels, reports):
         lines.append(_describe(label, path, report)[:WIDTH])
@@ -123,7 +133,7 @@ def render_diff(reports: list[tuple[str, Report]]) -> str:
     fmt = "%-28s %10s %10s %10s %8s %7s"
     for label, (_, other) in zip(labels[1:], reports[1:]):
         lines += ["", f"-- {label} vs {base_label} ".ljust(WIDTH, "-")]
-        for diff in _context_differences(base, other):
+        for diff in context_differences(base, other):
             lines.append(f"  differs: {diff}"[:WIDTH])
         lines.append(fmt % ("figure", base_label, label, "delta", "rel", "noise"))
         units = {f.key: f.unit for f in HEADLINE}
@@ -135,7 +145,7 @@ def render_diff(reports: list[tuple[str, Report]]) -> str:
                     d.label[:28],
                     fmt_value(d.base.value, unit),
                     fmt_value(d.other.value, unit),
-                    "-" if d.delta is None else _signed(d.delta, unit),
+                    "-" if d.delta is None else signed(d.delta, unit),
                     "-" if d.relative is None else f"{100 * d.relative:+.1f}%",
                     d.noise.value,
                 )
@@ -157,7 +167,7 @@ def diff_json(reports: list[tuple[str, Report]]) -> dict[str, Any]:
         "comparisons": [
             {
                 "report": path,
-                "context_differences": _context_differences(base, other),
+                "context_differences": context_differences(base, other),
                 "figures": [asdict(d) | {"noise": d.noise.value} for d in compare(base, other)],
             }
             for path, other in reports[1:]

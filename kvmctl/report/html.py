@@ -125,6 +125,17 @@ def _pass_plots(report: Report) -> list[Plot]:
     return [residency, refaults]
 
 
+def _path_plots(report: Report) -> list[Plot]:
+    """Aging requests per pass by the path KVM took (kernels with kvm:kvm_age_notifier)."""
+    rows = [p for p in report.passes if p.notifier_paths is not None]
+    if not rows:
+        return []
+    paths = sorted({k for p in rows for k in p.notifier_paths})
+    series = [(path, [p.notifier_paths.get(path, 0) for p in rows]) for path in paths]
+    return [Plot("paths", "Aging requests per pass by path (kvm:kvm_age_notifier)", svg.bar_chart(
+        [str(p.pass_no) for p in rows], series, x_label="pass", y_label="requests"))]
+
+
 def _hist_plots(report: Report) -> list[Plot]:
     plots = []
     for i, (name, buckets) in enumerate(report.histograms.items()):
@@ -170,8 +181,8 @@ def _heatmap_plots(report: Report) -> list[Plot]:
 
 
 def plots(report: Report) -> list[Plot]:
-    return [*_aging_plots(report), *_pass_plots(report), *_hist_plots(report), _contention_plot(report),
-            *_heatmap_plots(report)]
+    return [*_aging_plots(report), *_pass_plots(report), *_path_plots(report), *_hist_plots(report),
+            _contention_plot(report), *_heatmap_plots(report)]
 
 
 def _table(rows: list[tuple[str, str, bool]]) -> str:
@@ -236,10 +247,30 @@ def _memslots(report: Report) -> str:
     return "\n".join(out)
 
 
-def _figure(plot: Plot) -> str:
+def _figure(plot: Plot, prefix: str = "") -> str:
     body = plot.svg if plot.svg else f'<p class="na">{escape(plot.reason)}</p>'
-    return (f'<figure class="plot" id="plot-{escape(plot.plot_id)}" data-expected-marks="{plot.marks}">'
+    return (f'<figure class="plot" id="plot-{escape(prefix + plot.plot_id)}" data-expected-marks="{plot.marks}">'
             f"<figcaption>{escape(plot.title)}</figcaption>\n{body}\n</figure>")
+
+
+def page(title: str, body: list[str]) -> str:
+    """A self-contained page around ``body`` (HTML fragments), with the plot check."""
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        *body,
+        f"<script>{_JS}</script></body></html>",
+    ]) + "\n"
+
+
+def report_sections(report: Report, prefix: str = "") -> list[str]:
+    """Headline, facts and plots of one report (``prefix`` keeps element ids unique on a page of several)."""
+    parts = ["<h2>Headline</h2>", _headline(report), "<h2>Host, fallback verdict, ground truth</h2>", _facts(report),
+             "<h2>Plots</h2>"]
+    return parts + [_figure(p, prefix) for p in plots(report)]
 
 
 def render_html(report: Report, title: str = "report") -> str:
@@ -250,24 +281,16 @@ def render_html(report: Report, title: str = "report") -> str:
     window = (f"{w.duration_ns / 1e9:.3f} s traced" if w.duration_ns is not None
               else null_text(report, "trace_window.start_ns"))
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>kvmctl report: {escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
         f"<h1>kvmctl experiment report: {escape(title)}</h1>",
         f'<p><span class="{status_cls}">{escape(status)}</span> &middot; created {escape(report.created)} by kvmctl '
         f"{escape(report.kvmctl_version)} (schema {report.schema_version}) &middot; {escape(window)}</p>",
     ]
     if report.command_line:
         parts.append(f"<p><code>{escape(' '.join(report.command_line))}</code></p>")
-    parts += ["<h2>Headline</h2>", _headline(report), "<h2>Host, fallback verdict, ground truth</h2>", _facts(report)]
-    parts.append("<h2>Plots</h2>")
-    parts += [_figure(p) for p in plots(report)]
+    parts += report_sections(report)
     parts += ["<h2>Memslots</h2>", _memslots(report), "<h2>Probes</h2>", _probes(report)]
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append("<details><summary>Text summary (as <code>kvmctl report show</code>)</summary>"
                  f"<pre>{escape(render_text(report))}</pre></details>")
-    parts.append(f"<script>{_JS}</script></body></html>")
-    return "\n".join(parts) + "\n"
+    return page(f"kvmctl report: {title}", parts)

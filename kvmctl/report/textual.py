@@ -59,8 +59,8 @@ def fmt_value(value: float | None, unit: Unit) -> str:
 def null_text(report: Report, key: str) -> str:
     """What to print for a null figure: the recorded reason, or why unmeasured."""
     reason = report.reason_for(key)
-    top = key.split(".", 1)[0]
-    if key in report.probes.not_observable or top in report.probes.not_observable:
+    parts = key.split(".")
+    if any(".".join(parts[:n]) in report.probes.not_observable for n in range(len(parts), 0, -1)):
         return f"not observable here: {reason}"
     return f"not measured: {reason}"
 
@@ -401,7 +401,10 @@ def _probes(report: Report) -> list[str]:
         lines += _field(measurement, point, min(width, 30))
     if p.derived:
         lines.append("derived, not counted per event:")
-        lines += _bullets([f"{k}: {v}" for k, v in p.derived.items()])
+        by_how: dict[str, list[str]] = defaultdict(list)
+        for figure, how in p.derived.items():
+            by_how[how].append(figure)
+        lines += _bullets([f"{', '.join(figures)}: {how}" for how, figures in by_how.items()])
     if p.not_observable:
         lines.append("not observable here:")
         lines += _bullets([f"{k}: {v}" for k, v in p.not_observable.items()])

@@ -27,9 +27,26 @@ VARIANTS = {
 NR_FUNCS = 8  # enter_<i>/leave_<i> pairs in funcs.c
 
 
+# Variants that attach kvm:kvm_age_notifier, which only kernels with the test_clear_young series have.
+HOOK_VARIANTS = {
+    "notifier": ("notifier.c", [], 1),
+    "aging-notifier": ("aging.c", [*VARIANTS["aging"][1], "-DWITH_AGE_NOTIFIER"], 4),
+    "locks-behind-aging": ("locks.c", ["-DAGING_SECTIONS"], 5),
+}
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_program_loads_and_attaches_its_tracepoints(variant):
-    name, flags, tracepoints = VARIANTS[variant]
+    _load_and_attach(*VARIANTS[variant])
+
+
+@pytest.mark.tcy
+@pytest.mark.parametrize("variant", list(HOOK_VARIANTS))
+def test_hook_program_loads_and_attaches_its_tracepoints(variant):
+    _load_and_attach(*HOOK_VARIANTS[variant])
+
+
+def _load_and_attach(name: str, flags: list[str], tracepoints: int) -> None:
     prog = load_program(name, [f"-DMAX_RANGES={MAX_RANGES}", *flags])
     bpf = prog.bpf
     try:

@@ -11,7 +11,12 @@
  * MMU_NOTIFIER_YOUNG_CLEAR). Python reads the running totals at each pass
  * edge.
  *
- * Options (-D): MAX_RANGES, MAX_AGER_TIDS.
+ * With -DWITH_REQUEST_BEGIN, each request's latency too: from its start
+ * (kvm_age_hva / kvm_test_age_hva for the locked ops, kvm_test_clear_young
+ * for the lockless one) to kvm_age_notifier on the same thread, summed and
+ * maxed per cell and binned in a log2 histogram per op.
+ *
+ * Options (-D): MAX_RANGES, MAX_AGER_TIDS, MAX_THREADS, WITH_REQUEST_BEGIN.
  * Enum values are mirrored in kvmctl/trace/records.py (a unit test checks).
  */
 #include <uapi/linux/ptrace.h>
@@ -24,6 +29,10 @@
 #ifndef MAX_AGER_TIDS
 #define MAX_AGER_TIDS 256
 #endif
+#ifndef MAX_THREADS
+#define MAX_THREADS 4096
+#endif
+#define NR_SLOTS 64
 
 enum age_op {
 	OP_TEST_CLEAR_YOUNG = 0,
@@ -43,8 +52,9 @@ enum age_path {
 };
 
 enum notifier_lost {
-	LOST_BAD_FIELD = 0, /* op or path outside the known values: a newer kernel */
-	NR_NOTIFIER_LOST = 1,
+	LOST_BAD_FIELD = 0,    /* op or path outside the known values: a newer kernel */
+	LOST_BEGIN_FULL = 1,   /* a request's start not stored: map full (its latency is missing) */
+	NR_NOTIFIER_LOST = 2,
 };
 
 #define YOUNG_CLEAR 1 /* MMU_NOTIFIER_YOUNG_CLEAR */
@@ -54,6 +64,9 @@ struct nstats {
 	u64 pages;
 	u64 young;
 	u64 cleared;
+	u64 timed;    /* requests whose start was seen */
+	u64 total_ns; /* their summed latency */
+	u64 max_ns;
 };
 
 BPF_ARRAY(config, u64, NR_CFG);
@@ -61,6 +74,8 @@ BPF_ARRAY(ranges, struct slot_range, MAX_RANGES);
 BPF_HASH(ager_tids, u32, u8, MAX_AGER_TIDS);
 BPF_ARRAY(stats, struct nstats, NR_OPS * NR_AGE_PATHS * NR_CLASSES);
 BPF_ARRAY(lost, u64, NR_NOTIFIER_LOST);
+BPF_HASH(begins, u32, u64, MAX_THREADS);
+BPF_ARRAY(lat_hist, u64, NR_OPS * NR_SLOTS);
 
 static __always_inline u64 cfg_get(int which)
 {
@@ -77,6 +92,39 @@ static __always_inline bool ager_tid_known(u32 tid)
 {
 	return ager_tids.lookup(&tid) != 0;
 }
+
+static __always_inline void lost_inc(int which)
+{
+	u64 *v = lost.lookup(&which);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+#ifdef WITH_REQUEST_BEGIN
+static __always_inline int request_begin(void)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	u64 now = bpf_ktime_get_ns();
+	if (begins.update(&tid, &now))
+		lost_inc(LOST_BEGIN_FULL);
+	return 0;
+}
+
+TRACEPOINT_PROBE(kvm, kvm_age_hva)
+{
+	return request_begin();
+}
+
+TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
+{
+	return request_begin();
+}
+
+TRACEPOINT_PROBE(kvm, kvm_test_clear_young)
+{
+	return request_begin();
+}
+#endif
 
 /* Pages of [start, end) inside our memslots. */
 static __always_inline u64 our_pages(u64 start, u64 end)
@@ -101,7 +149,17 @@ static __always_inline u64 our_pages(u64 start, u64 end)
 
 TRACEPOINT_PROBE(kvm, kvm_age_notifier)
 {
-	u64 now = bpf_ktime_get_ns();
+	u64 now = bpf_ktime_get_ns(), lat = 0;
+	bool timed = false;
+#ifdef WITH_REQUEST_BEGIN
+	u32 tid = bpf_get_current_pid_tgid();
+	u64 *begin = begins.lookup(&tid);
+	if (begin) {
+		lat = now - *begin;
+		timed = true;
+		begins.delete(&tid);
+	}
+#endif
 	if (now < cfg_get(CFG_START_NS) || now >= cfg_get(CFG_END_NS))
 		return 0;
 	u64 pages = our_pages(args->start, args->end);
@@ -109,10 +167,7 @@ TRACEPOINT_PROBE(kvm, kvm_age_notifier)
 		return 0;
 	u32 op = args->op, path = args->path;
 	if (op >= NR_OPS || path >= NR_AGE_PATHS) {
-		int k = LOST_BAD_FIELD;
-		u64 *v = lost.lookup(&k);
-		if (v)
-			__sync_fetch_and_add(v, 1);
+		lost_inc(LOST_BAD_FIELD);
 		return 0;
 	}
 
@@ -131,6 +186,21 @@ TRACEPOINT_PROBE(kvm, kvm_age_notifier)
 			if (args->flags & YOUNG_CLEAR)
 				__sync_fetch_and_add(&s->cleared, (u64)args->young);
 		}
+		if (timed) {
+			__sync_fetch_and_add(&s->timed, 1);
+			__sync_fetch_and_add(&s->total_ns, lat);
+			if (lat > s->max_ns)
+				s->max_ns = lat; /* racy max, as in perf */
+		}
+	}
+	if (timed) {
+		u32 l2 = bpf_log2l(lat);
+		if (l2 >= NR_SLOTS)
+			l2 = NR_SLOTS - 1;
+		int h = op * NR_SLOTS + l2;
+		u64 *c = lat_hist.lookup(&h);
+		if (c)
+			__sync_fetch_and_add(c, 1);
 	}
 	return 0;
 }

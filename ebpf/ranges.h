@@ -121,7 +121,8 @@ static __always_inline bool hva_overlaps(u64 start, u64 end)
  * ranges. The tracepoints fire just before KVM walks the range, so what the
  * thread does next (a probed function, an SPTE change) belongs to our VM.
  * The program defines aging_tid_mark() next to its maps and expands
- * AGING_MARKER_PROBES once. */
+ * AGING_MARKER_PROBES once. With -DWITH_TCY_BEGIN (kernels with the
+ * test_clear_young series), the start of a lockless request marks too. */
 #ifdef KVMCTL_AGING_MARKER
 /* store (ours) or forget tid in the program's aging_tids map */
 static __always_inline void aging_tid_mark(u32 tid, bool ours);
@@ -144,7 +145,18 @@ static __always_inline int mark_aging(u64 start, u64 end)
 	TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)                             \
 	{                                                                      \
 		return mark_aging(args->start, args->end);                     \
+	}                                                                      \
+	TCY_MARKER_PROBE
+
+#ifdef WITH_TCY_BEGIN
+#define TCY_MARKER_PROBE                                                       \
+	TRACEPOINT_PROBE(kvm, kvm_test_clear_young)                            \
+	{                                                                      \
+		return mark_aging(args->start, args->end);                     \
 	}
+#else
+#define TCY_MARKER_PROBE
+#endif
 #endif
 
 #endif

@@ -71,7 +71,8 @@ def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, 
              tracer: ExperimentTracer | None = None) -> tuple[PassRow, ResidencyScore | None, YoungScore | None]:
     """The report row of one pass, with its residency and young/idle scores against the pages touched."""
     record, phase = outcome.record, outcome.phase
-    row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns)
+    row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns,
+                  touched_pages=int(phase.touched.sum()))
     score = young = None
     before, after = outcome.resident_before, outcome.resident_after
     if before is not None and after is not None:

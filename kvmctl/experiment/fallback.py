@@ -10,7 +10,7 @@ names the observations that confirm the VM ran on shadow pages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvmctl.report.schema import Verdict
 
@@ -24,6 +24,7 @@ class FallbackInputs:
     vm_stats: dict = field(default_factory=dict)
     nested_shadow_pages: int | None = None  # shadow pages for a nested guest's roots (lab)
     notifier_paths: dict[str, int] | None = None  # aging requests per kvm_age_notifier path label
+    paths_source: str = "function probes"  # what path_calls come from
 
 
 @dataclass
@@ -35,9 +36,26 @@ class FallbackResult:
     rmap_share_reason: str | None = None
 
 
+def walks_from_paths(notifier: dict[str, int], nested: bool) -> dict[str, int]:
+    """Aging requests by the walkers they ran, from kvm_age_notifier paths.
+
+    lockless: the TDP MMU only; lockless+rmap: both; refused: retried by a
+    locked op, which is counted itself; locked: the TDP MMU, and the rmaps
+    too once the VM has shadow roots (``nested``).
+    """
+    out = {"tdp": notifier.get("lockless", 0), "both": notifier.get("lockless+rmap", 0)}
+    out["both" if nested else "tdp"] += notifier.get("locked", 0)
+    return out
+
+
 def decide(inp: FallbackInputs) -> FallbackResult:
-    result = _decide(inp)
     notifier = inp.notifier_paths or {}
+    if notifier and not sum((inp.path_calls or {}).values()) and inp.host_mmu == "tdp":
+        nested = bool(notifier.get("refused:nested") or notifier.get("lockless+rmap"))
+        walks = walks_from_paths(notifier, nested)
+        if sum(walks.values()):
+            inp = replace(inp, path_calls=walks, paths_source="kvm_age_notifier paths")
+    result = _decide(inp)
     refused, both = notifier.get("refused:nested", 0), notifier.get("lockless+rmap", 0)
     if refused:
         result.verdict = Verdict.RMAP_NESTED_HOOK_DISABLED
@@ -63,7 +81,7 @@ def _decide(inp: FallbackInputs) -> FallbackResult:
     if total:
         both = paths.get("both", 0)
         tdp, rmap = paths.get("tdp", 0) + both, paths.get("rmap", 0) + both
-        ev.append(f"function probes: {tdp} aging calls on the TDP path, {rmap} on the rmap path"
+        ev.append(f"{inp.paths_source}: {tdp} aging calls on the TDP path, {rmap} on the rmap path"
                   + (f" ({both} of {total} calls walked both)" if both else ""))
         tdp_share, rmap_share = tdp / total, rmap / total
         if rmap and inp.host_mmu == "tdp":

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmctl.report.schema import ClearYoungHook, NotifierPathRow
-from kvmctl.trace.records import AgeOp, ContentionRow, NotifierCounts, NotifierPath
+from kvmctl.trace.records import AgeOp, ContentionRow, NotifierCount, NotifierCounts, NotifierPath
 from kvmctl.vocab import WaiterClass
 
 SHARE = "aging.lockless_share"
@@ -74,16 +74,14 @@ def lock_figures(notifier: NotifierCounts | None, aging_calls: int | None,
 
 def path_rows(notifier: NotifierCounts) -> list[NotifierPathRow]:
     """One row per (op, path) seen, summed over task classes, most calls first."""
-    rows: dict[tuple[AgeOp, NotifierPath], NotifierPathRow] = {}
+    sums: dict[tuple[AgeOp, NotifierPath], NotifierCount] = {}
     for (op, path, _cls), c in notifier.cells.items():
-        if not c.calls:
-            continue
-        row = rows.setdefault((op, path), NotifierPathRow(op.label, path.label, 0, 0, 0, 0))
-        row.calls += c.calls
-        row.pages += c.pages
-        row.young += c.young
-        row.cleared += c.cleared
-    return sorted(rows.values(), key=lambda r: (-r.calls, r.op, r.path))
+        if c.calls:
+            sums.setdefault((op, path), NotifierCount()).add(c)
+    rows = [NotifierPathRow(op.label, path.label, c.calls, c.pages, c.young, c.cleared,
+                            c.total_ns // c.timed if c.timed else None, c.max_ns if c.timed else None)
+            for (op, path), c in sums.items()]
+    return sorted(rows, key=lambda r: (-r.calls, r.op, r.path))
 
 
 def hook_figures(notifier: NotifierCounts, lru_gen_cap: str | None, nested_mode: str | None) -> ClearYoungHook:

@@ -158,6 +158,8 @@ class ExperimentTracer:
             report.probes.not_observable.setdefault(figure, why)
         if res.notifier is not None:
             report.aging.paths = hook.path_rows(res.notifier)
+            for op, buckets in res.notifier.latency.items():
+                report.histograms[f"aging request latency ns ({op.label})"] = list(buckets)
             facts = self.hook_facts or {}
             report.aging.test_clear_young = hook.hook_figures(res.notifier, facts.get("lru_gen_cap"),
                                                               facts.get("nested_mode"))

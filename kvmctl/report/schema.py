@@ -108,6 +108,8 @@ class NotifierPathRow:
     pages: int  # pages asked about, inside our memslots
     young: int  # accessed pages found
     cleared: int  # of those, cleared (requests that asked to clear)
+    avg_ns: int | None = None  # mean latency, start to kvm_age_notifier, where starts were traced
+    max_ns: int | None = None
 
 
 @dataclass
@@ -228,6 +230,7 @@ class PassRow:
     notifier_paths: dict[str, int] | None = None  # aging requests per kvm_age_notifier path during the pass
     lockless_share: float | None = None
     hook_cleared: int | None = None  # accessed bits cleared through test_clear_young during the pass
+    touched_pages: int | None = None  # distinct data pages the guest touched since the previous pass (ground truth)
     mmu_lock_acquisitions: int | None = None  # aging requests that took mmu_lock during the pass
 
 

@@ -282,11 +282,11 @@ def _aging_paths(report: Report) -> list[str]:
     if not a.paths:
         return []
     lines = _section("Aging requests by path (kvm:kvm_age_notifier)")
-    fmt = "%-18s %-15s %10s %11s %10s %10s"
-    lines.append(fmt % ("op", "path", "calls", "pages", "young", "cleared"))
+    fmt = "%-17s %-14s %9s %10s %9s %10s"
+    lines.append(fmt % ("op", "path", "calls", "pages", "cleared", "avg lat"))
     for r in a.paths:
-        lines.append(fmt % (r.op, r.path, fmt_count(r.calls), fmt_count(r.pages), fmt_count(r.young),
-                            fmt_count(r.cleared)))
+        lines.append(fmt % (r.op, r.path, fmt_count(r.calls), fmt_count(r.pages), fmt_count(r.cleared),
+                            fmt_ns(r.avg_ns)))
     if hook.calls is not None:
         lines += _field("hook", f"{fmt_count(hook.calls)} requests, {fmt_count(hook.pages_per_call)} pages each, "
                                 f"{fmt_count(hook.cleared)} bits cleared; refused {fmt_count(hook.refused_nested)} "
@@ -295,13 +295,16 @@ def _aging_paths(report: Report) -> list[str]:
                                     f"kvm.test_clear_young_nested {hook.nested_mode or '-'}")
     rows = [p for p in report.passes if p.notifier_paths is not None]
     if rows:
-        pfmt = "%4s %9s %9s %9s  %s"
+        pfmt = "%4s %9s %9s %9s %9s  %s"
         lines.append("")
-        lines.append(pfmt % ("pass", "lockless", "mmu_lock", "cleared", "requests by path"))
+        lines.append(pfmt % ("pass", "lockless", "mmu_lock", "cleared", "touched", "requests by path"))
         lines += _elided(rows, pfmt, lambda p: (
             p.pass_no, fmt_fraction(p.lockless_share), fmt_count(p.mmu_lock_acquisitions), fmt_count(p.hook_cleared),
-            _clip(", ".join(f"{k} {fmt_count(v)}" for k, v in sorted(p.notifier_paths.items())), WIDTH - 36)),
+            fmt_count(p.touched_pages),
+            _clip(", ".join(f"{k} {fmt_count(v)}" for k, v in sorted(p.notifier_paths.items())), WIDTH - 46)),
             "passes")
+        lines.append("  (cleared: accessed bits cleared through the hook during the pass; touched: pages")
+        lines.append("   the guest touched since the previous pass, the ground truth)")
     return lines
 
 

@@ -68,7 +68,10 @@ _LOCKS = AttachPoint(AttachKind.TRACEPOINT, ("lock:contention_begin", "lock:cont
 # kvm:kvm_age_notifier comes with the test_clear_young series (kernels/test-clear-young): one event
 # per aging request, at its end, with the op and the path KVM took.
 AGE_NOTIFIER = "kvm:kvm_age_notifier"
+TCY_BEGIN = "kvm:kvm_test_clear_young"  # the start of a lockless request (same series)
 _NOTIFIER = _tp(AGE_NOTIFIER, "notifier.c", ("op", "path", "start", "end", "young"))
+_REQUEST_LATENCY = AttachPoint(AttachKind.TRACEPOINT, ("kvm:kvm_age_hva", "kvm:kvm_test_age_hva", TCY_BEGIN,
+                                                       AGE_NOTIFIER), "notifier.c", ((), (), (), ("op", "path")))
 # Locked aging requests begin with kvm_age_hva / kvm_test_age_hva and end with kvm_age_notifier.
 _LOCKS_BEHIND_AGING = AttachPoint(
     AttachKind.TRACEPOINT,
@@ -123,6 +126,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 (_kp(FN_AGE, FN_TDP_AGE, FN_RMAP_AGE), _kp(FN_AGE, FN_TDP_AGE))),
     Measurement("aging.notifier_paths", "how KVM answered each aging request: op and path (lockless, "
                 "rmaps under mmu_lock, refused, locked), pages asked, young pages found", (_NOTIFIER,)),
+    Measurement("aging.request_latency", "latency of each aging request, start to kvm_age_notifier, by op",
+                (_REQUEST_LATENCY,)),
     Measurement("aging.test_clear_young", "the test_clear_young notifier of a patched kernel",
                 (_NOTIFIER, _kp(FN_TEST_CLEAR_YOUNG))),
     Measurement("aging.bits_cleared", "accessed bits cleared in SPTEs by aging",
@@ -236,7 +241,7 @@ def make_plan(offer: KernelOffer, wanted: set[str] | None = None) -> TracePlan:
         not_observable["aging.bits_cleared"] = (
             f"no TDP MMU on this host ({offer.tdp_reason}): the rmap path has no tracepoint for accessed-bit "
             f"clears and {tail}" + (f" ({_kprobe_reason(offer)})" if not offer.kprobes else ""))
-    for name in ("aging.notifier_paths", "contention.behind_aging"):
+    for name in ("aging.notifier_paths", "contention.behind_aging", "aging.request_latency"):
         if name in not_observable and AGE_NOTIFIER not in offer.tracepoint_fields:
             not_observable[name] = (f"tracepoint {AGE_NOTIFIER} does not exist in this kernel: it comes with the "
                                     "test_clear_young series (kernels/test-clear-young)")

@@ -120,7 +120,7 @@ class NotifierPath(enum.IntEnum):
 
 
 # ebpf/notifier.c enum notifier_lost
-NotifierLost = enum.IntEnum("NotifierLost", ["BAD_FIELD"], start=0, module=__name__)
+NotifierLost = enum.IntEnum("NotifierLost", ["BAD_FIELD", "BEGIN_FULL"], start=0, module=__name__)
 
 
 @dataclass
@@ -213,12 +213,18 @@ class NotifierCount:
     pages: int = 0  # pages asked about, inside our memslots
     young: int = 0  # accessed pages found
     cleared: int = 0  # of those, in requests that cleared what they found
+    timed: int = 0  # requests whose start was seen (latency known)
+    total_ns: int = 0  # their summed latency
+    max_ns: int = 0
 
     def add(self, other: NotifierCount) -> None:
         self.calls += other.calls
         self.pages += other.pages
         self.young += other.young
         self.cleared += other.cleared
+        self.timed += other.timed
+        self.total_ns += other.total_ns
+        self.max_ns = max(self.max_ns, other.max_ns)
 
 
 @dataclass
@@ -226,6 +232,7 @@ class NotifierCounts:
     """kvm:kvm_age_notifier on our memslots, per (op, path, task class)."""
 
     cells: dict[tuple[AgeOp, NotifierPath, TaskClass], NotifierCount]
+    latency: dict[AgeOp, list[Bucket]] = field(default_factory=dict)  # per op, where request starts are traced
 
     def total(self, ops: tuple[AgeOp, ...] | None = None, paths: tuple[NotifierPath, ...] | None = None,
               classes: tuple[TaskClass, ...] | None = None) -> NotifierCount:
@@ -242,7 +249,9 @@ class NotifierCounts:
         for key, count in self.cells.items():
             before = earlier.cells.get(key, NotifierCount())
             cells[key] = NotifierCount(count.calls - before.calls, count.pages - before.pages,
-                                       count.young - before.young, count.cleared - before.cleared)
+                                       count.young - before.young, count.cleared - before.cleared,
+                                       count.timed - before.timed, count.total_ns - before.total_ns,
+                                       count.max_ns)  # the max over the window so far
         return NotifierCounts(cells)
 
 

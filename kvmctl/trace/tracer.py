@@ -29,7 +29,7 @@ import numpy as np
 from kvmctl import cleanup
 from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
 from kvmctl.trace import hist, stacks
-from kvmctl.trace.catalogue import TracePlan
+from kvmctl.trace.catalogue import TCY_BEGIN, TracePlan
 from kvmctl.trace.loader import Headers, LoadedProgram, find_headers, load_program
 from kvmctl.trace.records import (
     AgeOp,
@@ -203,6 +203,10 @@ class Tracer:
             flags += ["-DWITH_TDP_SPTE_CHANGED", f"-DACCESSED_MASK={self.plan.accessed_mask:#x}ULL"]
         if name == "aging.c" and "aging.notifier_paths" in self.plan.points:
             flags.append("-DWITH_AGE_NOTIFIER")
+        if name == "notifier.c" and "aging.request_latency" in self.plan.points:
+            flags.append("-DWITH_REQUEST_BEGIN")
+        if name in ("spte.c", "funcs.c") and TCY_BEGIN in self.plan.offer.tracepoint_fields:
+            flags.append("-DWITH_TCY_BEGIN")  # the aging marker: the start of a lockless request too
         if name == "locks.c" and "contention.behind_aging" in self.plan.points:
             flags.append("-DAGING_SECTIONS")
         return flags
@@ -410,8 +414,16 @@ class Tracer:
                     leaf = stats[ctypes.c_int((op * npath + path) * nc + cls.code)]
                     if leaf.calls:
                         cells[(op, path, cls)] = NotifierCount(int(leaf.calls), int(leaf.pages), int(leaf.young),
-                                                               int(leaf.cleared))
-        result.notifier = NotifierCounts(cells)
+                                                               int(leaf.cleared), int(leaf.timed),
+                                                               int(leaf.total_ns), int(leaf.max_ns))
+        latency = {}
+        if "aging.request_latency" in self.plan.points:
+            h = _table(prog, "lat_hist")
+            for op in AgeOp:
+                buckets = hist.log2_buckets([int(h[ctypes.c_int(op * NR_SLOTS + k)].value) for k in range(NR_SLOTS)])
+                if any(b.count for b in buckets):
+                    latency[op] = buckets
+        result.notifier = NotifierCounts(cells, latency)
         self._read_lost(prog, "notifier", NotifierLost, result)
 
 

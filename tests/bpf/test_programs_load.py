@@ -32,6 +32,9 @@ HOOK_VARIANTS = {
     "notifier": ("notifier.c", [], 1),
     "aging-notifier": ("aging.c", [*VARIANTS["aging"][1], "-DWITH_AGE_NOTIFIER"], 4),
     "locks-behind-aging": ("locks.c", ["-DAGING_SECTIONS"], 5),
+    "notifier-latency": ("notifier.c", ["-DWITH_REQUEST_BEGIN"], 4),
+    "spte-tdp-hook": ("spte.c", [*VARIANTS["spte-tdp"][1], "-DWITH_TCY_BEGIN"], 7),
+    "funcs-hook": ("funcs.c", ["-DWITH_TCY_BEGIN"], 4),
 }
 
 

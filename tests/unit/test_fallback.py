@@ -89,3 +89,14 @@ def test_fixed_nested_mode_keeps_the_hook_but_walks_rmaps():
 def test_hook_without_nesting_leaves_the_verdict_alone():
     res = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 26542}))
     assert res.verdict is Verdict.TDP
+
+
+def test_notifier_paths_give_the_path_shares_without_function_probes():
+    res = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 25728}))
+    assert (res.verdict, res.tdp_share, res.rmap_share) == (Verdict.TDP, 1.0, 0.0)
+    assert res.evidence[-1].startswith("kvm_age_notifier paths: 25728 aging calls on the TDP path")
+    fixed = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 1341, "lockless+rmap": 242}))
+    assert fixed.rmap_share == 242 / 1583 and fixed.tdp_share == 1.0
+    v1 = decide(FallbackInputs(host_mmu="tdp", notifier_paths={"lockless": 834, "refused:nested": 8434,
+                                                                 "locked": 8183}))
+    assert v1.rmap_share == 8183 / (834 + 8183)  # after the refusals, the locked ops walk both

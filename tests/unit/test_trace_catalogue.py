@@ -76,17 +76,20 @@ def test_lab_kernel_gets_kprobes_bits_cleared_and_both_walkers():
     assert len(plan.functions) <= MAX_FUNCS
     assert plan.programs() == {"aging.c", "spte.c", "locks.c", "funcs.c"}
     assert "no function kvm_arch_test_clear_young" in plan.not_observable["aging.test_clear_young"]
-    for name in ("aging.notifier_paths", "contention.behind_aging"):
+    hook_only = {"aging.notifier_paths", "contention.behind_aging", "aging.request_latency"}
+    for name in hook_only:
         assert "kvm:kvm_age_notifier does not exist" in plan.not_observable[name]
         assert "test_clear_young series" in plan.not_observable[name]
-    assert set(plan.not_observable) == {"aging.test_clear_young", "aging.notifier_paths", "contention.behind_aging"}
+    assert set(plan.not_observable) == {"aging.test_clear_young", *hook_only}
 
 
 NOTIFIER_FIELDS = frozenset({"start", "end", "young", "flags", "op", "path"})
 
 
 def test_kernel_with_our_series_traces_every_request_by_path():
-    offer = dataclasses.replace(LAB_61, tracepoint_fields={**ALL_TRACEPOINTS, "kvm:kvm_age_notifier": NOTIFIER_FIELDS},
+    offer = dataclasses.replace(LAB_61, tracepoint_fields={**ALL_TRACEPOINTS, "kvm:kvm_age_notifier": NOTIFIER_FIELDS,
+                                                           "kvm:kvm_test_clear_young": frozenset({"start", "end",
+                                                                                                  "flags"})},
                                 symbols={**LAB_61.symbols, "test-clear-young": "kvm_arch_test_clear_young"})
     plan = make_plan(offer)
     assert plan.chosen["aging.notifier_paths"] == "tracepoint:kvm:kvm_age_notifier"
@@ -94,6 +97,7 @@ def test_kernel_with_our_series_traces_every_request_by_path():
     assert plan.chosen["aging.test_clear_young"] == "tracepoint:kvm:kvm_age_notifier"
     assert "kvm_arch_test_clear_young" not in plan.functions
     assert plan.points["contention.behind_aging"].program == "locks.c"
+    assert plan.points["aging.request_latency"].program == "notifier.c"
     assert "notifier.c" in plan.programs()
     assert not plan.not_observable
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import enum
 import math
 import statistics
+import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvmctl.report.schema import Report
 from kvmctl.report.figures import HEADLINE, Figure, Unit, get_figure
-from kvmctl.report.textual import WIDTH, fmt_value
+from kvmctl.report.fmt import fmt_value, fmt_whole
+from kvmctl.report.schema import Report
+from kvmctl.report.textual import WIDTH
 
 NOISE_SIGMAS = 2.0
 
@@ -104,11 +106,21 @@ def context_differences(base: Report, other: Report) -> list[str]:
     return out
 
 
+def shown(value: float | None, unit: Unit) -> str:
+    """A side's value; a mean of counts stays in whole units (pages, calls)."""
+    return fmt_whole(value) if unit is Unit.COUNT else fmt_value(value, unit)
+
+
 def signed(value: float, unit: Unit) -> str:
     if unit is Unit.FRACTION:
         return f"{100 * value:+.2f}pp"
-    text = fmt_value(abs(value), unit)
-    return ("-" if value < 0 else "+") + text
+    return ("-" if value < 0 else "+") + shown(abs(value), unit)
+
+
+def cells(d: FigureDiff, unit: Unit) -> tuple[str, str, str, str, str]:
+    """(A, B, delta, rel, noise) of one row, as text."""
+    return (shown(d.base.value, unit), shown(d.other.value, unit), "-" if d.delta is None else signed(d.delta, unit),
+            "-" if d.relative is None else f"{100 * d.relative:+.1f}%", d.noise.value)
 
 
 def _describe(label: str, path: str, report: Report) -> str:
@@ -124,37 +136,41 @@ def side_labels(n: int) -> list[str]:
     return [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(n)]
 
 
+def _table(base_label: str, label: str, diffs: list[FigureDiff]) -> list[str]:
+    """Columns as wide as their widest cell, numbers right-aligned under their headers."""
+    units = {f.key: f.unit for f in HEADLINE}
+    head = ("figure", base_label, label, "delta", "rel", "noise")
+    rows = [(d.label, *cells(d, units[d.key])) for d in diffs]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = []
+    for r in [head, *rows]:
+        lines.append("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+    return lines
+
+
+def _wrapped(text: str, indent: str = "  ") -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "    ",
+                         break_on_hyphens=False)
+
+
 def render_diff(reports: list[tuple[str, Report]]) -> str:
     labels = side_labels(len(reports))
     lines = ["== kvmctl report diff ".ljust(WIDTH, "=")]
     for label, (path, report) in zip(labels, reports):
-        lines.append(_describe(label, path, report)[:WIDTH])
+        lines += _wrapped(_describe(label, path, report), "")
     base_label, (_, base) = labels[0], reports[0]
-    fmt = "%-28s %10s %10s %10s %8s %7s"
     for label, (_, other) in zip(labels[1:], reports[1:]):
         lines += ["", f"-- {label} vs {base_label} ".ljust(WIDTH, "-")]
         for diff in context_differences(base, other):
-            lines.append(f"  differs: {diff}"[:WIDTH])
-        lines.append(fmt % ("figure", base_label, label, "delta", "rel", "noise"))
-        units = {f.key: f.unit for f in HEADLINE}
-        for d in compare(base, other):
-            unit = units[d.key]
-            lines.append(
-                fmt
-                % (
-                    d.label[:28],
-                    fmt_value(d.base.value, unit),
-                    fmt_value(d.other.value, unit),
-                    "-" if d.delta is None else signed(d.delta, unit),
-                    "-" if d.relative is None else f"{100 * d.relative:+.1f}%",
-                    d.noise.value,
-                )
-            )
+            lines += _wrapped(f"differs: {diff}")
+        lines += _table(base_label, label, compare(base, other))
     lines += [
         "",
-        "values: mean of the repeats where a report has them, else its headline figure",
+        "values: mean of the repeats where a report has them, else its headline figure;",
+        "        counts in whole units",
         f"noise: 'within' when |delta| <= {NOISE_SIGMAS:g} x pooled stddev of the repeats;",
-        "       'no reps' when neither report has 2+ repeats; pp = percentage points",
+        "       'no reps' when neither report has 2+ repeats; pp = percentage points;",
+        "       - = null in that report ('kvmctl report show' says why)",
     ]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

@@ -15,7 +15,8 @@ from html import escape
 from kvmctl.report import svg
 from kvmctl.report.schema import Report
 from kvmctl.report.figures import HEADLINE, get_figure
-from kvmctl.report.textual import fmt_count, fmt_fraction, fmt_ns, fmt_value, hist_unit_label, null_text, render_text
+from kvmctl.report.fmt import fmt_count, fmt_fraction, fmt_ns, fmt_value, hist_unit_label, null_text
+from kvmctl.report.textual import render_text
 from kvmctl.units import format_size
 
 

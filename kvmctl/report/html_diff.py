@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from html import escape
 
-from kvmctl.report.diff import NOISE_SIGMAS, Noise, compare, context_differences, side_labels, signed
+from kvmctl.report.diff import NOISE_SIGMAS, Noise, cells, compare, context_differences, side_labels
 from kvmctl.report.figures import HEADLINE
 from kvmctl.report.html import page, report_sections
 from kvmctl.report.schema import Report
-from kvmctl.report.textual import fmt_value
 
 _NOISE_CLASS = {Noise.BEYOND: "beyond", Noise.WITHIN: "within", Noise.UNKNOWN: "noreps", Noise.NA: "na"}
 _DIFF_CSS = ("<style>tr.beyond td{background:#fff3cd;font-weight:600}tr.within td{color:#555}"
@@ -30,14 +29,10 @@ def _comparison(base_label: str, label: str, base: Report, other: Report) -> lis
     rows = [f"<table><tr><th>figure</th><th>{escape(base_label)}</th><th>{escape(label)}</th><th>delta</th>"
             "<th>rel</th><th>noise</th></tr>"]
     for d in compare(base, other):
-        unit = units[d.key]
-        delta = "-" if d.delta is None else signed(d.delta, unit)
-        rel = "-" if d.relative is None else f"{100 * d.relative:+.1f}%"
+        a, b, delta, rel, noise = cells(d, units[d.key])
         rows.append(f'<tr class="{_NOISE_CLASS[d.noise]}"><th>{escape(d.label)}</th>'
-                    f'<td class="num">{escape(fmt_value(d.base.value, unit))}</td>'
-                    f'<td class="num">{escape(fmt_value(d.other.value, unit))}</td>'
-                    f'<td class="num">{escape(delta)}</td><td class="num">{escape(rel)}</td>'
-                    f"<td>{escape(d.noise.value)}</td></tr>")
+                    + "".join(f'<td class="num">{escape(c)}</td>' for c in (a, b, delta, rel))
+                    + f"<td>{escape(noise)}</td></tr>")
     rows.append("</table>")
     return parts + ["\n".join(rows)]
 

@@ -1,68 +1,28 @@
 """An 80-column text summary of a report, fit to paste into an email.
 
-Histograms follow BCC's ``print_log2_hist`` layout and the contention table
-follows ``perf lock contention``, so reviewers read them without a legend.
+Histograms follow BCC's ``print_log2_hist`` layout (time histograms with
+their bucket bounds in ns/us/ms) and the contention table follows ``perf
+lock contention``, so reviewers read them without a legend.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import textwrap
 from collections import defaultdict
+from collections.abc import Callable
 
+from kvmctl.report import locks
+from kvmctl.report.figures import HEADLINE, Figure, Unit, get_figure
+from kvmctl.report.fmt import (fmt_count, fmt_fraction, fmt_ns, fmt_ns_short, fmt_seconds, fmt_value, fmt_whole,
+                               hist_name, hist_unit_label, null_text)
 from kvmctl.report.schema import Bucket, ContentionRow, Report
-from kvmctl.report.figures import HEADLINE, Unit, get_figure
 from kvmctl.units import format_size
 
 WIDTH = 80
 _STARS_MAX = 40
-_CALLER_WIDTH = WIDTH - 54
 _LIST_HEAD = 6  # long tables show this many rows at each end
-
-
-# ---------------------------------------------------------------------------
-# Number formatting shared with the other renderers
-
-
-def fmt_count(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    if isinstance(n, float) and not n.is_integer():
-        return f"{n:,.1f}"
-    return f"{int(n):,}"
-
-
-def fmt_fraction(x: float | None) -> str:
-    return "-" if x is None else f"{100.0 * x:.2f}%"
-
-
-def fmt_ns(ns: float | int | None) -> str:
-    """perf's time style: '714.73 us', '13.58 ms'."""
-    if ns is None:
-        return "-"
-    for unit, div in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if abs(ns) >= div:
-            return f"{ns / div:.2f} {unit}"
-    return f"{ns:.0f} ns"
-
-
-def fmt_value(value: float | None, unit: Unit) -> str:
-    if unit is Unit.FRACTION:
-        return fmt_fraction(value)
-    if unit is Unit.NS:
-        return fmt_ns(value)
-    return fmt_count(value)
-
-
-def null_text(report: Report, key: str) -> str:
-    """What to print for a null figure: the recorded reason, or why unmeasured."""
-    reason = report.reason_for(key)
-    parts = key.split(".")
-    if any(".".join(parts[:n]) in report.probes.not_observable for n in range(len(parts), 0, -1)):
-        return f"not observable here: {reason}"
-    return f"not measured: {reason}"
 
 
 # ---------------------------------------------------------------------------
@@ -79,31 +39,35 @@ def _stars(val: int, val_max: int, width: int) -> str:
     return text
 
 
-_UNIT_WORDS = {"ns": "nsecs", "nsecs": "nsecs", "us": "usecs", "usecs": "usecs", "pages": "pages", "bytes": "bytes"}
-
-
-def hist_unit_label(name: str) -> str:
-    """The unit is a word of the histogram's name: 'lock wait ns (vcpu)',
-    'aging_latency_ns:kvm_age_gfn' -> 'nsecs' (BCC's label)."""
-    for word in re.split(r"[^a-z0-9]+", name.lower()):
-        if word in _UNIT_WORDS:
-            return _UNIT_WORDS[word]
-    return "value"
-
-
-def log2_hist_lines(buckets: list[Bucket], val_type: str) -> list[str]:
+def log2_hist_lines(buckets: list[Bucket], val_type: str, bound: Callable[[int], str] | None = None) -> list[str]:
+    """BCC's layout; ``bound`` writes a bucket bound with its unit ('2.05 us') instead of a bare integer."""
     if not buckets or not any(b.count for b in buckets):
         return ["     (no samples)"]
     val_max = max(b.count for b in buckets)
-    if max(b.high for b in buckets) < (1 << 32):
-        header, body, stars = "     %-19s : count     distribution", "%10d -> %-10d : %-8d |%-*s|", _STARS_MAX
+    if bound is not None or max(b.high for b in buckets) < (1 << 32):
+        header, body, stars = "     %-19s : count     distribution", "%10s -> %-10s : %-8d |%-*s|", _STARS_MAX
     else:
-        header, body = "               %-29s : count     distribution", "%20d -> %-20d : %-8d |%-*s|"
+        header, body = "               %-29s : count     distribution", "%20s -> %-20s : %-8d |%-*s|"
         stars = _STARS_MAX // 2
     lines = [header % val_type]
     for b in buckets:
-        lines.append(body % (b.low, b.high, b.count, stars, _stars(b.count, val_max, stars)))
+        low, high = (bound(b.low), bound(b.high + 1)) if bound else (b.low, b.high)
+        lines.append(body % (low, high, b.count, stars, _stars(b.count, val_max, stars)))
     return lines
+
+
+def time_buckets(buckets: list[Bucket]) -> list[Bucket]:
+    """From the first to the last non-empty bucket, the empty log2 buckets between them filled in."""
+    filled = [b for b in buckets if b.count]
+    if not filled:
+        return []
+    by_low = {b.low: b for b in buckets}
+    out, low = [], filled[0].low
+    while low <= filled[-1].low:
+        high = 1 if low == 0 else 2 * low - 1
+        out.append(by_low.get(low, Bucket(low, high, 0)))
+        low = 2 if low == 0 else 2 * low
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -111,25 +75,26 @@ def log2_hist_lines(buckets: list[Bucket], val_type: str) -> list[str]:
 
 
 def contention_lines(rows: list[ContentionRow], limit: int = 15) -> list[str]:
-    fmt = "%9s %10s %10s %10s %9s  %s"
+    """perf's table over the rows merged by caller; the legend only when a row carries the mark."""
+    ordered = locks.by_caller(rows)
+    kind_w = max([4] + [len(r.kind) for r in ordered[:limit]])
+    fmt = f"%9s %10s %10s %10s %{kind_w}s  %s"
+    caller_w = WIDTH - 45 - kind_w
     lines = [fmt % ("contended", "total wait", "max wait", "avg wait", "type", "caller"), ""]
-    ordered = sorted(rows, key=lambda r: (-r.total_wait_ns, r.caller))
     for r in ordered[:limit]:
-        kind = r.lock_type + ("*" if r.is_mmu_lock else "")
-        lines.append(
-            fmt
-            % (
-                fmt_count(r.contended),
-                fmt_ns(r.total_wait_ns),
-                fmt_ns(r.max_wait_ns),
-                fmt_ns(r.avg_wait_ns),
-                kind,
-                _clip(r.caller, _CALLER_WIDTH),
-            )
-        )
+        lines.append(fmt % (fmt_count(r.contended), fmt_ns(r.total_wait_ns), fmt_ns(r.max_wait_ns),
+                            fmt_ns(r.avg_wait_ns), r.kind, _caller(r.caller, caller_w)))
     if len(ordered) > limit:
-        lines.append(f"  ... {len(ordered) - limit} more rows (see --json)")
+        lines.append(f"  ... {len(ordered) - limit} more callers (see --json)")
+    lines.append(f"  ({locks.legend(ordered)}; rows merged per caller and lock type)")
     return lines
+
+
+def _caller(caller: str, width: int) -> str:
+    """The offset goes before the name is clipped."""
+    if len(caller) > width and "+0x" in caller:
+        caller = caller.split("+0x", 1)[0]
+    return _clip(caller, width)
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +150,7 @@ def _head(report: Report) -> list[str]:
         lines += _field("headers", headers)
     w = report.trace_window
     if w.duration_ns is not None:
-        lines += _field("traced", f"{w.duration_ns / 1e9:.3f} s (CLOCK_MONOTONIC {w.start_ns} .. {w.end_ns})")
+        lines += _field("traced", f"{fmt_seconds(w.duration_ns / 1e9)}, from probe attach to detach")
     else:
         lines += _field("traced", null_text(report, "trace_window.start_ns"))
     lost = report.lost_events
@@ -194,12 +159,51 @@ def _head(report: Report) -> list[str]:
 
 
 def _headline(report: Report) -> list[str]:
+    if len(report.repeats) >= 2:
+        return _headline_repeats(report)
     lines = _section("Headline")
     width = max(len(f.label) for f in HEADLINE) + 2
     for fig in HEADLINE:
         value = get_figure(report, fig.key)
         text = fmt_value(value, fig.unit) if value is not None else null_text(report, fig.key)
         lines += _field(fig.label, text, width)
+    return lines
+
+
+def _spread(fig: Figure, values: list[float]) -> tuple[str, str]:
+    """('mean +- sd', 'min .. max') of one figure over the runs; times to three digits to fit."""
+    if not values:
+        return "-", "-"
+    short = {Unit.NS: fmt_ns_short, Unit.COUNT: fmt_whole}
+    f = short.get(fig.unit, lambda v: fmt_value(v, fig.unit))
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{f(statistics.fmean(values))} +- {f(sd)}", f"{f(min(values))} .. {f(max(values))}"
+
+
+def _headline_repeats(report: Report) -> list[str]:
+    """The report's run beside the mean, stddev and range of every run, so neither is mistaken for the other."""
+    runs = len(report.repeats)
+    asked = report.spec.get("repeat")
+    of = f"{runs} (of {asked} asked)" if isinstance(asked, int) and asked > runs else str(runs)
+    lines = _section(f"Headline: run {runs} of {of}, the run every section below shows")
+    rows = []
+    for fig in HEADLINE:
+        value = get_figure(report, fig.key)
+        own = fmt_value(value, fig.unit) if value is not None else None
+        rows.append((fig, own, *_spread(fig, [r[fig.key] for r in report.repeats if r.get(fig.key) is not None])))
+    head = ("figure", f"run {runs}", f"mean +- sd ({runs} runs)", "min .. max")
+    widths = [max(len(head[i]), *(len(r[i] or "") for r in rows)) for i in (1, 2, 3)]
+    label_w = max(16, min(max(len(f.label) for f in HEADLINE), WIDTH - sum(widths) - 6))
+    fmt = f"%-{label_w}s  %{widths[0]}s  %{widths[1]}s  %{widths[2]}s"
+    lines.append(fmt % head)
+    for fig, own, mean, span in rows:
+        label = textwrap.wrap(fig.label, label_w)
+        if own is None and mean == "-":  # null in every run: the reason instead of the columns
+            lines += _field(label[0], null_text(report, fig.key), label_w + 1)
+        else:
+            lines.append(fmt % (label[0], own or "-", mean, span))
+        lines += label[1:]
+    lines.append(f"  (run {runs}: this report's own figure; mean, stddev and range over all {runs} runs)")
     return lines
 
 
@@ -347,8 +351,8 @@ def _aging(report: Report) -> list[str]:
         peak = max(a.series, key=lambda s: s.calls)
         lines += _field(
             "series",
-            f"{len(a.series)} samples of {a.interval_ns / 1e9:g} s; peak {fmt_count(peak.calls)} calls "
-            f"({fmt_count(peak.pages)} pages) at +{peak.t_offset_ns / 1e9:.1f} s",
+            f"{len(a.series)} samples of {fmt_seconds(a.interval_ns / 1e9)}; peak {fmt_count(peak.calls)} calls "
+            f"({fmt_count(peak.pages)} pages) {fmt_seconds(peak.t_offset_ns / 1e9)} after the probes attached",
         )
     return lines
 
@@ -356,8 +360,12 @@ def _aging(report: Report) -> list[str]:
 def _histograms(report: Report) -> list[str]:
     lines: list[str] = []
     for name, buckets in report.histograms.items():
-        lines += _section(f"Histogram {name}")
-        lines += log2_hist_lines(buckets, hist_unit_label(name))
+        what = hist_name(name)
+        lines += _section(_clip(what.title, WIDTH - 5))
+        if what.is_time:
+            lines += log2_hist_lines(time_buckets(buckets), what.axis, fmt_ns_short)
+        else:
+            lines += log2_hist_lines(buckets, hist_unit_label(name))
     return lines
 
 
@@ -366,7 +374,9 @@ def _contention(report: Report) -> list[str]:
     lines = _section("Lock contention (perf lock contention style)")
     wait = c.mmu_lock_wait_ns
     text = fmt_ns(wait) if wait is not None else null_text(report, "contention.mmu_lock_wait_ns")
-    if wait is not None and c.mmu_lock_contended is not None:
+    if wait is not None and c.mmu_lock_contended == 0:
+        text = "never contended while traced"
+    elif wait is not None and c.mmu_lock_contended is not None:
         text += f" in {fmt_count(c.mmu_lock_contended)} contended acquisitions"
     lines += _field("mmu_lock", text)
     per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -380,7 +390,6 @@ def _contention(report: Report) -> list[str]:
     if c.rows:
         lines.append("")
         lines += contention_lines(c.rows)
-        lines.append("  (* = this VM's mmu_lock)")
     return lines
 
 
@@ -436,24 +445,6 @@ def _vm_stats(report: Report) -> list[str]:
     return lines
 
 
-def _repeats(report: Report) -> list[str]:
-    if not report.repeats:
-        return []
-    lines = _section(f"Repeats ({len(report.repeats)} runs: mean +- stddev, min .. max)")
-    width = max(len(f.label) for f in HEADLINE) + 2
-    for fig in HEADLINE:
-        values = [r[fig.key] for r in report.repeats if r.get(fig.key) is not None]
-        if not values:
-            continue
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        text = (
-            f"{fmt_value(statistics.fmean(values), fig.unit)} +- {fmt_value(sd, fig.unit)}, "
-            f"{fmt_value(min(values), fig.unit)} .. {fmt_value(max(values), fig.unit)}"
-        )
-        lines += _field(fig.label, text, width)
-    return lines
-
-
 def _fault(report: Report) -> list[str]:
     if report.guest_fault is None:
         return []
@@ -488,7 +479,6 @@ def render_text(report: Report) -> str:
         _probes,
         _spec,
         _vm_stats,
-        _repeats,
         _fault,
         _notes,
     ):

@@ -74,13 +74,15 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
         ContentionRow(7, 41_200, 9_900, 5_885, "rwlock:W", "kvm_mmu_notifier_invalidate_range_start+0x91",
                       WaiterClass.AGER, True, "0xffff8f2a41c0a148"),
         ContentionRow(3, 2_950, 1_400, 983, "spinlock", "try_to_wake_up+0x62", WaiterClass.OTHER, False),
+        ContentionRow(2, 1_900, 1_100, 950, "spinlock", "try_to_wake_up+0x62", WaiterClass.AGER, False),
+        ContentionRow(411, 402_300, 21_800, 978, "spinlock", "", WaiterClass.OTHER, False, "0xffff888627c2ba40"),
     ]
     not_obs: dict[str, str] = {
         "ground_truth.precision": "the memcg ager reports no young/idle bits (needs MGLRU or idle page tracking)",
         "ground_truth.recall": "the memcg ager reports no young/idle bits (needs MGLRU or idle page tracking)",
-        "function_latency": "kprobes and fentry are unavailable (lockdown=confidentiality, CONFIG_KPROBES off)",
     }
     if not tdp:
+        not_obs["function_latency"] = "kprobes and fentry are unavailable (CONFIG_KPROBES off)"
         not_obs["aging.bits_cleared"] = (
             "no TDP MMU (shadow paging): kvmmmu:kvm_tdp_mmu_spte_changed never fires"
         )
@@ -108,7 +110,7 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
                      TaskAging(88, "kdamond.0", TaskClass.KDAMOND, bg_calls - 31, (bg_calls - 31) * 3),
                      TaskAging(71, "kswapd0", TaskClass.KSWAPD, 31, 93)],
                     series),
-        histograms={"aging_latency_ns:kvm_age_hva": lat, "mmu_lock_wait_ns:vcpu": wait_vcpu},
+        histograms=({"kvm_age_gfn latency ns": lat} if tdp else {}) | {"lock wait ns (vm)": wait_vcpu},
         contention=Contention(812_440 + 41_200, 72, rows),
         ground_truth=GroundTruth(hot, pages - hot, 0.99994, 0.3333, pages // 2, 0.99987, 3, None, None, "memcg"),
         fallback=Fallback(

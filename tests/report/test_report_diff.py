@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -99,3 +100,35 @@ def test_diff_json_shape():
     fig = data["comparisons"][1]["figures"][0]
     assert set(fig) >= {"key", "label", "base", "other", "delta", "relative", "pooled_sd", "noise"}
     assert "host.mmu: shadow -> tdp" in data["comparisons"][1]["context_differences"]
+
+
+def test_columns_align_and_counts_are_whole():
+    text = render_diff(_three())
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("figure "):
+            current = [line]
+            tables.append(current)
+        elif current is not None and line and not line.startswith(("--", "values:")):
+            current.append(line)
+        else:
+            current = None
+    assert len(tables) == 2
+    for table in tables:
+        assert len({len(line) for line in table}) == 1, table  # every column right-aligned to one edge
+        header = table[0]
+        for name in ("A", "delta", "rel", "noise"):  # each cell ends under its header
+            edge = header.index(f" {name}") + len(name) + 1
+            assert all(line[edge - 1] != " " for line in table[1:] if not line.split()[-1] == "-"), name
+    pages = next(line for line in text.splitlines() if line.startswith("pages aged"))
+    a_cell, b_cell, delta = re.split(r"\s{2,}", pages)[1:4]
+    assert "." not in a_cell + b_cell + delta  # a mean of page counts is still whole pages
+    assert a_cell == "100,305"  # the mean of 100,304.8 pages
+
+
+def test_long_context_lines_wrap_instead_of_being_cut():
+    (_, a), (_, b), _ = _three()
+    b.spec["ager_options"] = {"squeeze_guest": 0.25, "note": "x" * 30 + " a long value that runs past the edge"}
+    text = render_diff([("a.json", a), ("b.json", b)])
+    assert "runs past the edge" in text
+    assert all(len(line) <= WIDTH for line in text.splitlines())

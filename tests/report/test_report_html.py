@@ -14,7 +14,7 @@ from tests.helpers.pages import chromium, parse, run_chromium
 from tests.helpers.reports import make_report
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "artifacts"
-EXPECTED_PLOTS = {"aging-calls", "aging-pages", "aging-background", "residency", "refaults", "hist-0", "hist-1",
+EXPECTED_PLOTS = {"aging-calls", "aging-pages", "aging-background", "residency", "refaults", "hist-0",
                   "contention", "heatmap-0"}
 
 
@@ -33,7 +33,7 @@ def test_plots_carry_the_reports_values():
     residency = _ys(figs["residency"])
     assert residency[: len(r.passes)] == pytest.approx([100 * p.hot_resident_fraction for p in r.passes])
     assert _ys(figs["refaults"]) == [p.refaults for p in r.passes]
-    assert _ys(figs["hist-0"]) == [b.count for b in r.histograms["aging_latency_ns:kvm_age_hva"]]
+    assert _ys(figs["hist-0"]) == [b.count for b in r.histograms["lock wait ns (vm)"]]
     assert sorted(_ys(figs["contention"])) == sorted(row.total_wait_ns for row in r.contention.rows)
     hm = r.heatmaps[0]
     heat = figs["heatmap-0"]["marks"]

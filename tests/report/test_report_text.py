@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 
 import pytest
 
 from kvmctl.trace.hist import log2_buckets
 from kvmctl.report.schema import Bucket, EpochRow, GuestFault, Report
-from kvmctl.report.textual import WIDTH, contention_lines, fmt_ns, hist_unit_label, log2_hist_lines, render_text
+from kvmctl.report.fmt import fmt_ns, hist_name, hist_unit_label
+from kvmctl.report.textual import WIDTH, contention_lines, log2_hist_lines, render_text, time_buckets
 from tests.helpers.reports import make_report, with_repeats
 
 
@@ -111,3 +113,76 @@ def test_long_tables_are_elided_at_both_ends():
     assert "... 18 passes omitted" in text and "... 28 epochs omitted" in text
     assert "\n  30 memcg" in text and "\n   39     2 hotcold" in text  # the last rows stay visible
     assert all(len(line) <= WIDTH for line in text.splitlines())
+
+
+def test_an_empty_set_reads_n_a_not_unobservable():
+    """No page was evicted: the share of evicted pages that were cold is n/a, not a probe's failure."""
+    r = make_report()
+    r.ground_truth.evicted_pages, r.ground_truth.evicted_cold_fraction = 0, None
+    r.probes.not_observable["ground_truth.evicted_cold_fraction"] = "no page was evicted by any pass (nothing to score)"
+    text = render_text(r)
+    assert "evicted pages that were cold   n/a: no page was evicted" in text
+    assert "evicted cold     n/a: no page was evicted" in text
+    r.ground_truth.evicted_pages = None  # unknown is not empty
+    assert "evicted pages that were cold   not observable here: no page was evicted" in render_text(r)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_times_have_units_and_no_clock_readings(name):
+    text = render_text(CASES[name]())
+    assert "CLOCK_MONOTONIC" not in text
+    assert re.findall(r"(?<![0-9a-fx])\d{7,}", text) == []  # a raw clock reading or nanosecond count (not an address)
+    assert "nsecs" not in text  # time histograms show their bounds in ns/us/ms
+
+
+def test_time_histogram_bounds_in_units():
+    r = make_report(tdp=True)
+    text = render_text(r)
+    assert "-- Latency of kvm_age_gfn, entry to return ---" in text
+    assert "   1.02 us -> 2.05 us    : 2210     |****************************************|" in text
+    assert "    256 ns -> 512 ns     : 12       |" in text
+
+
+@pytest.mark.parametrize("name, title", [
+    ("lock wait ns (vm)", "Lock wait, all locks: vCPU threads of this VM"),
+    ("lock wait ns (other)", "Lock wait, all locks: all other tasks"),
+    ("mmu_lock_wait_ns:vcpu", "Lock wait, this VM's mmu_lock only: vCPU threads of this VM"),
+    ("kvm_age_gfn latency ns", "Latency of kvm_age_gfn, entry to return"),
+])
+def test_histogram_titles_say_what_they_cover(name, title):
+    assert hist_name(name).title == title
+
+
+def test_time_buckets_fill_the_gaps_between_samples():
+    buckets = [Bucket(1024, 2047, 3), Bucket(8192, 16383, 1)]
+    assert time_buckets(buckets) == [Bucket(1024, 2047, 3), Bucket(2048, 4095, 0), Bucket(4096, 8191, 0),
+                                     Bucket(8192, 16383, 1)]
+    assert time_buckets([Bucket(0, 1, 0)]) == []
+
+
+def test_contention_rows_merge_per_caller_with_a_legend_that_matches():
+    r = make_report()
+    lines = contention_lines(r.contention.rows)
+    wake = [line for line in lines if "try_to_wake_up" in line]
+    assert len(wake) == 1 and wake[0].split()[0] == "5"  # 3 waits of other tasks + 2 of an ager
+    assert any(line.endswith("[other task, no stack]") for line in lines)  # no empty caller cell
+    assert "* = this VM's mmu_lock" in lines[-1]
+    for row in r.contention.rows:
+        row.is_mmu_lock = False
+    lines = contention_lines(r.contention.rows)
+    assert not any("*" in line for line in lines)
+    assert "no row is this VM's mmu_lock" in lines[-1]
+
+
+def test_repeat_headline_names_its_run_and_the_spread():
+    r = with_repeats(make_report(tdp=True), 3, seed=3)
+    r.spec["repeat"] = 4  # interrupted after three runs
+    text = render_text(r)
+    assert "-- Headline: run 3 of 3 (of 4 asked), the run every section below shows" in text
+    row = next(line for line in text.splitlines() if line.startswith("aging calls "))
+    values = [v for v in row.removeprefix("aging calls").split("  ") if v.strip()]
+    calls = [rep["aging.calls"] for rep in r.repeats]
+    assert values[0].strip() == f"{r.aging.calls:,}"
+    assert values[1].strip().startswith(f"{round(sum(calls) / 3):,} +- ")
+    assert values[2].strip() == f"{min(calls):,.0f} .. {max(calls):,.0f}"
+    assert "-- Repeats" not in text  # the spread lives in the headline, not in a second table

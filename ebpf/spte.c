@@ -14,9 +14,17 @@
  * latest aging notifier call (kvm_age_hva and friends, traced just before
  * KVM walks the range) touched our hva ranges.
  *
+ * With -DWITH_HARVEST (needs WITH_TDP_SPTE_CHANGED), a flags word per gfn
+ * follows what aging could have harvested: MAPPED tracks whether KVM maps
+ * the gfn (set on kvm_mmu_set_spte, cleared on kvm_unmap_hva_range), and per
+ * pass the gfn was aged (kvm_age_hva, kvm_test_age_hva, kvm_test_clear_young)
+ * while mapped or not, had its accessed bit cleared, was mapped or unmapped.
+ * Python reads the array at the end of each pass and clears all but MAPPED.
+ *
  * Options (-D): MAX_RANGES, NR_PAGES, WITH_TDP_SPTE_CHANGED (the catalogue
  * chose the tracepoint), ACCESSED_MASK (bit 8 on EPT with A/D bits, bit 5 on
- * NPT and legacy paging; chosen from the host by Python).
+ * NPT and legacy paging; chosen from the host by Python), WITH_HARVEST,
+ * MAX_PAGES_PER_EVENT (harvest: per-gfn loop bound of one aging event).
  */
 #include <uapi/linux/ptrace.h>
 
@@ -34,7 +42,19 @@
 #ifndef MAX_AGING_TIDS
 #define MAX_AGING_TIDS 4096
 #endif
+#ifndef MAX_PAGES_PER_EVENT
+#define MAX_PAGES_PER_EVENT 512
+#endif
 #define NR_LEVELS 8
+
+enum harvest_flag {
+	HV_MAPPED = 1,          /* state: KVM maps the gfn */
+	HV_AGED = 2,            /* an aging request covered the gfn this pass */
+	HV_AGED_MAPPED = 4,     /* ... while it was mapped */
+	HV_CLEARED = 8,         /* its accessed bit was cleared by aging */
+	HV_SET = 16,            /* mapped (kvm_mmu_set_spte) this pass */
+	HV_UNMAPPED = 32,       /* unmapped (kvm_unmap_hva_range) this pass */
+};
 
 enum spte_count {
 	CNT_SET_SPTE = 0,        /* leaf SPTEs installed for our gfns */
@@ -49,7 +69,8 @@ enum spte_count {
 enum spte_lost {
 	LOST_GFN_INDEX = 0,      /* gfn of our memslot past NR_PAGES (array capped) */
 	LOST_AGING_TIDS_FULL = 1,
-	NR_SPTE_LOST = 2,
+	LOST_HARVEST_CLIPPED = 2, /* pages of one aging event past MAX_PAGES_PER_EVENT */
+	NR_SPTE_LOST = 3,
 };
 
 BPF_ARRAY(config, u64, NR_CFG);
@@ -62,6 +83,9 @@ BPF_F_TABLE("array", u32, u64, mappings, NR_PAGES, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, u64, cleared, NR_PAGES, BPF_F_MMAPABLE);
 BPF_HASH(aging_tids, u32, u8, MAX_AGING_TIDS);
 BPF_ARRAY(lost, u64, NR_SPTE_LOST);
+#ifdef WITH_HARVEST
+BPF_F_TABLE("array", u32, u64, harvest, NR_PAGES, BPF_F_MMAPABLE);
+#endif
 
 static __always_inline u64 cfg_get(int which)
 {
@@ -139,7 +163,94 @@ static __always_inline void aging_tid_mark(u32 tid, bool ours)
 	else if (aging_tids.update(&tid, &one))
 		lost_inc(LOST_AGING_TIDS_FULL);
 }
+#endif
 
+#ifdef WITH_HARVEST
+static __always_inline void harvest_set(u32 idx, u64 bits)
+{
+	u64 *f = harvest.lookup(&idx);
+	if (f)
+		__sync_fetch_and_or(f, bits);
+}
+
+/* The gfns of [start, end) in the first memslot it touches: aged (or, with
+ * unmap, unmapped). Aging and unmap events never span two memslots of one
+ * VM in practice (they come from one host VMA); a second one would be
+ * clipped and counted. */
+static __always_inline void harvest_range(u64 start, u64 end, bool unmap)
+{
+	if (!in_window())
+		return;
+	u64 nr = cfg_get(CFG_NR_RANGES), first = 0, n = 0;
+	for (int i = 0; i < MAX_RANGES; i++) {
+		bounded_loop_var(i);
+		if (i >= nr)
+			break;
+		struct slot_range *r = range_lookup(i);
+		if (!r)
+			break;
+		u64 lo = start > r->hva_start ? start : r->hva_start;
+		u64 hi = end < r->hva_end ? end : r->hva_end;
+		if (lo >= hi)
+			continue;
+		first = r->index_base + ((lo - r->hva_start) >> KVMCTL_PAGE_SHIFT);
+		n = ((hi - r->hva_start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT) -
+		    ((lo - r->hva_start) >> KVMCTL_PAGE_SHIFT);
+		break;
+	}
+	if (n > MAX_PAGES_PER_EVENT) {
+		lost_inc(LOST_HARVEST_CLIPPED);
+		n = MAX_PAGES_PER_EVENT;
+	}
+	for (u32 i = 0; i < MAX_PAGES_PER_EVENT; i++) {
+		bounded_loop_var(i);
+		if (i >= n)
+			break;
+		u64 index = first + i;
+		if (index >= NR_PAGES) {
+			lost_inc(LOST_GFN_INDEX);
+			break;
+		}
+		u32 idx = index;
+		u64 *f = harvest.lookup(&idx);
+		if (!f)
+			break;
+		if (unmap) {
+			__sync_fetch_and_and(f, ~(u64)HV_MAPPED);
+			__sync_fetch_and_or(f, HV_UNMAPPED);
+		} else {
+			__sync_fetch_and_or(f, HV_AGED | ((*f & HV_MAPPED) ? HV_AGED_MAPPED : 0));
+		}
+	}
+}
+
+/* the aging marker's probes, which also follow the gfns each event covers */
+TRACEPOINT_PROBE(kvm, kvm_age_hva)
+{
+	harvest_range(args->start, args->end, false);
+	return mark_aging(args->start, args->end);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_test_age_hva)
+{
+	harvest_range(args->hva, args->hva + 1, false);
+	return mark_aging(args->hva, args->hva + 1);
+}
+
+TRACEPOINT_PROBE(kvm, kvm_unmap_hva_range)
+{
+	harvest_range(args->start, args->end, true);
+	return mark_aging(args->start, args->end);
+}
+
+#ifdef WITH_TCY_BEGIN
+TRACEPOINT_PROBE(kvm, kvm_test_clear_young)
+{
+	harvest_range(args->start, args->end, false);
+	return mark_aging(args->start, args->end);
+}
+#endif
+#elif defined(WITH_TDP_SPTE_CHANGED)
 AGING_MARKER_PROBES
 #endif
 
@@ -156,6 +267,11 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_set_spte)
 		inc(CNT_REFAULT);
 	__sync_fetch_and_add(n, 1);
 	inc(CNT_SET_SPTE);
+#ifdef WITH_HARVEST
+	s64 index = gfn_index(args->gfn);
+	if (index >= 0 && index < NR_PAGES)
+		harvest_set(index, HV_MAPPED | HV_SET);
+#endif
 	int level = args->level & (NR_LEVELS - 1);
 	u64 *l = set_levels.lookup(&level);
 	if (l)
@@ -198,6 +314,10 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 		u64 *n = per_gfn_slot(args->gfn, false);
 		if (n)
 			__sync_fetch_and_add(n, 1);
+#ifdef WITH_HARVEST
+		if (index < NR_PAGES)
+			harvest_set(index, HV_CLEARED);
+#endif
 	}
 	return 0;
 }

@@ -14,15 +14,17 @@ import numpy as np
 from kvmctl.experiment import hook
 from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.passes import PassOutcome
-from kvmctl.experiment.scoring import ResidencyScore, YoungScore, refaults, residency_score, young_score
+from kvmctl.experiment.scoring import (HarvestScore, HarvestTracker, ResidencyScore, YoungScore, refaults,
+                                      residency_score, young_score)
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.placement import CpuPlacement, format_cpu_list, thread_affinities
 from kvmctl.probe import HostCaps, MmuMode
 from kvmctl.probe.memory import host_memory_bytes
 from kvmctl.report.figures import REQUIRED_FIGURES, get_figure
-from kvmctl.report.schema import Headers, Mmu, PassRow, Report
-from kvmctl.trace.records import SpteCounts
+from kvmctl.report.schema import HarvestDisagreement, Headers, Mmu, PassRow, Report
+from kvmctl.trace.records import HarvestFlag, SpteCounts
+from kvmctl.units import PAGE_SIZE
 
 # Figures that need the tracer.
 _TRACED = ("aging.calls", "aging.pages", "aging.background_calls", "aging.bits_cleared", "contention.mmu_lock_wait_ns",
@@ -68,11 +70,16 @@ def not_traced(report: Report, reason: str) -> None:
 
 
 def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, report: Report,
-             tracer: ExperimentTracer | None = None) -> tuple[PassRow, ResidencyScore | None, YoungScore | None]:
+             tracer: ExperimentTracer | None = None, harvest: HarvestTracker | None = None,
+             ) -> tuple[PassRow, ResidencyScore | None, YoungScore | None, HarvestScore | None]:
     """The report row of one pass, with its residency and young/idle scores against the pages touched."""
     record, phase = outcome.record, outcome.phase
     row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns,
-                  touched_pages=int(phase.touched.sum()))
+                  touched_pages=int(phase.touched.sum()), cpu_ns=outcome.cpu_ns)
+    scored = None
+    if harvest is not None and outcome.harvest_flags is not None:
+        scored = harvest.score(outcome.harvest_flags, HarvestFlag.AGED_MAPPED, HarvestFlag.CLEARED)
+        row.harvest_precision, row.harvest_recall = scored.precision, scored.recall
     score = young = None
     before, after = outcome.resident_before, outcome.resident_after
     if before is not None and after is not None:
@@ -89,6 +96,8 @@ def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, 
         row.aging_calls = s1["calls"] - s0["calls"]
         row.aging_pages = s1["pages"] - s0["pages"]
         row.background_calls = s1["background_calls"] - s0["background_calls"]
+        if s0.get("kvm_aging_ns") is not None and s1.get("kvm_aging_ns") is not None:
+            row.kvm_aging_ns = s1["kvm_aging_ns"] - s0["kvm_aging_ns"]
         if s0.get("paths") is not None and s1.get("paths") is not None:
             row.aging_paths = {k: s1["paths"].get(k, 0) - s0["paths"].get(k, 0) for k in s1["paths"]}
         if tracer is not None:
@@ -99,7 +108,55 @@ def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, 
                 row.notifier_paths = hook.paths_by_label(during)
                 row.hook_cleared = hook.hook_figures(during, None, None).cleared
     report.notes.extend(f"pass {index}: {note}" for note in record.notes + record.errors)
-    return row, score, young
+    return row, score, young, scored
+
+
+_HISTORY_WORDS = {HarvestFlag.SET: "mapped", HarvestFlag.UNMAPPED: "unmapped", HarvestFlag.AGED: "aged",
+                  HarvestFlag.AGED_MAPPED: "while mapped", HarvestFlag.CLEARED: "cleared"}
+MAX_DISAGREEMENTS = 20
+
+
+def harvest_summary(report: Report, tracker: HarvestTracker, scores: list[HarvestScore],
+                    gfns: np.ndarray) -> None:
+    """aging.harvest: totals over the scored passes and the first disagreeing gfns with their history."""
+    h = report.aging.harvest
+    h.passes = len(scores)
+    h.expected_young = sum(s.expected for s in scores)
+    h.observed_young = sum(s.observed for s in scores)
+    h.agreed = sum(s.agreed for s in scores)
+    h.precision = h.agreed / h.observed_young if h.observed_young else None
+    h.recall = h.agreed / h.expected_young if h.expected_young else None
+    for p, s in enumerate(scores):
+        for index in s.disagreeing[: MAX_DISAGREEMENTS - len(h.disagreements)]:
+            flags = int(tracker.flags[p][index])
+            h.disagreements.append(HarvestDisagreement(
+                int(gfns[index]), p, bool(tracker.touches[p][index] and flags & HarvestFlag.AGED_MAPPED),
+                bool(flags & HarvestFlag.CLEARED), tracker.history(int(index), _HISTORY_WORDS)))
+    for figure, value in (("precision", h.precision), ("recall", h.recall)):
+        if value is None:
+            report.probes.not_observable.setdefault(f"aging.harvest.{figure}", "no gfn was expected or observed "
+                                                    "young in any pass")
+
+
+def pass_cost(report: Report, guest_pages: int, source: str | None) -> None:
+    """aging.pass_cost: the mean pass, from KVM's aging time where traced, else the passes' wall time."""
+    c, rows = report.aging.pass_cost, report.passes
+    if not rows or not guest_pages:
+        return
+    gib = guest_pages * PAGE_SIZE / (1 << 30)
+    kvm = [r.kvm_aging_ns for r in rows if r.kvm_aging_ns is not None]
+    if source and len(kvm) == len(rows):
+        c.source, ns = source, sum(kvm) / len(kvm)
+    else:
+        c.source = "pass window (wall time of the ager's pass: the host's own walk and reclaim included)"
+        ns = sum(r.end_ns - r.start_ns for r in rows) / len(rows)
+    c.seconds = ns / 1e9
+    c.seconds_per_gib = c.seconds / gib
+    c.ns_per_page = ns / guest_pages
+    cpu = [r.cpu_ns for r in rows if r.cpu_ns is not None]
+    if cpu:
+        c.cpu_seconds = sum(cpu) / len(cpu) / 1e9
+        c.cpu_seconds_per_gib = c.cpu_seconds / gib
 
 
 def ager_settings(report: Report, settings: dict[str, str]) -> None:

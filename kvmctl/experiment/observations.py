@@ -80,7 +80,11 @@ class ExperimentTracer:
         totals = _totals(res)
         totals["paths"] = dict(res.paths["age"]) if res.paths else None
         totals["notifier"] = res.notifier
+        totals["kvm_aging_ns"], totals["kvm_aging_source"] = _kvm_aging_ns(res)
         return totals
+
+    def harvest_take(self) -> np.ndarray | None:
+        return self.tracer.harvest_take()
 
     def pass_lock_figures(self, before: dict, after: dict) -> hook.LockFigures:
         """The lock figures of the requests between two running totals."""
@@ -164,9 +168,9 @@ class ExperimentTracer:
             report.aging.test_clear_young = hook.hook_figures(res.notifier, facts.get("lru_gen_cap"),
                                                               facts.get("nested_mode"))
         else:
-            report.probes.not_observable.setdefault(
-                hook.HOOK, self.hook_missing or self.plan.not_observable.get("aging.test_clear_young",
-                                                                             "not traced"))
+            # the probe's reason (the series is absent) is the one a reader needs, not the attach point's
+            report.probes.not_observable[hook.HOOK] = self.hook_missing or self.plan.not_observable.get(
+                "aging.test_clear_young", "not traced")
             report.probes.not_observable.setdefault("aging.paths", self.plan.not_observable.get(
                 "aging.notifier_paths", "not traced"))
         behind, how = hook.behind_aging_ns(res.contention, res.aging_sections, res.notifier is not None,
@@ -177,6 +181,17 @@ class ExperimentTracer:
                 "contention.behind_aging", "lock contention was not traced"))
         elif not res.aging_sections:
             report.probes.derived[hook.BEHIND] = how
+
+
+def _kvm_aging_ns(res: TraceResult) -> tuple[int | None, str | None]:
+    """Time KVM spent answering aging requests on our memory so far, and how it was measured."""
+    if res.notifier is not None and res.notifier.latency:
+        return (sum(c.total_ns for c in res.notifier.cells.values()),
+                "kvm_age_notifier request latency (each request's start to its end)")
+    outer = [f for f in res.funcs or [] if f.role in ("outer_age", "outer_test")]
+    if outer:
+        return sum(f.total_ns for f in outer), "kvm_age_gfn/kvm_test_age_gfn latency (kprobes)"
+    return None, None
 
 
 def _totals(res: TraceResult) -> dict[str, int]:

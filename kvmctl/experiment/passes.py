@@ -18,6 +18,7 @@ import numpy as np
 
 from kvmctl.agers import Ager, PassRecord
 from kvmctl.errors import GuestError
+from kvmctl.experiment.scoring import HarvestTracker
 from kvmctl.experiment.session import Session
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.guest.mailbox import PatternCode
@@ -51,6 +52,8 @@ class PassOutcome:
     resident_after: np.ndarray | None
     aging_before: dict[str, Any] | None
     aging_after: dict[str, Any] | None
+    cpu_ns: int = 0  # CPU time of this thread (the ager's) during the pass
+    harvest_flags: np.ndarray | None = None  # per page, HarvestFlag bits since the previous pass
 
 
 class PassLoop:
@@ -66,6 +69,7 @@ class PassLoop:
         # Summed over every phase; a phase's own arrays are not kept, so a long run's memory stays flat.
         self.touch_counts: np.ndarray | None = None
         self.last_phase: Phase | None = None
+        self.harvest = HarvestTracker(self.total_pages)
 
     @property
     def next_epoch(self) -> int:
@@ -75,6 +79,7 @@ class PassLoop:
         counts = phase.touch_counts.astype(np.int64)
         self.touch_counts = counts if self.touch_counts is None else self.touch_counts + counts
         self.last_phase = phase
+        self.harvest.touched(phase.touched)
         return phase
 
     def _phase(self, pattern: Pattern, first: int, last: int, touches: int, guest_seconds: float, start_ns: int,
@@ -131,8 +136,10 @@ class PassLoop:
 
         def one_pass() -> tuple:
             before, aging_before = session.residency(), session.aging_totals()
+            cpu0 = time.thread_time_ns()
             record = ager.run_pass(index)
-            return record, before, session.residency(), aging_before, session.aging_totals()
+            cpu = time.thread_time_ns() - cpu0
+            return record, before, session.residency(), aging_before, session.aging_totals(), cpu
 
         if self.spec.mode == "between":
             # --nested: pass 0 ages the memory before any nested guest ran
@@ -141,4 +148,6 @@ class PassLoop:
             outcome = one_pass()
         else:
             phase, outcome = self.concurrently(one_pass)
-        return PassOutcome(phase, *outcome)
+        return PassOutcome(phase, *outcome, harvest_flags=session.harvest_take())
+
+

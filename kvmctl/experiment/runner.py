@@ -20,7 +20,8 @@ from kvmctl.agers import Ager, AgerContext
 from kvmctl.errors import GuestError, Interrupted, KvmctlError
 from kvmctl.experiment import assembly
 from kvmctl.experiment.passes import PassLoop
-from kvmctl.experiment.scoring import ResidencyScore, YoungScore, refaults
+from kvmctl.agers.base import page_gfns
+from kvmctl.experiment.scoring import HarvestScore, ResidencyScore, YoungScore, refaults
 from kvmctl.experiment.session import Session
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.guest.patterns import Pattern
@@ -44,6 +45,8 @@ class Experiment:
         self.stats_after_populate: dict = {}
         self._scores: list[ResidencyScore] = []  # per pass, where residency is observable
         self._young: list[YoungScore] = []  # per pass, for agers with per-page verdicts
+        self._harvest: list[HarvestScore] = []  # per pass, where the harvest is traced
+        self._kvm_aging_source: str | None = None  # how the passes' KVM aging time was measured
 
     @property
     def total_pages(self) -> int:
@@ -99,6 +102,13 @@ class Experiment:
         spte = self.trace_result.spte if self.trace_result is not None else None
         assembly.mapping_counts(report, spte, self.stats_at_build, self.stats_after_populate)
         assembly.ground_truth(report, spec, self._scores, self._young)
+        if self._harvest:
+            assembly.harvest_summary(report, self.passes.harvest, self._harvest, page_gfns(list(built.memslots)))
+            if spec.mode == "concurrent":
+                report.notes.append("aging.harvest: the guest touched pages during the passes (--mode concurrent), "
+                                    "so a touch after a gfn was aged counts as before it; --mode between scores "
+                                    "exactly")
+        assembly.pass_cost(report, built.total_pages, self._kvm_aging_source)
         assembly.fallback(report, spec, self._paths(), spte.shadow_pages_created if spte else None)
         report.complete = True
         session.close()
@@ -128,10 +138,13 @@ class Experiment:
             eta = f", ETA {(time.monotonic() - t0) / p * (spec.passes - p + 1):.0f}s" if p else ""
             self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode}), epoch {passes.next_epoch}{eta}")
             outcome = passes.run_pass(ager, p)
-            row, score, young = assembly.pass_row(p, outcome, evicted, self.report, self.session.tracer)
+            row, score, young, harvest = assembly.pass_row(p, outcome, evicted, self.report, self.session.tracer,
+                                                           passes.harvest)
             self.report.passes.append(row)
             self._scores += [score] if score else []
             self._young += [young] if young else []
+            self._harvest += [harvest] if harvest else []
+            self._kvm_aging_source = (outcome.aging_after or {}).get("kvm_aging_source")
             before, after = outcome.resident_before, outcome.resident_after
             evicted = None if before is None else before & ~after
         return evicted

@@ -73,3 +73,62 @@ def young_score(idle: np.ndarray, observed: np.ndarray | None, touched: np.ndarr
     n_young, n_truth = int(young.sum()), int(truth.sum())
     return YoungScore(int(seen.sum()), n_young, n_truth, tp,
                       tp / n_young if n_young else None, tp / n_truth if n_truth else None)
+
+
+@dataclass
+class HarvestScore:
+    """What aging cleared against what it should have found young, over the gfns one pass aged."""
+
+    expected: int  # aged while mapped and touched since that gfn's previous harvest
+    observed: int  # accessed bit cleared by aging
+    agreed: int
+    disagreeing: np.ndarray  # page indexes where the two differ
+
+    @property
+    def precision(self) -> float | None:
+        return self.agreed / self.observed if self.observed else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.agreed / self.expected if self.expected else None
+
+
+class HarvestTracker:
+    """Expected young per gfn, pass by pass, from the guest's touches and the harvest flags the probes kept.
+
+    A gfn is expected young when a pass aged it while KVM mapped it and the
+    guest touched it since the last pass that aged it while mapped (the last
+    harvest that could have cleared its accessed bit). A mapping created since
+    then is itself accessed: KVM creates SPTEs accessed, on a fault the touch
+    caused. Flags are HarvestFlag bits per page (kvmctl.trace.records).
+    """
+
+    def __init__(self, pages: int):
+        self.touched_since = np.zeros(pages, dtype=bool)
+        self.touches: list[np.ndarray] = []  # per pass: touched before it (for the history)
+        self.flags: list[np.ndarray] = []  # per pass
+
+    def touched(self, mask: np.ndarray) -> None:
+        self.touched_since |= mask.astype(bool)
+
+    def score(self, flags: np.ndarray, aged_mapped: int, cleared: int) -> HarvestScore:
+        """Score one pass; ``aged_mapped``/``cleared`` are the HarvestFlag bits (passed in to keep this pure)."""
+        n = min(len(flags), len(self.touched_since))
+        flags, touched = flags[:n], self.touched_since[:n]
+        was_aged = (flags & aged_mapped) != 0
+        expected = was_aged & touched
+        observed = (flags & cleared) != 0
+        self.touches.append(touched.copy())
+        self.flags.append(flags.copy())
+        self.touched_since[:n][was_aged] = False
+        return HarvestScore(int(expected.sum()), int(observed.sum()), int((expected & observed).sum()),
+                            np.flatnonzero(expected != observed))
+
+    def history(self, index: int, letters: dict[int, str]) -> str:
+        """One gfn's passes so far: 'p0: aged; p1: touched, mapped, aged+mapped, cleared' style."""
+        parts = []
+        for p, (flags, touched) in enumerate(zip(self.flags, self.touches)):
+            f = int(flags[index])
+            words = (["touched"] if touched[index] else []) + [w for bit, w in letters.items() if f & bit]
+            parts.append(f"p{p}: {', '.join(words) or '-'}")
+        return "; ".join(parts)

@@ -83,6 +83,10 @@ class Session:
         """The tracer's running aging totals, for per-pass differences."""
         return self.tracer.aging_totals() if self.tracer else None
 
+    def harvest_take(self) -> np.ndarray | None:
+        """Per-page harvest flags since the previous take; None where harvest is not traced."""
+        return self.tracer.harvest_take() if self.tracer else None
+
     def finish_trace(self, report: Report, touch_counts: np.ndarray | None) -> TraceResult | None:
         """Close the trace window and fill the report from it; None when nothing was traced."""
         if self.tracer is None:

@@ -62,6 +62,9 @@ HEADLINE: tuple[Figure, ...] = (
     Figure("aging.test_clear_young.cleared", "bits cleared by the hook", Unit.COUNT),
     Figure("contention.aging_mmu_lock_acquisitions", "mmu_lock taken by aging", Unit.COUNT, True),
     Figure("contention.vcpu_wait_behind_aging_ns", "vCPU wait behind aging", Unit.NS, True),
+    Figure("aging.harvest.precision", "harvest precision", Unit.FRACTION, False),
+    Figure("aging.harvest.recall", "harvest recall", Unit.FRACTION, False),
+    Figure("aging.pass_cost.ns_per_page", "aging pass cost per page", Unit.NS, True),
     Figure("fallback.rmap_share", "aging calls on the rmap path", Unit.FRACTION),
     Figure("lost_events", "lost events", Unit.COUNT, True),
 )

@@ -128,6 +128,42 @@ class ClearYoungHook:
 
 
 @dataclass
+class HarvestDisagreement:
+    """One gfn where what aging cleared and what the guest touched disagree, with its history."""
+
+    gfn: int
+    pass_no: int = field(metadata=_key("pass"))
+    expected: bool  # expected young: aged while mapped, touched since its previous harvest
+    observed: bool  # its accessed bit was cleared
+    history: str  # per pass: touched, mapped, unmapped, aged (+mapped), cleared
+
+
+@dataclass
+class Harvest:
+    """KVM's accessed-bit harvest scored against the guest, over the gfns aging visited while mapped."""
+
+    expected_young: int | None = None
+    observed_young: int | None = None
+    agreed: int | None = None
+    precision: float | None = None
+    recall: float | None = None
+    passes: int | None = None  # passes scored
+    disagreements: list[HarvestDisagreement] = field(default_factory=list)  # the first 20
+
+
+@dataclass
+class PassCost:
+    """What one aging pass over the guest costs."""
+
+    source: str | None = None  # what `seconds` measures
+    seconds: float | None = None  # mean per pass
+    seconds_per_gib: float | None = None
+    ns_per_page: float | None = None
+    cpu_seconds: float | None = None  # CPU time of the ager's thread per pass (the pass's own reclaim included)
+    cpu_seconds_per_gib: float | None = None
+
+
+@dataclass
 class Aging:
     calls: int | None = None  # all aging calls on our VM's memslots (ours + background)
     pages: int | None = None  # guest pages those calls covered
@@ -140,6 +176,8 @@ class Aging:
     lockless_share: float | None = None  # share of aging calls that took no mmu_lock for the TDP MMU
     paths: list[NotifierPathRow] = field(default_factory=list)
     test_clear_young: ClearYoungHook = field(default_factory=ClearYoungHook)
+    harvest: Harvest = field(default_factory=Harvest)
+    pass_cost: PassCost = field(default_factory=PassCost)
 
 
 @dataclass
@@ -231,6 +269,10 @@ class PassRow:
     lockless_share: float | None = None
     hook_cleared: int | None = None  # accessed bits cleared through test_clear_young during the pass
     touched_pages: int | None = None  # distinct data pages the guest touched since the previous pass (ground truth)
+    harvest_precision: float | None = None  # accessed bits cleared vs expected young, this pass
+    harvest_recall: float | None = None
+    kvm_aging_ns: int | None = None  # time KVM spent answering this VM's aging requests during the pass
+    cpu_ns: int | None = None  # CPU time of the ager's thread during the pass
     mmu_lock_acquisitions: int | None = None  # aging requests that took mmu_lock during the pass
 
 

@@ -280,6 +280,30 @@ def _passes(report: Report) -> list[str]:
     return lines
 
 
+def _harvest(report: Report) -> list[str]:
+    """The harvest score and the pass cost, where measured."""
+    h, c = report.aging.harvest, report.aging.pass_cost
+    if h.passes is None and c.seconds is None:
+        return []
+    lines = _section("Accessed-bit harvest and the cost of a pass")
+    if h.passes is not None:
+        lines += _field("harvest", f"{fmt_count(h.agreed)} agree of {fmt_count(h.expected_young)} expected young "
+                                   f"and {fmt_count(h.observed_young)} cleared over {h.passes} passes: precision "
+                                   f"{fmt_fraction(h.precision)}, recall {fmt_fraction(h.recall)}")
+        lines += _bullets([f"gfn {d.gfn:#x} pass {d.pass_no}: expected {'young' if d.expected else 'old'}, "
+                           f"{'cleared' if d.observed else 'not cleared'} ({d.history})"
+                           for d in h.disagreements[:5]])
+        if len(h.disagreements) > 5:
+            lines.append(f"  ... {len(h.disagreements) - 5} more in the JSON")
+    if c.seconds is not None:
+        cpu = f"; ager CPU {c.cpu_seconds:.3f} s ({c.cpu_seconds_per_gib:.3f} s/GiB)" if c.cpu_seconds is not None \
+            else ""
+        lines += _field("pass cost", f"{c.seconds:.3f} s per pass, {c.seconds_per_gib:.3f} s/GiB, "
+                                     f"{fmt_ns(c.ns_per_page)} per page{cpu}")
+        lines += _field("measured", c.source or "-")
+    return lines
+
+
 def _aging_paths(report: Report) -> list[str]:
     """How KVM answered the aging requests (kernels with kvm:kvm_age_notifier)."""
     a, hook = report.aging, report.aging.test_clear_young
@@ -470,6 +494,7 @@ def render_text(report: Report) -> str:
         _ground_truth,
         _spte,
         _passes,
+        _harvest,
         _aging_paths,
         _aging,
         _histograms,

@@ -132,6 +132,12 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 (_NOTIFIER, _kp(FN_TEST_CLEAR_YOUNG))),
     Measurement("aging.bits_cleared", "accessed bits cleared in SPTEs by aging",
                 (_tp("kvmmmu:kvm_tdp_mmu_spte_changed", "spte.c", ("gfn", "old_spte", "new_spte"), True),)),
+    Measurement("aging.harvest", "per gfn and pass: aged while mapped, accessed bit cleared (harvest scoring)",
+                (AttachPoint(AttachKind.TRACEPOINT, ("kvmmmu:kvm_tdp_mmu_spte_changed", "kvmmmu:kvm_mmu_set_spte",
+                                                     "kvm:kvm_age_hva", "kvm:kvm_test_age_hva",
+                                                     "kvm:kvm_unmap_hva_range"), "spte.c",
+                             (("gfn", "old_spte", "new_spte"), ("gfn",), ("start", "end"), ("hva",),
+                              ("start", "end")), True),)),
     Measurement("spte.mappings", "leaf SPTEs installed per guest page (re-faults)", (_SET_SPTE,)),
     Measurement("spte.levels", "page sizes of installed SPTEs", (_SET_SPTE,)),
     Measurement("spte.shadow_pages", "shadow pages created (shadow MMU or nested)",
@@ -249,6 +255,12 @@ def make_plan(offer: KernelOffer, wanted: set[str] | None = None) -> TracePlan:
         del points["aging.bits_cleared"], chosen["aging.bits_cleared"]
         not_observable["aging.bits_cleared"] = ("the TDP MMU runs without accessed/dirty bits (EPT A/D off): "
                                                 "aging write-protects SPTEs for access tracking instead")
+    # harvest scoring observes what aging cleared exactly as bits_cleared does
+    if "aging.bits_cleared" in not_observable and "aging.harvest" in points:
+        del points["aging.harvest"], chosen["aging.harvest"]
+    if "aging.bits_cleared" in not_observable and (wanted is None or "aging.harvest" in wanted):
+        not_observable["aging.harvest"] = ("the accessed bits aging clears are not observable: "
+                                           + not_observable["aging.bits_cleared"])
 
     functions: dict[str, FuncRole] = {}
     for point in points.values():

@@ -45,7 +45,18 @@ SpteCount = enum.IntEnum("SpteCount", ["SET_SPTE", "REFAULT", "SP_CREATED", "SP_
 
 
 # ebpf/spte.c enum spte_lost
-SpteLost = enum.IntEnum("SpteLost", ["GFN_INDEX", "AGING_TIDS_FULL"], start=0, module=__name__)
+SpteLost = enum.IntEnum("SpteLost", ["GFN_INDEX", "AGING_TIDS_FULL", "HARVEST_CLIPPED"], start=0, module=__name__)
+
+
+class HarvestFlag(enum.IntFlag):
+    """ebpf/spte.c enum harvest_flag: what happened to one gfn during a pass (MAPPED is state)."""
+
+    MAPPED = 1
+    AGED = 2
+    AGED_MAPPED = 4
+    CLEARED = 8
+    SET = 16
+    UNMAPPED = 32
 
 
 # ebpf/locks.c enum locks_lost; STACK: counted without a stack, a partial record, not a lost event

@@ -44,6 +44,7 @@ from kvmctl.trace.records import (
     FuncLatency,
     FuncRole,
     FuncsLost,
+    HarvestFlag,
     LocksLost,
     NotifierCount,
     NotifierCounts,
@@ -181,6 +182,27 @@ class Tracer:
             raise UsageError("snapshot() needs a running tracer", "call start() first, or collect() after stop()")
         return self._read()
 
+    def harvest_take(self) -> np.ndarray | None:
+        """The per-gfn harvest flags since the last take (HarvestFlag bits), reset to the MAPPED state.
+
+        Events between the copy and the reset are lost to both passes; take
+        it while the guest is quiet (between passes).
+        """
+        prog = self._programs.get("spte.c")
+        if prog is None or "aging.harvest" not in self.plan.points:
+            return None
+        table = _table(prog, "harvest")
+        length = -(-self.nr_pages * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
+        mm = mmap.mmap(table.map_fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            flags = np.frombuffer(mm, dtype="<u8", count=self.nr_pages)
+            taken = flags.copy()
+            flags &= np.uint64(HarvestFlag.MAPPED)
+            del flags  # the buffer must be released before the mmap closes
+        finally:
+            mm.close()
+        return taken.astype(np.uint8)
+
     def collect(self) -> TraceResult:
         """Final figures of a stopped tracer (stops it if still running)."""
         if self.window is None:
@@ -201,6 +223,8 @@ class Tracer:
                       f"-DMAX_PAGES_PER_EVENT={self.options.max_pages_per_event}"]
         if name == "spte.c" and "aging.bits_cleared" in self.plan.points:
             flags += ["-DWITH_TDP_SPTE_CHANGED", f"-DACCESSED_MASK={self.plan.accessed_mask:#x}ULL"]
+        if name == "spte.c" and "aging.harvest" in self.plan.points:
+            flags += ["-DWITH_HARVEST", f"-DMAX_PAGES_PER_EVENT={self.options.max_pages_per_event}"]
         if name == "aging.c" and "aging.notifier_paths" in self.plan.points:
             flags.append("-DWITH_AGE_NOTIFIER")
         if name == "notifier.c" and "aging.request_latency" in self.plan.points:

@@ -23,6 +23,8 @@ VARIANTS = {
     "funcs": ("funcs.c", [], 3),
     "spte": ("spte.c", [f"-DNR_PAGES={NR_PAGES}"], 2),
     "spte-tdp": ("spte.c", [f"-DNR_PAGES={NR_PAGES}", "-DWITH_TDP_SPTE_CHANGED", "-DACCESSED_MASK=0x20ULL"], 6),
+    "spte-tdp-harvest": ("spte.c", [f"-DNR_PAGES={NR_PAGES}", "-DWITH_TDP_SPTE_CHANGED", "-DACCESSED_MASK=0x20ULL",
+                                    "-DWITH_HARVEST", "-DMAX_PAGES_PER_EVENT=512"], 6),
 }
 NR_FUNCS = 8  # enter_<i>/leave_<i> pairs in funcs.c
 
@@ -33,7 +35,7 @@ HOOK_VARIANTS = {
     "aging-notifier": ("aging.c", [*VARIANTS["aging"][1], "-DWITH_AGE_NOTIFIER"], 4),
     "locks-behind-aging": ("locks.c", ["-DAGING_SECTIONS"], 5),
     "notifier-latency": ("notifier.c", ["-DWITH_REQUEST_BEGIN"], 4),
-    "spte-tdp-hook": ("spte.c", [*VARIANTS["spte-tdp"][1], "-DWITH_TCY_BEGIN"], 7),
+    "spte-tdp-hook": ("spte.c", [*VARIANTS["spte-tdp-harvest"][1], "-DWITH_TCY_BEGIN"], 7),
     "funcs-hook": ("funcs.c", ["-DWITH_TCY_BEGIN"], 4),
 }
 

@@ -23,6 +23,7 @@ MIRRORS = [
     ("aging.c", "aging_lost", records.AgingLost, "LOST_"),
     ("spte.c", "spte_count", records.SpteCount, "CNT_"),
     ("spte.c", "spte_lost", records.SpteLost, "LOST_"),
+    ("spte.c", "harvest_flag", records.HarvestFlag, "HV_"),
     ("locks.c", "waiter_class", vocab.WaiterClass, "WAITER_"),
     ("locks.c", "locks_lost", records.LocksLost, "LOST_"),
     ("funcs.c", "fn_role", records.FuncRole, "ROLE_"),

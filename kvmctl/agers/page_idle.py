@@ -23,6 +23,7 @@ pages read back idle (the heads), all others young.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,17 @@ def flag_pfns(pfns: np.ndarray, flags: np.ndarray, head_flags) -> np.ndarray:
     return out
 
 
+# The kernel serves at most one page of the bitmap (4 KiB: 512 words, 32,768 PFNs) per read or
+# write and returns a short count for the rest; past max_pfn a read returns 0 bytes.
+BITMAP_CHUNK_WORDS = 512
+
+
+def chunks(w0: int, n: int, size: int = BITMAP_CHUNK_WORDS):
+    """(first word, words) pieces of the run [w0, w0 + n) of at most ``size`` words."""
+    for off in range(0, n, size):
+        yield w0 + off, min(size, n - off)
+
+
 class IdleBitmap:
     """The page_idle bitmap file, read and written only at the words of given PFNs."""
 
@@ -140,7 +152,7 @@ class IdleBitmap:
             raise PermissionDeniedError(f"cannot open {self.path}", "run kvmctl as root") from None
 
     def mark(self, pfns: np.ndarray) -> int:
-        """Mark these PFNs idle; returns how many distinct PFNs were marked."""
+        """Mark these PFNs idle; returns how many distinct PFNs were marked (all, or an error)."""
         pfns = np.unique(pfns.astype(np.uint64))
         if pfns.size == 0:
             return 0
@@ -150,43 +162,63 @@ class IdleBitmap:
         masks = np.bitwise_or.reduceat(bits, first)
         fd = self._open(os.O_WRONLY)
         try:
-            for w0, n in word_runs(uwords):
+            for w0, n in (c for run in word_runs(uwords) for c in chunks(*run)):
                 buf = np.zeros(n, dtype=np.uint64)
                 sel = (uwords >= w0) & (uwords < w0 + n)
                 buf[(uwords[sel] - np.uint64(w0)).astype(np.int64)] = masks[sel]
-                os.pwrite(fd, buf.tobytes(), w0 * 8)
+                data, offset = buf.tobytes(), w0 * 8
+                while data:  # a short write leaves the rest unmarked unless written again
+                    done = os.pwrite(fd, data, offset)
+                    if done <= 0:
+                        raise OSError(errno.EIO, f"short write at PFN {offset // 8 * 64}")
+                    data, offset = data[done:], offset + done
         except OSError as err:
             raise KvmctlError(f"writing {self.path} failed: {err.strerror}", "the PFNs must be user pages on the LRU") from None
         finally:
             os.close(fd)
         return int(pfns.size)
 
-    def read(self, pfns: np.ndarray) -> np.ndarray:
-        """Idle bit of each PFN (in the order given)."""
+    def read(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(idle bit, checked) of each PFN, in the order given; an unchecked PFN's bit reads False."""
         pfns = pfns.astype(np.uint64)
-        out = np.zeros(pfns.size, dtype=bool)
+        idle = np.zeros(pfns.size, dtype=bool)
+        checked = np.zeros(pfns.size, dtype=bool)
         if pfns.size == 0:
-            return out
+            return idle, checked
         words = pfns >> np.uint64(6)
         uwords = np.unique(words)
         fd = self._open(os.O_RDONLY)
         try:
-            for w0, n in word_runs(uwords):
-                got = np.frombuffer(os.pread(fd, n * 8, w0 * 8), dtype=np.uint64)
+            for w0, n in (c for run in word_runs(uwords) for c in chunks(*run)):
+                got = self._pread_words(fd, w0, n)
                 sel = (words >= np.uint64(w0)) & (words < np.uint64(w0 + n))
                 idx = (words[sel] - np.uint64(w0)).astype(np.int64)
-                valid = idx < got.size  # past max_pfn the kernel returns short reads
+                valid = idx < got.size  # past max_pfn nothing more is read
                 vals = np.zeros(idx.size, dtype=np.uint64)
                 vals[valid] = got[idx[valid]]
-                out[np.nonzero(sel)[0]] = ((vals >> (pfns[sel] & np.uint64(63))) & np.uint64(1)) == 1
+                where = np.nonzero(sel)[0]
+                idle[where] = ((vals >> (pfns[sel] & np.uint64(63))) & np.uint64(1)) == 1
+                checked[where] = valid
         finally:
             os.close(fd)
-        return out
+        return idle, checked
+
+    @staticmethod
+    def _pread_words(fd: int, w0: int, n: int) -> np.ndarray:
+        """Up to ``n`` words from word ``w0``, reading again after a short read; fewer only at max_pfn."""
+        data = b""
+        while len(data) < n * 8:
+            got = os.pread(fd, n * 8 - len(data), w0 * 8 + len(data))
+            if not got:
+                break
+            data += got
+        return np.frombuffer(data[: len(data) // 8 * 8], dtype=np.uint64)
 
 
 @dataclass
 class PageIdlePass(PassRecord):
     pages_marked_idle: int = 0
+    pages_checked: int = 0  # marked pages whose bit was read back (only these are scored)
     pages_found_idle: int = 0
 
 
@@ -247,8 +279,16 @@ class PageIdleAger(Ager):
         if self._marked is not None:
             observed = (self._marked != 0) & present & (pfns == self._marked)
             idle = np.zeros(pfns.size, dtype=bool)
-            idle[observed] = self.bitmap.read(flag[observed])
+            checked = np.zeros(pfns.size, dtype=bool)
+            idle[observed], checked[observed] = self.bitmap.read(flag[observed])
+            unchecked = int((observed & ~checked).sum())
+            if unchecked:
+                record.notes.append(f"{unchecked} marked pages could not be read back from the bitmap: not scored")
+            observed &= checked
             record.idle, record.observed = idle, observed
+            record.pages_checked = int(observed.sum())
+            record.notes.append(f"{record.pages_checked} of {int((self._marked != 0).sum())} marked pages read back "
+                                "and scored")
             record.pages_found_idle = int(idle.sum())
             moved = int(((self._marked != 0) & (pfns != self._marked)).sum())  # absent now reads PFN 0
             if moved:

@@ -208,7 +208,29 @@ def test_idle_bitmap_sets_exactly_the_bits_of_the_given_pfns(tmp_path):
     assert words[0] == (1 | (1 << 63)) and words[1] == 1 and words[2] == (1 << 2)
     assert words[78] == (1 << 8) | (1 << 9)
     assert int(np.count_nonzero(words)) == 4
-    assert bm.read(np.array([63, 62, 5001, 130, 7000], dtype=np.uint64)).tolist() == [True, False, True, True, False]
+    idle, checked = bm.read(np.array([63, 62, 5001, 130, 7000], dtype=np.uint64))
+    assert idle.tolist() == [True, False, True, True, False] and checked.all()
+
+
+def test_idle_bitmap_loops_on_the_kernels_page_sized_short_io(tmp_path, monkeypatch):
+    """The kernel moves at most 4 KiB (32,768 PFNs) per read or write; past max_pfn a read returns nothing."""
+    import kvmctl.agers.page_idle as page_idle
+
+    path = tmp_path / "bitmap"
+    path.write_bytes(bytes(8 * 2048))  # max_pfn = 131,072
+    real_pread, real_pwrite = os.pread, os.pwrite
+    monkeypatch.setattr(page_idle.os, "pread", lambda fd, n, off: real_pread(fd, min(n, 4096), off))
+    monkeypatch.setattr(page_idle.os, "pwrite", lambda fd, data, off: real_pwrite(fd, data[:4096], off))
+    monkeypatch.setattr(page_idle, "BITMAP_CHUNK_WORDS", 1024)  # runs longer than one kernel page
+    bm = IdleBitmap(path)
+    pfns = np.arange(0, 131_072, 2, dtype=np.uint64)  # 65,536 PFNs over 4 pages of the bitmap
+    assert bm.mark(pfns) == pfns.size
+    words = np.frombuffer(path.read_bytes(), dtype=np.uint64)
+    assert (words == np.uint64(0x5555555555555555)).all()  # every even PFN marked, none missed
+    asked = np.concatenate([pfns, np.array([131_072, 200_000], dtype=np.uint64)])
+    idle, checked = bm.read(asked)
+    assert idle[: pfns.size].all() and checked[: pfns.size].all()
+    assert not checked[pfns.size:].any() and not idle[pfns.size:].any()  # past max_pfn: not checked, not scored
 
 
 def _write_pagemap(path: Path, hva: int, entries: list[int]) -> None:

@@ -104,6 +104,10 @@ class ExperimentTracer:
         report.lost_events = res.lost_events
         if res.lost_events:
             report.notes.append("lost events: " + ", ".join(f"{k}={v}" for k, v in res.lost.items() if v))
+        partial = {k: v for k, v in res.partial.items() if v}
+        if partial:
+            report.notes.append("counted in the totals but missing from a per-gfn or per-stack view (not lost): "
+                                + ", ".join(f"{k}={v}" for k, v in partial.items()))
         if res.aging:
             t = _totals(res)
             a = report.aging

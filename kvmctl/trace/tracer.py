@@ -61,7 +61,10 @@ from kvmctl.trace.records import (
 from kvmctl.vocab import TaskClass, TraceWindow, WaiterClass
 
 MAX_RANGES = 8  # -DMAX_RANGES: memslots per VM we filter on
-DEFAULT_PER_GFN_CAP = 1 << 21  # 8 GiB of 4 KiB pages
+DEFAULT_PER_GFN_CAP = 1 << 22  # 16 GiB of 4 KiB pages (about 224 MiB of per-gfn maps at that size)
+# Counted in the totals, missing only from a per-gfn view: partial detail, not lost events.
+# Keyed by name: IntEnum members of different enums compare equal by value.
+_PARTIAL = {"locks.stack", "aging.gfn_clipped", "aging.gfn_index", "spte.gfn_index", "spte.harvest_clipped"}
 NR_SLOTS = 64
 U64_MAX = (1 << 64) - 1
 EDGE_MARGIN_NS = 20_000_000  # window edges are set this far ahead, then awaited
@@ -321,8 +324,8 @@ class Tracer:
     def _read_lost(self, prog: LoadedProgram, prefix: str, names: type, result: TraceResult) -> None:
         table = _table(prog, "lost")
         for item in names:
-            into = result.partial if item is LocksLost.STACK else result.lost
-            into[f"{prefix}.{item.name.lower()}"] = int(table[ctypes.c_int(item)].value)
+            key = f"{prefix}.{item.name.lower()}"
+            (result.partial if key in _PARTIAL else result.lost)[key] = int(table[ctypes.c_int(item)].value)
 
     def _read_aging(self, prog: LoadedProgram, result: TraceResult) -> None:
         nk, nc, window = len(EventKind), len(TaskClass), result.window

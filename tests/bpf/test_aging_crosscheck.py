@@ -134,6 +134,7 @@ def test_bpf_aging_counts_match_tracefs_instance(own, offer, ager_tid):
         assert int(result.series.calls[:, kind, :].sum()) == total.calls
         assert int(result.series.pages[:, kind, :].sum()) == total.pages
         assert sum(t.calls for t in result.aging.by_task if t.kind == kind.label) == total.calls
-        if result.lost["aging.gfn_clipped"] == 0:
+        if result.partial["aging.gfn_clipped"] == 0:
             assert int(result.per_gfn.by_kind[kind.label].sum()) == total.pages
-    assert result.lost_events == result.lost["aging.gfn_clipped"], result.lost
+    # a page past the per-gfn loop bound is missing from the per-gfn view only, never from a total
+    assert result.lost_events == 0, result.lost

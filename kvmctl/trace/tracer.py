@@ -406,6 +406,10 @@ class Tracer:
         rows.sort(key=lambda r: -r.total_ns)
         result.contention = rows
         result.aging_sections = "contention.behind_aging" in self.plan.points
+        if result.aging_sections:
+            state = _table(prog, "aging_state")
+            result.notes.append(f"locks.c bracketed {int(state[ctypes.c_int(1)].value)} locked aging requests on "
+                                f"this VM's memory ({int(state[ctypes.c_int(0)].value)} still open)")
         h = _table(prog, "wait_hist")
         result.wait_hist = {
             w: hist.log2_buckets([int(h[ctypes.c_int(w.code * NR_SLOTS + s)].value) for s in range(NR_SLOTS)])

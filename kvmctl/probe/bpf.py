@@ -38,6 +38,8 @@ MODULES_DIR = Path("/lib/modules")
 SRC_DIR = Path("/usr/src")
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+# When 1, the kernel accounts each BPF program's run time (shown in /proc/<pid>/fdinfo/<prog fd>).
+BPF_STATS_ENABLED = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 BCC_SELFTEST_TIMEOUT_S = 30.0
 # Inside `kvmctl lab` the CPU is emulated (~17x slower) and one BCC compile takes minutes, not seconds.

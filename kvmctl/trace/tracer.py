@@ -23,6 +23,7 @@ import itertools
 import math
 import mmap
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -184,6 +185,19 @@ class Tracer:
         if not self.running:
             raise UsageError("snapshot() needs a running tracer", "call start() first, or collect() after stop()")
         return self._read()
+
+    def run_time_ns(self) -> tuple[int, int]:
+        """(run time, runs) of every attached program so far, from the kernel's BPF statistics.
+
+        Both stay 0 unless kernel.bpf_stats_enabled is 1 (the caller enables it).
+        """
+        total = runs = 0
+        for prog in self._programs.values():
+            for func in prog.bpf.funcs.values():
+                info = _fdinfo(func.fd)
+                total += info.get("run_time_ns", 0)
+                runs += info.get("run_cnt", 0)
+        return total, runs
 
     def harvest_take(self) -> np.ndarray | None:
         """The per-gfn harvest flags since the last take (HarvestFlag bits), reset to the MAPPED state.
@@ -456,6 +470,20 @@ class Tracer:
                     latency[op] = buckets
         result.notifier = NotifierCounts(cells, latency)
         self._read_lost(prog, "notifier", NotifierLost, result)
+
+
+def _fdinfo(fd: int) -> dict[str, int]:
+    """The integer fields of /proc/self/fdinfo/<fd> (for a BPF program: run_time_ns, run_cnt, ...)."""
+    out = {}
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().isdigit():
+            out[key.strip()] = int(value.strip())
+    return out
 
 
 def _table(prog: LoadedProgram, name: str):

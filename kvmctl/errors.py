@@ -85,11 +85,11 @@ class GuestError(KvmctlError):
 class Interrupted(KvmctlError):
     """Raised from a signal handler so that cleanup runs on the way out."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, hint: str | None = None):
         import signal
 
         name = signal.Signals(signum).name
         super().__init__(f"interrupted by {name}",
-                         "host changes were undone; an experiment keeps its report, marked incomplete")
+                         hint or "host changes were undone; an experiment keeps its report, marked incomplete")
         self.signum = signum
         self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED

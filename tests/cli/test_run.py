@@ -1,11 +1,15 @@
-"""`kvmctl run` as a user runs it: a subprocess, its JSON, its exit codes."""
+"""`kvmctl run` as a user runs it: a subprocess, its JSON, its exit codes, rows as epochs end, Ctrl-C."""
 
 from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -102,3 +106,111 @@ def test_hugetlb_without_pages_is_unsupported(kind):
     assert p.returncode == 3, p.stderr
     assert p.stderr.startswith("kvmctl: error: ") and "no pages are reserved" in p.stderr
     assert "nr_hugepages" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def _start(*args: str, **kw) -> subprocess.Popen:
+    """A run whose stdout is a pipe, buffered as Python buffers a pipe (no PYTHONUNBUFFERED)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.Popen([sys.executable, "-m", "kvmctl", "run", *args], stdout=subprocess.PIPE, text=True,
+                            env=env, **kw)
+
+
+ROW = re.compile(r" *\d+ +\d+ +\d+ +[\d.]+ +[\d.]+ +[\d.]+")  # epoch, pages, distinct, guest ms, wall ms, rate
+
+
+def _first_row(proc: subprocess.Popen) -> str:
+    """Lines up to the first epoch row, read while the run goes on."""
+    for _ in range(3):
+        line = proc.stdout.readline()
+        if ROW.fullmatch(line.rstrip("\n")):
+            return line
+    raise AssertionError(f"no epoch row in the first lines (last: {line!r})")
+
+
+def _interrupt(proc: subprocess.Popen) -> tuple[str, str]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return out, err
+
+
+@pytest.mark.kvm
+def test_rows_reach_a_pipe_as_epochs_end_and_ctrl_c_keeps_them():
+    proc = _start("--mem", "64M", "--duration", "120s", stderr=subprocess.PIPE)
+    try:
+        first = _first_row(proc)
+        assert proc.poll() is None  # the row came while the run was still going
+        time.sleep(0.5)
+        out, err = _interrupt(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    rows = [first] + [line for line in out.splitlines() if ROW.fullmatch(line)]
+    n = len(rows)
+    assert [int(r.split()[0]) for r in rows] == list(range(n))  # every epoch measured, in order, none lost
+    assert f"interrupted by SIGINT after {n} epoch(s): the totals cover the {n} epoch(s) above" in out
+    assert f"total: {n * 16384} touches (16384 distinct pages)" in out
+    assert out.splitlines()[-1].startswith("vm stats: pages_4k=")
+    (line,) = [x for x in err.splitlines() if x.startswith("kvmctl: ")]
+    assert line.startswith("kvmctl: error: interrupted by SIGINT")
+    assert f"the {n} epoch(s) measured before it are printed, with totals over them" in line
+    assert "an experiment keeps its report" not in line and "Traceback" not in err
+
+
+@pytest.mark.kvm
+def test_ctrl_c_with_json_prints_the_measured_epochs_marked_incomplete():
+    proc = _start("--mem", "64M", "--duration", "120s", "--json", "--quiet", stderr=subprocess.PIPE)
+    try:
+        time.sleep(3)
+        out, err = _interrupt(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    s = json.loads(out)
+    assert s["complete"] is False and s["incomplete_reason"] == f"interrupted by SIGINT after {s['epochs']} epoch(s)"
+    assert s["epochs"] == len(s["per_epoch"]) >= 1
+    assert s["pages_touched"] == 16384 * s["epochs"]
+    assert f"the JSON printed covers the {s['epochs']} epoch(s) measured before it" in err
+
+
+@pytest.mark.kvm
+def test_duration_progress_counts_down_on_a_plain_stderr():
+    p = subprocess.run([sys.executable, "-m", "kvmctl", "run", "--mem", "8M", "--duration", "5s", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) >= 1, p.stderr  # one line at most every 2 s
+    parsed = [re.fullmatch(r"kvmctl run: (\d+) epochs?, ([\d.]+) s elapsed, ([\d.]+) s left", x) for x in lines]
+    assert all(parsed), lines
+    for m in parsed:
+        assert float(m[2]) + float(m[3]) == pytest.approx(5.0, abs=0.11)  # the rest of --duration
+    assert json.loads(p.stdout)["complete"] is True
+
+
+@pytest.mark.kvm
+def test_progress_bar_on_a_terminal_leaves_piped_rows_alone(tmp_path):
+    main, tty = pty.openpty()
+    with open(tmp_path / "rows", "w") as rows:  # a file, not a pipe nobody reads while the terminal is read
+        proc = subprocess.Popen([sys.executable, "-m", "kvmctl", "run", "--mem", "8M", "--duration", "3s"],
+                                stdout=rows, stderr=tty, text=True)
+    os.close(tty)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the run closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        os.close(main)
+    assert proc.returncode == 0
+    out = (tmp_path / "rows").read_text()
+    screen = shown.decode(errors="replace")
+    assert "kvmctl run" in screen and "━" in screen  # rich's bar
+    assert re.search(r"\d+ epochs?, [\d.]+ s elapsed, [\d.]+ s left", screen)
+    assert "Mpages/s" not in screen  # the rows went to the pipe, not into the bar
+    assert out.splitlines()[1].split()[0] == "epoch" and out.splitlines()[-1].startswith("vm stats:")

@@ -28,25 +28,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = ("kvmctl measures how a Linux host's page aging treats KVM guest memory: it runs real VMs whose "
+               "memory accesses are known exactly, makes the host age that memory (memcg reclaim, MGLRU, idle page "
+               "tracking, DAMON, or only watching), traces KVM's aging paths with BPF and scores the host's "
+               "decisions against what the guest really touched.")
+EPILOG = "'kvmctl COMMAND --help' describes each command. Start with 'kvmctl info', then 'kvmctl experiment'."
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors in our one-line style."""
+    """argparse that reports usage errors in our one-line style and never guesses a flag from its prefix."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --epochs must not become --epochs-per-pass
+        super().__init__(*args, **kwargs)
+        self.help_hint = self.prog  # whose --help the error points to
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(int(ExitCode.USAGE), f"kvmctl: error: {message} (see '{self.prog} --help')\n")
+        self.exit(int(ExitCode.USAGE), f"kvmctl: error: {message} (see '{self.help_hint} --help')\n")
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = _Parser(prog="kvmctl", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="kvmctl", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"kvmctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    words = [a for a in argv if not a.startswith("-")]
+    wanted = words[0] if words else None
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == wanted:  # import only the module that will run
             mod = importlib.import_module(module)
             mod.set_argparser(p)
             p.set_defaults(_main=mod.main)
+            # The top level reports a command's unknown flags: point at that command's (or action's) help.
+            parser.help_hint = " ".join(["kvmctl", *words[:2 if _has_action(p, words[1:2]) else 1]])
     return parser
+
+
+def _has_action(parser: argparse.ArgumentParser, word: list[str]) -> bool:
+    """Whether ``word`` names one of the command's own actions (``report show``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return bool(word) and any(word[0] in a.choices for a in subs)
 
 
 # Signals that arrived inside signals_deferred(), oldest first; None outside it.

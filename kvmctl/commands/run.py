@@ -31,7 +31,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     add_vm_shape(parser, _DEFAULTS, fill=True)
     add_flags(parser, (EPOCH_TIMEOUT,), _DEFAULTS, fill=True)
     parser.add_argument("--epochs", type=int, default=None, help="passes over the memory (default 10)")
-    parser.add_argument("--duration", help="run epochs until this much time has passed (e.g. 5s)")
+    parser.add_argument("--duration", help="instead of --epochs: run epochs until this much time has passed (e.g. 5s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display on stderr")
 
@@ -42,6 +42,8 @@ def main(args) -> int:
 
 
 def _limits(args) -> Limits:
+    if args.epochs is not None and args.duration is not None:
+        raise UsageError("--epochs and --duration both say when to stop", "give one of them")
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}", "use --epochs 1 or more")
     duration = parse_duration(args.duration, "--duration") if args.duration else None

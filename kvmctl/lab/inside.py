@@ -228,7 +228,7 @@ def prepare(release: str, headers: Path | None, common: Path | None, disk_bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvmctl.lab.inside")
+    p = argparse.ArgumentParser(prog="kvmctl.lab.inside", allow_abbrev=False)
     p.add_argument("--scratch", type=Path, required=True)
     p.add_argument("--release", required=True)
     p.add_argument("--headers", type=Path)

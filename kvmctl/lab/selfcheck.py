@@ -286,7 +286,7 @@ def run_checks(names: list[str]) -> list[CheckResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kvmctl.lab.selfcheck")
+    p = argparse.ArgumentParser(prog="kvmctl.lab.selfcheck", allow_abbrev=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="also write the JSON results to this file")
     p.add_argument("checks", nargs="*", metavar="CHECK", help=f"any of {', '.join(CHECKS)} (default: all)")

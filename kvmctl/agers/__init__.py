@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
+from kvmctl.agers.base import Ager, AgerContext, Availability, Option, PassRecord
 from kvmctl.errors import UsageError
 
 # name -> "module:Class"; modules load on demand.
@@ -27,13 +27,17 @@ def list_agers() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_ager(name: str) -> Ager:
+def ager_class(name: str) -> type[Ager]:
     try:
         target = _REGISTRY[name]
     except KeyError:
         raise UsageError(f"unknown ager {name!r}", "choose one of: " + ", ".join(_REGISTRY)) from None
     module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Ager", "AgerContext", "Availability", "PassRecord", "get_ager", "list_agers"]
+def get_ager(name: str) -> Ager:
+    return ager_class(name)()
+
+
+__all__ = ["Ager", "AgerContext", "Availability", "Option", "PassRecord", "ager_class", "get_ager", "list_agers"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -56,6 +57,52 @@ class Availability:
         if not self.ok:
             cls = PermissionDeniedError if self.permission else UnsupportedError
             raise cls(f"ager {name} is not available: {self.reason}", self.remedy or None)
+
+
+# Checks of --ager-opt values: each returns the value to use or raises ValueError("must ...").
+
+
+def fraction(value: Any) -> float:
+    x = float(value)
+    if not 0.0 < x < 1.0:
+        raise ValueError("must be a fraction between 0 and 1 (both exclusive)")
+    return x
+
+
+def count(value: Any) -> int:
+    if isinstance(value, bool) or int(value) != float(value) or int(value) < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return int(value)
+
+
+def amount(value: Any) -> int:
+    if isinstance(value, bool) or int(value) != float(value) or int(value) < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return int(value)
+
+
+def seconds(value: Any) -> float:
+    x = float(value)
+    if not x >= 0:
+        raise ValueError("must be a number of seconds of at least 0")
+    return x
+
+
+def yes_no(value: Any) -> bool:
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    try:
+        return words[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError("must be true or false (1/0, yes/no)") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    """An ``--ager-opt KEY=VALUE`` an ager understands; ``check`` raises ValueError saying what a value must be."""
+
+    key: str
+    help: str
+    check: Callable[[Any], Any]
 
 
 @dataclass
@@ -126,6 +173,26 @@ class Ager(abc.ABC):
     summary: ClassVar[str] = ""
     # What a pass of this ager records.
     record_type: ClassVar[type[PassRecord]] = PassRecord
+    # The --ager-opt keys it understands; any other key is an error.
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options as the ager uses them; a key it does not know or a value that cannot work is refused."""
+        known = {o.key: o for o in cls.options}
+        out = {}
+        for key, value in options.items():
+            if key not in known:
+                keys = ", ".join(known) or "none"
+                raise UsageError(f"ager {cls.name} has no option {key!r}", f"its options: {keys}")
+            try:
+                out[key] = known[key].check(value)
+            except UsageError:
+                raise
+            except (TypeError, ValueError) as err:
+                why = str(err) if isinstance(err, ValueError) and "must" in str(err) else "has the wrong type"
+                raise UsageError(f"--ager-opt {key}={value} {why}", f"{key}: {known[key].help}") from None
+        return out
 
     def __init__(self) -> None:
         self.ctx: AgerContext | None = None
@@ -140,6 +207,7 @@ class Ager(abc.ABC):
     def prepare(self, ctx: AgerContext) -> None:
         """Check availability, keep the context, register restore() with cleanup."""
         self.availability().require(self.name)
+        ctx.options = self.check_options(ctx.options)
         self.ctx = ctx
         self._restore_handle = cleanup.register(f"restore ager {self.name}", self._restore)
         try:

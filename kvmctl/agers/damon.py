@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord, page_hvas
+from kvmctl.agers.base import Ager, AgerContext, Availability, Option, PassRecord, count, page_hvas, seconds
 from kvmctl.errors import KvmctlError, UnsupportedError
 from kvmctl.knobs import read_knob, write_knob
 from kvmctl.probe.item import is_root
@@ -79,6 +79,11 @@ class DamonAger(Ager):
     name = "damon"
     summary = "a kdamond of our own (vaddr on the VM pid); refuses if any other kdamond exists"
     record_type = DamonPass
+    options = (
+        Option("pass_s", "seconds the kdamond runs in each pass; default 1.0", seconds),
+        Option("sample_us", "DAMON's sampling interval in microseconds; default 5000", count),
+        Option("aggr_us", "DAMON's aggregation interval in microseconds; default 100000", count),
+    )
 
     def __init__(self, admin: Path = DAMON_ADMIN):
         super().__init__()

@@ -6,11 +6,8 @@ pages: the aging path this ager exists to exercise. Without swap only
 file-backed (page cache) guest memory is reclaimable; anonymous guest memory
 is skipped and a squeeze that needs it stops short (recorded, not an error).
 
-Options (``ctx.options``):
-  squeeze       fraction of the cgroup's current usage to take away (default 0.5)
-  target_bytes  squeeze down to this usage instead
-  steps         reclaim in this many steps (v1: limit steps; default 8)
-  step_pause_s  sleep between steps so a running guest can re-touch hot pages (default 0)
+The options are declared in ``MemcgAger.options``; an experiment turns its
+``squeeze_guest`` into ``target_bytes`` once the guest is populated.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
+from kvmctl.agers.base import Ager, AgerContext, Availability, Option, PassRecord, amount, count, fraction, seconds
 from kvmctl.cgroup import ExperimentCgroup
 from kvmctl.errors import UsageError
 from kvmctl.probe.memory import probe_memcg, swap_total_bytes
@@ -64,6 +61,17 @@ class MemcgAger(Ager):
     name = "memcg"
     summary = "memory cgroup reclaim (v2 memory.reclaim, v1 stepped memory.limit_in_bytes)"
     record_type = MemcgPass
+    options = (
+        Option("squeeze_guest", "a fraction 0..1: every pass squeezes the cgroup to its usage after populating "
+                                "minus this share of the guest's size, a fixed target; the experiment's default",
+               fraction),
+        Option("squeeze", "a fraction 0..1: every pass reclaims this share of the cgroup's usage at that moment",
+               fraction),
+        Option("target_bytes", "every pass squeezes the cgroup to this usage in bytes", amount),
+        Option("steps", "reclaim in this many steps, v1 limit steps; default 8", count),
+        Option("step_pause_s", "seconds between steps, so a running guest re-touches its hot pages; default 0",
+               seconds),
+    )
 
     def availability(self) -> Availability:
         memcg = probe_memcg()

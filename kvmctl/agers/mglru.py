@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
+from kvmctl.agers.base import Ager, AgerContext, Availability, Option, PassRecord, amount, yes_no
 from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
 from kvmctl.knobs import read_knob, write_knob
 from kvmctl.probe import probe_host
@@ -136,6 +136,16 @@ class MglruAger(Ager):
     name = "mglru"
     summary = "multi-gen LRU aging/eviction of the VM's memcg via /sys/kernel/debug/lru_gen"
     record_type = MglruPass
+    options = (
+        Option("enable", "turn MGLRU's features on if needed, restored afterwards; default true", yes_no),
+        Option("can_swap", "the aging command's can_swap; default 1", amount),
+        Option("force_scan", "the aging command's force_scan; default 1", amount),
+        Option("evict", "after aging, evict the generations older than the one aged into; default false", yes_no),
+        Option("swappiness", "the eviction command's swappiness; default 0 without swap, else 60", amount),
+        Option("evict_pages", "the eviction command's nr_to_reclaim, 0 = unbounded; default 0", amount),
+        Option("test_clear_young", "on, off or keep: lru_gen cap 0x0008 of a kernel with the test_clear_young "
+                                   "series; default on there", cap_choice),
+    )
 
     def __init__(self, enabled: Path = LRU_GEN_ENABLED, debugfs: Path = LRU_GEN_DEBUGFS):
         super().__init__()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmctl.agers.base import Ager, AgerContext, Availability, PassRecord
+from kvmctl.agers.base import Ager, AgerContext, Availability, Option, PassRecord, yes_no
 from kvmctl.errors import KvmctlError, PermissionDeniedError, UnsupportedError
 from kvmctl.probe.item import is_root
 from kvmctl.probe.kernel import kernel_config
@@ -226,6 +226,7 @@ class PageIdleAger(Ager):
     name = "page_idle"
     summary = "idle page tracking (/proc/<pid>/pagemap + /sys/kernel/mm/page_idle/bitmap)"
     record_type = PageIdlePass
+    options = (Option("remark", "mark every page idle again after reading it back; default true", yes_no),)
 
     def __init__(self, bitmap: Path = PAGE_IDLE_BITMAP, proc: Path = Path("/proc")):
         super().__init__()

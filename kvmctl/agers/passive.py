@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 
-from kvmctl.agers.base import Ager, Availability, PassRecord
+from kvmctl.agers.base import Ager, Availability, Option, PassRecord, seconds
 from kvmctl.errors import UsageError
 
 
 class PassiveAger(Ager):
     name = "passive"
     summary = "no aging of our own: observe what the host does anyway"
+    options = (Option("pass_s", "seconds a pass lasts; default 0, an instant marker between epochs", seconds),)
 
     def availability(self) -> Availability:
         return Availability(True, "needs nothing from the host")

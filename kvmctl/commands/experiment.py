@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from kvmctl import cleanup
 from kvmctl.commands.flags import EPOCH_TIMEOUT, add_flags, add_vm_shape, flag_hints, vm_shape_keys
-from kvmctl.errors import Interrupted
+from kvmctl.errors import Interrupted, UsageError
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
 # Flags that set the spec field of the same name; None: not given (the TOML file or the default holds).
@@ -28,7 +28,10 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--ager", help=f"memcg|mglru|page_idle|damon|passive (default {d.ager})")
     a.add_argument("--ager-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="ager option, e.g. squeeze=0.5, squeeze_guest=0.5, target_bytes=..., steps=8")
-    a.add_argument("--squeeze", type=float, help="memcg: reclaim this fraction of the guest's size each pass")
+    a.add_argument("--squeeze", type=float, metavar="FRACTION",
+                   help="memcg: every pass squeezes the cgroup to its usage after populating minus this fraction of "
+                        "the guest's size, so each pass reclaims what the guest faulted in since (0..1, default "
+                        f"{d.ager_options['squeeze_guest']})")
     a.add_argument("--passes", type=int, help=f"ager passes (default {d.passes})")
     a.add_argument("--mode", choices=("concurrent", "between"),
                    help=f"passes run while the guest touches memory, or between epochs (default {d.mode})")
@@ -71,6 +74,12 @@ def spec_from_args(args) -> ExperimentSpec:
     if args.ager_opt:
         spec.ager_options = {**spec.ager_options, **parse_ager_options(args.ager_opt)}
     if args.squeeze is not None:
+        if spec.ager != "memcg":
+            raise UsageError(f"--squeeze sets the memcg ager's target, and the ager is {spec.ager}",
+                             "drop --squeeze or use --ager memcg")
+        if not 0 < args.squeeze < 1:
+            raise UsageError(f"--squeeze {args.squeeze:g} is not a fraction between 0 and 1",
+                             "give the fraction of the guest's size each pass takes away, e.g. --squeeze 0.5")
         spec.ager_options = {k: v for k, v in spec.ager_options.items() if not k.startswith("squeeze")}
         spec.ager_options["squeeze_guest"] = args.squeeze
     spec.validate()
@@ -96,6 +105,9 @@ def _run(args) -> int:
     from kvmctl.cli import signals_allowed, signals_deferred  # here: kvmctl.cli imports this module
 
     spec = spec_from_args(args)
+    from kvmctl.experiment.session import preflight
+
+    preflight(spec)  # a run this host refuses never touches the output path
     progress = _progress(args.quiet)
     runs = []
     error: BaseException | None = None
@@ -122,6 +134,8 @@ def _run(args) -> int:
             except BaseException as err:  # the partial report is still written below
                 error = err
             cleanup.run_all()  # nothing of this run outlives it, whatever happened
+            if error is not None and not isinstance(error, Interrupted) and not exp.started and not runs:
+                raise error  # refused before it measured anything: the output path keeps what it held
             if late and error is None:
                 error = Interrupted(late.pop(0))
             runs.append(exp.report)

@@ -49,6 +49,11 @@ class Experiment:
         self._kvm_aging_source: str | None = None  # how the passes' KVM aging time was measured
 
     @property
+    def started(self) -> bool:
+        """Whether the VM was built: from then on a run has figures worth a (partial) report."""
+        return self.session.built is not None
+
+    @property
     def total_pages(self) -> int:
         return self.session.built.total_pages if self.session.built else 0
 

@@ -29,6 +29,20 @@ from kvmctl.trace.records import TraceResult
 from kvmctl.units import parse_duration
 
 
+def preflight(spec: ExperimentSpec, caps: HostCaps | None = None) -> Ager:
+    """The ager, if this host can run what the spec asks for; refuses before anything is changed or written."""
+    caps = caps or probe_host()
+    if spec.nested:
+        nested = caps.paging.nested
+        if not nested or "svm" not in str(caps.kvm.hw_virt.value or ""):
+            raise UnsupportedError(f"--nested needs an AMD SVM host with nested guests: "
+                                   f"{nested.reason or 'the CPU has no svm flag'}",
+                                   "run it inside kvmctl lab (emulated SVM+NPT)")
+    ager = get_ager(spec.ager)
+    ager.availability().require(spec.ager)
+    return ager
+
+
 class Session:
     def __init__(self, spec: ExperimentSpec, report: Report, progress: Callable[[str], None]):
         self.spec = spec
@@ -47,15 +61,7 @@ class Session:
 
     def check_host(self) -> Ager:
         """The ager, if this host can run what the spec asks for."""
-        caps = self.caps or self.probe()
-        if self.spec.nested:
-            nested = caps.paging.nested
-            if not nested or "svm" not in str(caps.kvm.hw_virt.value or ""):
-                raise UnsupportedError(f"--nested needs an AMD SVM host with nested guests: "
-                                       f"{nested.reason or 'the CPU has no svm flag'}",
-                                       "run it inside kvmctl lab (emulated SVM+NPT)")
-        ager = get_ager(self.spec.ager)
-        ager.availability().require(self.spec.ager)
+        ager = preflight(self.spec, self.caps or self.probe())
         # A kvmctl killed with SIGKILL leaves its (empty) cgroup behind. It is not ours to
         # remove: name it so that whoever ran that kvmctl can.
         self.report.notes.extend(f"stale cgroup {m.rel} of a kvmctl that no longer runs: remove it with rmdir "

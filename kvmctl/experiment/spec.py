@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kvmctl.agers import ager_class
 from kvmctl.errors import UsageError
 from kvmctl.guest.machine import MachineSpec
 from kvmctl.guest.patterns import Pattern
@@ -65,6 +66,7 @@ class ExperimentSpec:
     def validate(self) -> None:
         self.machine_spec().validate()
         Pattern.parse(self.pattern)
+        ager_class(self.ager).check_options(self.ager_options)
         if self.access not in ("read", "write"):
             raise UsageError(f"access {self.access!r} is not read or write", "use --access read or --access write")
         if self.nested and (self.mode != "between" or Pattern.parse(self.pattern).kind.name != "SEQ"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kvmctl import cleanup
-from kvmctl.agers import AgerContext, PassRecord, get_ager, list_agers
+from kvmctl.agers import AgerContext, PassRecord, ager_class, get_ager, list_agers
 from kvmctl.agers.base import page_gfns, page_hvas
 from kvmctl.agers.memcg import squeeze_target
 from kvmctl.agers.mglru import (
@@ -396,3 +396,28 @@ def test_mglru_refuses_a_cap_the_kernel_lacks(tmp_path, monkeypatch):
     ager.prepare(ctx)
     assert enabled.read_text() == "0x0007\n" and ager.settings == {}
     ager.restore()
+
+
+@pytest.mark.parametrize("name", list_agers())
+def test_every_ager_declares_the_options_it_reads(name):
+    """Each key an ager's code reads is declared, so a typo is refused and not silently ignored."""
+    import inspect
+    import re
+
+    cls = ager_class(name)
+    source = inspect.getsource(inspect.getmodule(cls))
+    read = set(re.findall(r'(?:_option|options\.get)\("(\w+)"', source)) | set(re.findall(r'"(\w+)" in ctx\.options', source))
+    assert read <= {o.key for o in cls.options}, read - {o.key for o in cls.options}
+
+
+def test_ager_options_are_checked_and_normalised():
+    memcg, mglru = ager_class("memcg"), ager_class("mglru")
+    assert memcg.check_options({"squeeze": 0.25, "steps": 4.0}) == {"squeeze": 0.25, "steps": 4}
+    assert mglru.check_options({"evict": "yes", "test_clear_young": "0"}) == {"evict": True, "test_clear_young": "off"}
+    for bad, phrase in (({"squeze": 0.5}, "has no option 'squeze'"), ({"squeeze": 1.0}, "must be a fraction"),
+                        ({"squeeze": "x"}, "has the wrong type"), ({"steps": 2.5}, "whole number"),
+                        ({"step_pause_s": -1}, "at least 0")):
+        with pytest.raises(UsageError, match=phrase):
+            memcg.check_options(bad)
+    with pytest.raises(UsageError, match="on, off, keep"):
+        mglru.check_options({"test_clear_young": "maybe"})

@@ -11,6 +11,9 @@
  *   random   draws d = 0..D-1: page = hi32(splitmix64(key + (d+1)*GOLDEN)) * pages >> 32
  *   hotcold  pages 0..H-1 every epoch; pages H..pages-1 when cold_every != 0
  *            and epoch % cold_every == 0
+ *   moving   H pages from s = ((epoch / shift_every) % pages) * H % pages,
+ *            wrapping past the region's end: the hot window moves on by its
+ *            own size every shift_every epochs
  * A write stores epoch+1 in the page's first 8 bytes; a read adds that
  * qword to the checksum.
  */
@@ -61,6 +64,8 @@ sync:
     je pat_random
     cmp rax, PAT_HOTCOLD
     je pat_hotcold
+    cmp rax, PAT_MOVING
+    je pat_moving
     mov eax, ERR_BAD_PATTERN
     jmp error
 
@@ -190,6 +195,41 @@ pat_hotcold:
     mov rbx, r9
     mov esi, 1
     call touch_range
+    jmp epoch_done
+
+pat_moving:
+    mov rbx, [r15 + MB_HOT_PAGES]
+    cmp rbx, r9
+    jbe 1f
+    mov rbx, r9
+1:  test rbx, rbx
+    jz epoch_done
+    mov rsi, [r15 + MB_SHIFT_EVERY]
+    test rsi, rsi
+    jz bad_pattern
+    mov rax, r10                      /* window = epoch / shift_every */
+    xor edx, edx
+    div rsi
+    xor edx, edx                      /* (window % pages) * H % pages: no product overflows */
+    div r9
+    mov rax, rdx
+    mul rbx
+    div r9
+    mov rcx, rdx                      /* s */
+    lea rax, [rcx + rbx]              /* s + H */
+    mov esi, 1
+    cmp rax, r9
+    jbe 2f
+    sub rax, r9                       /* wraps: s..pages-1, then 0..s+H-pages-1 */
+    push rax
+    mov rbx, r9
+    call touch_range
+    pop rbx
+    xor ecx, ecx
+    call touch_range
+    jmp epoch_done
+2:  mov rbx, rax
+    call touch_range
 
 epoch_done:
     rdtsc
@@ -200,6 +240,10 @@ epoch_done:
     add [r15 + MB_CHECKSUM], r13
     mov rax, r10
     jmp sync
+
+bad_pattern:
+    mov eax, ERR_BAD_PATTERN
+    jmp error
 
 bad_magic:
     mov eax, ERR_BAD_MAGIC

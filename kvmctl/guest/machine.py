@@ -321,6 +321,7 @@ class GuestMachine:
             mb.stride = pattern.stride
             mb.hot_pages = pattern.hot_pages(r.pages)
             mb.cold_every = pattern.cold_every
+            mb.shift_every = pattern.shift_every
             mb.key = random_key(seed, i, epoch)
             mb.draws = pattern.draws(r.pages)
             mb.progress_every = progress_every

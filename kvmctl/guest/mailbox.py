@@ -14,7 +14,7 @@ PAYLOAD_MAGIC = 0x44504C54434D564B  # "KVMCTLPD"
 
 
 Command = enum.IntEnum("Command", ["RUN_EPOCH", "EXIT"], start=0, module=__name__)
-PatternCode = enum.IntEnum("PatternCode", ["SEQ", "STRIDE", "RANDOM", "HOTCOLD"], start=0, module=__name__)
+PatternCode = enum.IntEnum("PatternCode", ["SEQ", "STRIDE", "RANDOM", "HOTCOLD", "MOVING"], start=0, module=__name__)
 
 
 class Port(enum.IntEnum):
@@ -71,4 +71,5 @@ class Mailbox(ctypes.Structure):
         ("fault_cr2", ctypes.c_uint64),
         ("arg0", ctypes.c_uint64),
         ("arg1", ctypes.c_uint64),
+        ("shift_every", ctypes.c_uint64),
     ]

@@ -20,7 +20,7 @@ from kvmctl.guest.mailbox import PatternCode
 GOLDEN = 0x9E3779B97F4A7C15
 MASK64 = (1 << 64) - 1
 _U = np.uint64
-PATTERN_HELP = "seq, stride:N, random[:DRAW_FRACTION], hotcold:HOT_FRACTION[:COLD_EVERY]"
+PATTERN_HELP = "seq, stride:N, random[:DRAW_FRACTION], hotcold:HOT_FRACTION[:COLD_EVERY], moving:HOT_FRACTION[:EVERY]"
 
 
 def splitmix64(z: int) -> int:
@@ -42,6 +42,7 @@ class Pattern:
     hot_fraction: float = 0.0
     cold_every: int = 0
     draw_fraction: float = 1.0
+    shift_every: int = 0  # moving: the hot window moves on every this many epochs
 
     @classmethod
     def parse(cls, text: str) -> "Pattern":
@@ -66,6 +67,12 @@ class Pattern:
                 if not 0 <= hot <= 1 or cold_every < 0 or math.isnan(hot):
                     raise ValueError
                 return cls(PatternCode.HOTCOLD, hot_fraction=hot, cold_every=cold_every)
+            if name == "moving" and 1 <= len(args) <= 2:
+                hot = float(args[0])
+                every = int(args[1]) if len(args) == 2 else 1
+                if not 0 < hot <= 1 or every < 1:
+                    raise ValueError
+                return cls(PatternCode.MOVING, hot_fraction=hot, shift_every=every)
         except ValueError:
             pass
         raise UsageError(f"bad pattern {text!r}", f"use {PATTERN_HELP} (fractions 0..1, N >= 1)")
@@ -77,10 +84,27 @@ class Pattern:
             return f"stride:{self.stride}"
         if self.kind is PatternCode.RANDOM:
             return "random" if self.draw_fraction == 1.0 else f"random:{self.draw_fraction:g}"
+        if self.kind is PatternCode.MOVING:
+            return f"moving:{self.hot_fraction:g}:{self.shift_every}"
         return f"hotcold:{self.hot_fraction:g}" + (f":{self.cold_every}" if self.cold_every else "")
 
     def hot_pages(self, pages: int) -> int:
-        return min(pages, round(self.hot_fraction * pages)) if self.kind is PatternCode.HOTCOLD else pages
+        if self.kind in (PatternCode.HOTCOLD, PatternCode.MOVING):
+            return min(pages, round(self.hot_fraction * pages))
+        return pages
+
+    @property
+    def varies(self) -> bool:
+        """Whether the touched set differs from epoch to epoch."""
+        return self.kind in (PatternCode.RANDOM, PatternCode.MOVING) or bool(self.cold_every)
+
+    def window(self, epoch: int) -> int:
+        """moving: which window the hot set is in at ``epoch`` (it moves on by its own size)."""
+        return epoch // self.shift_every if self.kind is PatternCode.MOVING else 0
+
+    def window_start(self, pages: int, epoch: int) -> int:
+        """moving: the first page of the hot window; the window wraps around the region's end."""
+        return (self.window(epoch) % pages) * self.hot_pages(pages) % pages if pages else 0
 
     def draws(self, pages: int) -> int:
         return max(1, round(self.draw_fraction * pages)) if self.kind is PatternCode.RANDOM else 0
@@ -97,6 +121,8 @@ class Pattern:
         if self.kind is PatternCode.HOTCOLD:
             end = pages if self.cold_touched(epoch) else self.hot_pages(pages)
             return np.arange(end, dtype=np.int64)
+        if self.kind is PatternCode.MOVING:
+            return (self.window_start(pages, epoch) + np.arange(self.hot_pages(pages), dtype=np.int64)) % pages
         d = self.draws(pages)
         with np.errstate(over="ignore"):
             z = _U(key) + np.arange(1, d + 1, dtype=_U) * _U(GOLDEN)

@@ -22,7 +22,8 @@ from kvmctl.kvm.memory import HUGE_2M
 pytestmark = pytest.mark.kvm
 
 MIB = 1 << 20
-PATTERNS = ["seq", "stride:3", "stride:700", "random", "random:0.3", "hotcold:0.25", "hotcold:0.25:3"]
+PATTERNS = ["seq", "stride:3", "stride:700", "random", "random:0.3", "hotcold:0.25", "hotcold:0.25:3",
+            "moving:0.25:2", "moving:0.3:1"]
 EPOCHS = 5
 SEED = 7
 
@@ -74,10 +75,13 @@ def test_ground_truth_is_not_trivial():
     assert sums["hotcold:0.25"] == 256 and sums["hotcold:0.25:3"] == 1024  # epoch 3 touches cold pages
     assert 250 < sums["random:0.3"] < 307  # 307 draws with repeats
     assert not np.array_equal(masks["random"], masks["seq"])
+    # moving: a quarter in window 3 // 2 = 1; 307 pages in window 3, wrapping past the end (921..1023, 0..203)
+    assert np.flatnonzero(masks["moving:0.25:2"]).tolist() == list(range(256, 512))
+    assert np.flatnonzero(masks["moving:0.3:1"]).tolist() == list(range(0, 204)) + list(range(921, 1024))
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["partitioned", "shared"])
-@pytest.mark.parametrize("text", ["seq", "random:0.3", "hotcold:0.25:3"])
+@pytest.mark.parametrize("text", ["seq", "random:0.3", "hotcold:0.25:3", "moving:0.3:1"])
 def test_read_leaves_stamps_and_checksums(text, shared):
     pattern = Pattern.parse(text)
     with GuestMachine(MachineSpec(4 * MIB, 2, shared=shared), epoch_timeout=60) as m:
@@ -104,6 +108,7 @@ def test_partition_with_uneven_split_and_several_memslots():
         assert sorted({r.pages for r in m.regions}) == [307, 308]  # 1536 / 5 is not whole
         run_write_epochs(m, Pattern.parse("stride:5"))
         run_write_epochs(m, Pattern.parse("hotcold:0.3:2"))
+        run_write_epochs(m, Pattern.parse("moving:0.3:1"))
 
 
 @pytest.mark.parametrize("backing", [BackingKind.ANON, BackingKind.THP])

@@ -64,7 +64,8 @@ def test_random_key_depends_on_seed_vcpu_and_epoch():
 
 
 @pytest.mark.parametrize("text", ["seq", "stride:1", "stride:64", "random", "random:0.3", "random:2",
-                                  "hotcold:0.25", "hotcold:0.25:3", "hotcold:0", "hotcold:1:1"])
+                                  "hotcold:0.25", "hotcold:0.25:3", "hotcold:0", "hotcold:1:1", "moving:0.25:1",
+                                  "moving:1:3"])
 def test_parse_round_trip(text):
     assert str(Pattern.parse(text)) == text
     assert Pattern.parse(f"  {text} ") == Pattern.parse(text)
@@ -74,6 +75,8 @@ def test_parse_fields():
     assert Pattern.parse("stride:8") == Pattern(PatternCode.STRIDE, stride=8)
     assert Pattern.parse("random:0.3") == Pattern(PatternCode.RANDOM, draw_fraction=0.3)
     assert Pattern.parse("hotcold:0.25:3") == Pattern(PatternCode.HOTCOLD, hot_fraction=0.25, cold_every=3)
+    assert Pattern.parse("moving:0.25:4") == Pattern(PatternCode.MOVING, hot_fraction=0.25, shift_every=4)
+    assert Pattern.parse("moving:0.5") == Pattern.parse("moving:0.5:1")  # moves every epoch by default
 
 
 @pytest.mark.parametrize("text", [
@@ -81,6 +84,8 @@ def test_parse_fields():
     "random:0", "random:-0.1", "random:65", "random:nan", "random:x", "random:0.1:2",
     "hotcold", "hotcold:1.5", "hotcold:-0.1", "hotcold:nan", "hotcold:x", "hotcold:0.5:-1", "hotcold:0.5:x",
     "hotcold:0.5:1:2", ":", "stride:",
+    "moving", "moving:0", "moving:1.5", "moving:nan", "moving:0.25:0", "moving:0.25:-1", "moving:0.25:x",
+    "moving:0.25:1:1",
 ])
 def test_parse_errors(text):
     with pytest.raises(UsageError) as info:
@@ -101,6 +106,19 @@ def test_sequences():
     assert hc.touch_sequence(8, 3, 0).tolist() == list(range(8))  # epoch % 3 == 0: cold too
     assert hc.touch_sequence(8, 0, 0).tolist() == list(range(8))
     assert Pattern.parse("hotcold:0.25").touch_sequence(8, 0, 0).tolist() == [0, 1]  # never cold
+
+
+def test_moving_window():
+    m = Pattern.parse("moving:0.25:2")
+    assert [m.touch_sequence(8, e, 0).tolist() for e in range(6)] == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [4, 5]]
+    assert m.touch_sequence(8, 8, 0).tolist() == [0, 1]  # four windows, then round again
+    wraps = Pattern.parse("moving:0.3:1")  # 3 of 10 pages: the window wraps past the end
+    assert [wraps.touch_sequence(10, e, 0).tolist() for e in range(4)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8],
+                                                                          [9, 0, 1]]
+    assert m.varies and wraps.varies and not Pattern.parse("hotcold:0.25").varies
+    assert Pattern.parse("hotcold:0.25:3").varies and Pattern.parse("random").varies
+    assert Pattern.parse("moving:1").touch_sequence(5, 7, 0).tolist() == [0, 1, 2, 3, 4]  # moves by all: stays
+    assert Pattern.parse("moving:0.25").touch_sequence(0, 3, 0).tolist() == []
 
 
 def test_touch_counts():

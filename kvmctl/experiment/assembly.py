@@ -75,7 +75,8 @@ def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, 
     """The report row of one pass, with its residency and young/idle scores against the pages touched."""
     record, phase = outcome.record, outcome.phase
     row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns,
-                  touched_pages=int(phase.touched.sum()), cpu_ns=outcome.cpu_ns)
+                  touched_pages=int(phase.touched.sum()), cpu_ns=outcome.cpu_ns,
+                  ager_ns=record.end_ns - record.start_ns)
     scored = None
     if harvest is not None and outcome.harvest_flags is not None:
         scored = harvest.score(outcome.harvest_flags, HarvestFlag.AGED_MAPPED, HarvestFlag.CLEARED)
@@ -93,6 +94,8 @@ def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, 
         young = young_score(record.idle, record.observed, phase.touched)
     s0, s1 = outcome.aging_before, outcome.aging_after
     if s0 is not None and s1 is not None:
+        if s0.get("read_ns") and s1.get("read_ns"):  # the window the calls below were counted in
+            row.start_ns, row.end_ns = min(row.start_ns, s0["read_ns"][0]), max(row.end_ns, s1["read_ns"][1])
         row.aging_calls = s1["calls"] - s0["calls"]
         row.aging_pages = s1["pages"] - s0["pages"]
         row.background_calls = s1["background_calls"] - s0["background_calls"]
@@ -149,7 +152,7 @@ def pass_cost(report: Report, guest_pages: int, source: str | None) -> None:
         c.source, ns = source, sum(kvm) / len(kvm)
     else:
         c.source = "pass window (wall time of the ager's pass: the host's own walk and reclaim included)"
-        ns = sum(r.end_ns - r.start_ns for r in rows) / len(rows)
+        ns = sum(r.ager_ns if r.ager_ns is not None else r.end_ns - r.start_ns for r in rows) / len(rows)
     c.seconds = ns / 1e9
     c.seconds_per_gib = c.seconds / gib
     c.ns_per_page = ns / guest_pages

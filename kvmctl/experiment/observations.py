@@ -74,10 +74,11 @@ class ExperimentTracer:
 
     def aging_totals(self) -> dict[str, int] | None:
         """Running totals, for per-pass differences."""
-        res = self.tracer.snapshot()
+        res = self.tracer.running_totals()
         if not res.aging:
             return None
         totals = _totals(res)
+        totals["read_ns"] = res.read_ns
         totals["paths"] = dict(res.paths["age"]) if res.paths else None
         totals["notifier"] = res.notifier
         totals["kvm_aging_ns"], totals["kvm_aging_source"] = _kvm_aging_ns(res)

@@ -135,11 +135,14 @@ class PassLoop:
         session = self.session
 
         def one_pass() -> tuple:
+            # The aging totals right around the pass, residency outside them: the calls a pass
+            # row lists are the ones counted in its window.
             before, aging_before = session.residency(), session.aging_totals()
             cpu0 = time.thread_time_ns()
             record = ager.run_pass(index)
             cpu = time.thread_time_ns() - cpu0
-            return record, before, session.residency(), aging_before, session.aging_totals(), cpu
+            aging_after = session.aging_totals()
+            return record, before, session.residency(), aging_before, aging_after, cpu
 
         if self.spec.mode == "between":
             # --nested: pass 0 ages the memory before any nested guest ran

@@ -255,7 +255,7 @@ class EpochRow:
 class PassRow:
     pass_no: int = field(metadata=_key("pass"))
     ager: str
-    start_ns: int  # CLOCK_MONOTONIC
+    start_ns: int  # CLOCK_MONOTONIC; the window the aging figures were counted in, the pass inside it
     end_ns: int
     hot_resident_fraction: float | None = None
     cold_resident_fraction: float | None = None
@@ -274,6 +274,7 @@ class PassRow:
     kvm_aging_ns: int | None = None  # time KVM spent answering this VM's aging requests during the pass
     cpu_ns: int | None = None  # CPU time of the ager's thread during the pass
     mmu_lock_acquisitions: int | None = None  # aging requests that took mmu_lock during the pass
+    ager_ns: int | None = None  # wall time of the ager's own pass, inside start_ns..end_ns
 
 
 @dataclass

@@ -275,8 +275,8 @@ def _passes(report: Report) -> list[str]:
         fmt_fraction(p.hot_resident_fraction).replace("%", ""), fmt_fraction(p.cold_resident_fraction).replace("%", ""),
         fmt_count(p.evicted_pages), fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(p.aging_pages),
         fmt_count(p.background_calls)), "passes")
-    lines.append("  (hot%/cold% resident after the pass; refaults since the previous pass;")
-    lines.append("   calls/pages: all aging during the pass; - = not measured)")
+    lines.append("  (ms: the window calls/pages were counted in, the pass inside it; hot%/cold%")
+    lines.append("   resident after the pass; refaults since the previous pass; - = not measured)")
     return lines
 
 

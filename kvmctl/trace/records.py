@@ -332,6 +332,7 @@ class TraceResult:
     paths: dict[str, dict[str, int]] | None = None  # "age"/"test_age" -> path label -> calls
     notifier: NotifierCounts | None = None  # kvm:kvm_age_notifier (kernels with the test_clear_young series)
     aging_sections: bool = False  # contention rows carry behind_aging_ns
+    read_ns: tuple[int, int] | None = None  # CLOCK_MONOTONIC around the read of running_totals()
     lost: dict[str, int] = field(default_factory=dict)  # events missing from some count, by cause
     partial: dict[str, int] = field(default_factory=dict)  # events counted without a detail (e.g. their stack)
     notes: list[str] = field(default_factory=list)

@@ -128,7 +128,8 @@ def bench_overhead(mem: str, pattern: str, rounds: int, seconds: float) -> list[
     vm = VmProcess()
     handle = cleanup.register(f"stop VM process {vm.pid}", vm.close)
     sides: dict[str, list[Round]] = {"without": [], "with": []}
-    probe_ns = guest_ns = events = 0
+    guest_ns = 0
+    per_program: dict[str, list[int]] = {}  # source -> [run time ns, runs] inside the measured rounds
     enable_bpf_stats()
     try:
         built = vm.build(spec, 600.0)
@@ -145,10 +146,12 @@ def bench_overhead(mem: str, pattern: str, rounds: int, seconds: float) -> list[
             tracer = Tracer(plan, TraceTarget(built.pid, list(built.memslots)))
             tracer.start()  # compile + attach outside the measured span
             try:
-                run0, cnt0 = tracer.run_time_ns()
+                stats0 = tracer.run_time_ns()
                 sides["with"].append(_round(vm, pattern, seconds))
-                run1, cnt1 = tracer.run_time_ns()
-                probe_ns, events = probe_ns + run1 - run0, events + cnt1 - cnt0
+                for name, (ns, runs) in tracer.run_time_ns().items():
+                    acc = per_program.setdefault(name, [0, 0])
+                    acc[0] += ns - stats0.get(name, (0, 0))[0]
+                    acc[1] += runs - stats0.get(name, (0, 0))[1]
                 guest_ns += int(sum(sides["with"][-1].guest_s) * 1e9)
             finally:
                 tracer.stop()
@@ -168,7 +171,11 @@ def bench_overhead(mem: str, pattern: str, rounds: int, seconds: float) -> list[
         statistics.median(r.mean_rate for r in sides["without"])
     print(f"    median per-epoch rate without {a / 1e6:.1f} M touches/s, with {b / 1e6:.1f} M touches/s: "
           f"ratio {ratio:.3f} (ratio of round means, outliers included: {mean_ratio:.3f})")
+    probe_ns = sum(ns for ns, _ in per_program.values())
+    events = sum(runs for _, runs in per_program.values())
     cpu = probe_ns / guest_ns if guest_ns else float("nan")
+    for name, (ns, runs) in sorted(per_program.items()):
+        print(f"    {name}: {runs:,} runs, {ns / 1e6:.1f} ms")
     print(f"    probes ran {events:,} times for {probe_ns / 1e6:.1f} ms of CPU over {guest_ns / 1e9:.1f} s of guest "
           f"time: {100 * cpu:.3f}% ({probe_ns / events if events else 0:.0f} ns per run)")
     return [Figure("touch rate with/without probes", f"{ratio:.3f}x ({b / 1e6:.0f}/{a / 1e6:.0f} M/s)",

@@ -204,18 +204,21 @@ class Tracer:
         result.read_ns = (start, time.monotonic_ns())
         return result
 
-    def run_time_ns(self) -> tuple[int, int]:
-        """(run time, runs) of every attached program so far, from the kernel's BPF statistics.
+    def run_time_ns(self) -> dict[str, tuple[int, int]]:
+        """Per program source (e.g. ``locks.c``): (run time, runs) of its attached programs so far.
 
-        Both stay 0 unless kernel.bpf_stats_enabled is 1 (the caller enables it).
+        From the kernel's BPF statistics; both stay 0 unless kernel.bpf_stats_enabled is 1 (the
+        caller enables it).
         """
-        total = runs = 0
-        for prog in self._programs.values():
+        out = {}
+        for name, prog in self._programs.items():
+            total = runs = 0
             for func in prog.bpf.funcs.values():
                 info = _fdinfo(func.fd)
                 total += info.get("run_time_ns", 0)
                 runs += info.get("run_cnt", 0)
-        return total, runs
+            out[name] = (total, runs)
+        return out
 
     def harvest_take(self) -> np.ndarray | None:
         """The per-gfn harvest flags since the last take (HarvestFlag bits), reset to the MAPPED state.

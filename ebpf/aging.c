@@ -10,6 +10,13 @@
  * a time series per BUCKET_NS and calls per (task, kind). Python copies the
  * maps out; nothing is streamed per event.
  *
+ * The tracepoints carry no VM: an event names an address range of whichever
+ * mm the notifier belongs to. When another KVM process maps an address of
+ * our ranges too, an event there may be that process's, not our VM's.
+ * Python writes those shared pieces into `others` (CFG_NR_OTHERS entries);
+ * an event touching one is counted in `ambiguous` per kind, and nowhere
+ * else, so the other views hold only events that can be ours alone.
+ *
  * Options (-D): MAX_RANGES, NR_PAGES (per-gfn array length: the guest's
  * page count, capped), BUCKET_NS, NR_BUCKETS, MAX_TASKS,
  * MAX_PAGES_PER_EVENT (per-gfn loop bound; pages beyond it are counted as
@@ -41,6 +48,9 @@
 #ifndef MAX_PAGES_PER_EVENT
 #define MAX_PAGES_PER_EVENT 512
 #endif
+#ifndef MAX_OTHERS
+#define MAX_OTHERS 16
+#endif
 
 enum event_kind {
 	KIND_AGE = 0,
@@ -63,6 +73,11 @@ struct counter {
 	u64 pages;
 };
 
+struct hva_span {
+	u64 start;
+	u64 end;
+};
+
 struct task_key {
 	u32 pid;
 	u32 tgid;
@@ -80,6 +95,8 @@ BPF_F_TABLE("array", u32, struct counter, series, NR_BUCKETS * NR_KINDS * NR_CLA
 BPF_F_TABLE("array", u32, u64, per_gfn, NR_KINDS * NR_PAGES, BPF_F_MMAPABLE);
 BPF_HASH(by_task, struct task_key, struct counter, MAX_TASKS);
 BPF_ARRAY(lost, u64, NR_AGING_LOST);
+BPF_ARRAY(others, struct hva_span, MAX_OTHERS);
+BPF_ARRAY(ambiguous, struct counter, NR_KINDS);
 
 static __always_inline u64 cfg_get(int which)
 {
@@ -165,11 +182,36 @@ static __always_inline u64 our_pages(u32 kind, u64 start, u64 end)
 	return pages;
 }
 
+/* Whether [start, end) touches an address another KVM process maps too. */
+static __always_inline bool shared_with_other_vm(u64 start, u64 end)
+{
+	u64 nr = cfg_get(CFG_NR_OTHERS);
+	for (int i = 0; i < MAX_OTHERS; i++) {
+		bounded_loop_var(i);
+		if (i >= nr)
+			break;
+		int k = i;
+		struct hva_span *o = others.lookup(&k);
+		if (!o)
+			break;
+		if (start < o->end && end > o->start)
+			return true;
+	}
+	return false;
+}
+
 static __always_inline int on_range(u32 kind, u64 start, u64 end)
 {
 	u64 now = bpf_ktime_get_ns(), t0 = cfg_get(CFG_START_NS);
 	if (now < t0 || now >= cfg_get(CFG_END_NS))
 		return 0;
+	if (shared_with_other_vm(start, end)) {
+		int k = kind;
+		struct counter *a = ambiguous.lookup(&k);
+		if (a)
+			counter_add(a, (end - start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT);
+		return 0;
+	}
 	u64 pages = our_pages(kind, start, end);
 	if (!pages)
 		return 0;

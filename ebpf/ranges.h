@@ -40,7 +40,8 @@ enum cfg {
 	CFG_VM_TGID = 1,
 	CFG_START_NS = 2,
 	CFG_END_NS = 3,
-	NR_CFG = 4,
+	CFG_NR_OTHERS = 4, /* aging.c: entries of its `others` map */
+	NR_CFG = 5,
 };
 
 /* Keep a loop's constant bound visible to the verifier. Without it clang

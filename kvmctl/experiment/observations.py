@@ -25,10 +25,12 @@ BACKGROUND = (TaskClass.KSWAPD, TaskClass.KDAMOND, TaskClass.OTHER)
 
 
 class ExperimentTracer:
+    """The tracer of one VM, read as the report reads it (an experiment's VM, or a watched one)."""
+
     def __init__(self, caps: HostCaps, vm_tgid: int, memslots: list[rm.Memslot], ager_tids: set[int],
-                 interval_ns: int):
-        self.plan = make_plan(kernel_offer(caps))
-        self.target = TraceTarget(vm_tgid, list(memslots), set(ager_tids))
+                 interval_ns: int, wanted: set[str] | None = None, shared: list[tuple[int, int]] | None = None):
+        self.plan = make_plan(kernel_offer(caps), wanted)
+        self.target = TraceTarget(vm_tgid, list(memslots), set(ager_tids), list(shared or ()))
         self.headers = find_headers(caps.kernel.release)
         self.tracer = Tracer(self.plan, self.target, TracerOptions(bucket_ns=interval_ns), headers=self.headers)
         self.memslots = memslots
@@ -96,6 +98,11 @@ class ExperimentTracer:
     def stop(self) -> None:
         self.tracer.stop()
 
+    def update_ranges(self, memslots: list[rm.Memslot], shared: list[tuple[int, int]]) -> None:
+        """Follow the VM's memory to new ranges (a watched VM's rescan)."""
+        self.tracer.update_ranges(memslots, shared)
+        self.memslots = list(memslots)
+
     def fill_report(self, report: rm.Report, touch_counts: np.ndarray | None) -> TraceResult:
         res = self.tracer.collect()
         report.trace_window.start_ns, report.trace_window.end_ns = res.window.start_ns, res.window.end_ns
@@ -115,6 +122,8 @@ class ExperimentTracer:
             a.calls, a.pages = t["calls"], t["pages"]
             a.background_calls, a.background_pages = t["background_calls"], t["background_pages"]
             a.by_task = self._by_task(res)
+            for row in a.by_task:
+                a.by_class[row.task_class.value] = a.by_class.get(row.task_class.value, 0) + row.calls
             report.notes.append("aging.calls counts kvm:kvm_age_hva and kvm:kvm_test_age_hva on this VM's memslots; "
                                 "background = kswapd, kdamond and other tasks (neither our ager nor the VM's own "
                                 "threads, whose reclaim is listed under by_task)")

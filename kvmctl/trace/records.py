@@ -19,7 +19,7 @@ from kvmctl.vocab import Bucket, TaskClass, TraceWindow, WaiterClass
 
 
 # Configuration words of every program: ebpf/ranges.h enum cfg
-Cfg = enum.IntEnum("Cfg", ["NR_RANGES", "VM_TGID", "START_NS", "END_NS"], start=0, module=__name__)
+Cfg = enum.IntEnum("Cfg", ["NR_RANGES", "VM_TGID", "START_NS", "END_NS", "NR_OTHERS"], start=0, module=__name__)
 
 
 class EventKind(enum.IntEnum):
@@ -141,6 +141,9 @@ class TraceTarget:
     vm_tgid: int
     memslots: list[Memslot]
     ager_tids: set[int] = field(default_factory=set)
+    # [start, end) pieces of the memslots' hva ranges that another KVM process maps too: events
+    # there may be that process's (the tracepoints carry no VM), so aging.c counts them apart
+    shared: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def guest_pages(self) -> int:
@@ -179,6 +182,7 @@ class AgingCounts:
 
     by_kind_class: dict[str, dict[str, CallCount]]
     by_task: list[TaskCount]
+    ambiguous: dict[str, CallCount] = field(default_factory=dict)  # kind label -> events on shared addresses
 
     def total(self, kind: EventKind, classes: tuple[TaskClass, ...] | None = None) -> CallCount:
         row = self.by_kind_class.get(kind.label, {})

@@ -31,6 +31,7 @@ from kvmctl import cleanup
 from kvmctl.errors import KvmctlError, UnsupportedError, UsageError
 from kvmctl.trace import hist, stacks
 from kvmctl.trace.catalogue import TCY_BEGIN, TracePlan
+from kvmctl.kvm.memslot import Memslot
 from kvmctl.trace.loader import Headers, LoadedProgram, find_headers, load_program
 from kvmctl.trace.records import (
     AgeOp,
@@ -66,6 +67,8 @@ DEFAULT_PER_GFN_CAP = 1 << 22  # 16 GiB of 4 KiB pages (about 224 MiB of per-gfn
 # Counted in the totals, missing only from a per-gfn view: partial detail, not lost events.
 # Keyed by name: IntEnum members of different enums compare equal by value.
 _PARTIAL = {"locks.stack", "aging.gfn_clipped", "aging.gfn_index", "spte.gfn_index", "spte.harvest_clipped"}
+MAX_SHARED = 16  # -DMAX_OTHERS of aging.c: hva pieces another KVM process maps too
+NO_GFN = 1 << 52  # gfn_start of a range whose guest-physical place is unknown: beyond any gfn
 NR_SLOTS = 64
 U64_MAX = (1 << 64) - 1
 EDGE_MARGIN_NS = 20_000_000  # window edges are set this far ahead, then awaited
@@ -84,11 +87,7 @@ class Tracer:
 
     def __init__(self, plan: TracePlan, target: TraceTarget, options: TracerOptions | None = None,
                  headers: Headers | None = None):
-        if not target.memslots:
-            raise UsageError("nothing to trace: the VM has no data memslots", "add a memslot before tracing")
-        if len(target.memslots) > MAX_RANGES:
-            raise UsageError(f"{len(target.memslots)} memslots exceed the tracer's {MAX_RANGES}",
-                             f"use at most {MAX_RANGES} data memslots")
+        _check_ranges(target.memslots, target.shared)
         self.plan = plan
         self.target = target
         self.options = options or TracerOptions()
@@ -180,6 +179,19 @@ class Tracer:
             if table is not None:
                 table[ctypes.c_uint32(tid)] = ctypes.c_uint8(1)
 
+    def aging_totals(self) -> AgingCounts | None:
+        """The aging counts so far, without tasks, series or per-gfn views: cheap enough for every interval."""
+        prog = self._programs.get("aging.c")
+        if prog is None or not self.running:
+            return None
+        totals, shared, nc = _table(prog, "totals"), _table(prog, "ambiguous"), len(TaskClass)
+        by_kind_class = {kind.label: {cls.value: CallCount(int(leaf.calls), int(leaf.pages))
+                                      for cls in TaskClass for leaf in (totals[ctypes.c_int(kind * nc + cls.code)],)}
+                         for kind in EventKind}
+        ambiguous = {kind.label: CallCount(int(leaf.calls), int(leaf.pages))
+                     for kind in EventKind for leaf in (shared[ctypes.c_int(kind)],)}
+        return AgingCounts(by_kind_class, [], ambiguous)
+
     def snapshot(self) -> TraceResult:
         """The figures so far; the window stays open."""
         if not self.running:
@@ -253,7 +265,7 @@ class Tracer:
     # setup
 
     def _cflags(self, name: str) -> list[str]:
-        flags = [f"-DMAX_RANGES={MAX_RANGES}"]
+        flags = [f"-DMAX_RANGES={MAX_RANGES}", f"-DMAX_OTHERS={MAX_SHARED}"]
         if name in ("aging.c", "spte.c"):
             flags.append(f"-DNR_PAGES={max(1, self.nr_pages)}")
         if name == "aging.c":
@@ -276,16 +288,43 @@ class Tracer:
     def _configure(self, prog: LoadedProgram) -> None:
         config = _table(prog, "config")
         config[ctypes.c_int(Cfg.VM_TGID)] = ctypes.c_uint64(self.target.vm_tgid)
-        ranges = _table(prog, "ranges")
-        if ranges is not None:
-            for i, (m, base) in enumerate(zip(self.target.memslots, self.target.index_bases(), strict=True)):
-                leaf = ranges.Leaf(m.hva_start, m.hva_end, m.gfn_start, base)
-                ranges[ctypes.c_int(i)] = leaf
-        config[ctypes.c_int(Cfg.NR_RANGES)] = ctypes.c_uint64(len(self.target.memslots))
+        self._write_ranges(prog)
         agers = _table(prog, "ager_tids")
         if agers is not None:
             for tid in self.target.ager_tids:
                 agers[ctypes.c_uint32(tid)] = ctypes.c_uint8(1)
+
+    def _write_ranges(self, prog: LoadedProgram) -> None:
+        """The target's ranges and shared pieces into one program's maps.
+
+        While attached, an array element update is not atomic against a
+        reader: each count drops to 0, the entries change, then the count
+        rises again. Events in those microseconds are not counted.
+        """
+        config = _table(prog, "config")
+        ranges = _table(prog, "ranges")
+        if ranges is not None:
+            config[ctypes.c_int(Cfg.NR_RANGES)] = ctypes.c_uint64(0)
+            for i, (m, base) in enumerate(zip(self.target.memslots, self.target.index_bases(), strict=True)):
+                gfn = m.gfn_start if m.gfn_start is not None else NO_GFN
+                ranges[ctypes.c_int(i)] = ranges.Leaf(m.hva_start, m.hva_end, gfn, base)
+        config[ctypes.c_int(Cfg.NR_RANGES)] = ctypes.c_uint64(len(self.target.memslots))
+        others = _table(prog, "others")
+        if others is not None:
+            config[ctypes.c_int(Cfg.NR_OTHERS)] = ctypes.c_uint64(0)
+            for i, (start, end) in enumerate(self.target.shared):
+                others[ctypes.c_int(i)] = others.Leaf(start, end)
+            config[ctypes.c_int(Cfg.NR_OTHERS)] = ctypes.c_uint64(len(self.target.shared))
+
+    def update_ranges(self, memslots: list[Memslot], shared: list[tuple[int, int]]) -> None:
+        """Filter on new ranges from now on (a rescan found the VM's memory elsewhere, or new sharers).
+
+        Per-gfn counts keep their array: pages past its length count as lost (aging.gfn_index).
+        """
+        _check_ranges(memslots, shared)
+        self.target.memslots, self.target.shared = list(memslots), list(shared)
+        for prog in self._programs.values():
+            self._write_ranges(prog)
 
     def _attach_functions(self, prog: LoadedProgram) -> None:
         roles = _table(prog, "fn_role")
@@ -383,7 +422,10 @@ class Tracer:
             for k, v in _table(prog, "by_task").items()
         ]
         tasks.sort(key=lambda t: (-t.calls, t.pid))
-        result.aging = AgingCounts(by_kind_class, tasks)
+        shared = _table(prog, "ambiguous")
+        ambiguous = {kind.label: CallCount(int(leaf.calls), int(leaf.pages))
+                     for kind in EventKind for leaf in (shared[ctypes.c_int(kind)],)}
+        result.aging = AgingCounts(by_kind_class, tasks, ambiguous)
 
         counters = self._mapped(prog, "series", np.dtype([("calls", "<u8"), ("pages", "<u8")]),
                                 self.nr_buckets * nk * nc)
@@ -511,6 +553,17 @@ def _fdinfo(fd: int) -> dict[str, int]:
         if value.strip().isdigit():
             out[key.strip()] = int(value.strip())
     return out
+
+
+def _check_ranges(memslots: list[Memslot], shared: list[tuple[int, int]]) -> None:
+    if not memslots:
+        raise UsageError("nothing to trace: the VM has no data memslots", "add a memslot before tracing")
+    if len(memslots) > MAX_RANGES:
+        raise UsageError(f"{len(memslots)} memslots exceed the tracer's {MAX_RANGES}",
+                         f"use at most {MAX_RANGES} data memslots")
+    if len(shared) > MAX_SHARED:
+        raise UsageError(f"{len(shared)} shared address pieces exceed the tracer's {MAX_SHARED}",
+                         "merge them before tracing")
 
 
 def _table(prog: LoadedProgram, name: str):

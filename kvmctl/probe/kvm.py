@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmctl.errors import KvmctlError
-from kvmctl.probe.item import Item, exists, missing, ok, read
+from kvmctl.probe.item import ROOT_REMEDY, Item, exists, is_dir, missing, ok, read
 from kvmctl.probe.kernel import KernelConfig
 
 SYS_MODULE = Path("/sys/module")
 VENDOR_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")
 CPUINFO = Path("/proc/cpuinfo")
 DEV_KVM = Path("/dev/kvm")
+DEBUGFS_KVM = Path("/sys/kernel/debug/kvm")  # per VM: <pid>-<vm fd>/ with its stats, per vCPU vcpuN/
 LOCKLESS_AGING = "CONFIG_KVM_MMU_LOCKLESS_AGING"
 LOCKLESS_AGING_SINCE = (6, 15)
 
@@ -54,6 +55,7 @@ class KvmCaps:
     vm_create: Item  # a throwaway VM could be created
     vm_stats: Item  # names of the VM binary stats
     capabilities: dict[str, Item]  # KVM_CAP_* the tool uses -> check_extension value
+    debugfs: Item = missing("not probed")  # KVM's debugfs directory (value: its path), read by kvmctl watch
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,26 @@ def _open_kvm(device: Item) -> tuple[Item, Item, Item, dict[str, Item]]:
     return api, vm_create, vm_stats, caps
 
 
+def _debugfs(module: Item) -> Item:
+    """KVM's debugfs stats of every VM; kvmctl reads only the files without write bits (gauges).
+
+    A counter file (mode 0644) is refused under lockdown, with a line in the
+    kernel log for each attempt, so those are never opened.
+    """
+    if is_dir(DEBUGFS_KVM):
+        return ok(str(DEBUGFS_KVM), source=str(DEBUGFS_KVM),
+                  reason="only read-only (0444) files are read: counter files are refused under lockdown")
+    if not module:
+        return missing("no KVM module is loaded", module.remedy, source=str(DEBUGFS_KVM))
+    return missing(f"{DEBUGFS_KVM} is not readable (debugfs not mounted or not root)",
+                   f"mount -t debugfs nodev /sys/kernel/debug; {ROOT_REMEDY}", source=str(DEBUGFS_KVM))
+
+
 def probe_kvm(sys_module: Path = SYS_MODULE) -> KvmCaps:
     module = _module_item(sys_module)
     device = _device(module)
     api, vm_create, vm_stats, caps = _open_kvm(device)
-    return KvmCaps(module, _hw_virt(module.value), device, api, vm_create, vm_stats, caps)
+    return KvmCaps(module, _hw_virt(module.value), device, api, vm_create, vm_stats, caps, _debugfs(module))
 
 
 # --- MMU / paging ----------------------------------------------------------------------------

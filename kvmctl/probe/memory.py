@@ -28,6 +28,7 @@ class MemoryCaps:
     page_idle: Item
     damon: Item
     foreign_kdamond: Item  # available == a kdamond that is not ours is running
+    kpageflags: Item = missing("not probed")  # /proc/kpageflags with pagemap PFNs (value: its path)
 
 
 def host_memory_bytes() -> int:
@@ -263,6 +264,20 @@ def probe_foreign_kdamond(admin: Path = DAMON_ADMIN) -> Item:
               remedy="treat its aging as background noise; the DAMON ager refuses to run")
 
 
+KPAGEFLAGS = Path("/proc/kpageflags")
+KPF_REFERENCED = 2  # bit of a /proc/kpageflags entry: PG_referenced
+
+
+def probe_kpageflags(path: Path = KPAGEFLAGS) -> Item:
+    """Page flags by PFN; a process's pagemap shows PFNs only to CAP_SYS_ADMIN, so root is needed too."""
+    if not exists(path):
+        return missing(f"{path} does not exist", "use a kernel with CONFIG_PROC_PAGE_MONITOR=y", source=str(path))
+    if not os.access(path, os.R_OK) or os.geteuid() != 0:
+        return missing(f"cannot read {path} and pagemap PFNs (needs root)", ROOT_REMEDY, source=str(path))
+    return ok(str(path), source=str(path))
+
+
 def probe_memory(config: KernelConfig) -> MemoryCaps:
     return MemoryCaps(probe_memcg(), probe_swap(), probe_thp(), probe_hugetlb(), probe_mglru(config),
-                      probe_page_idle(config), probe_damon_sysfs(config), probe_foreign_kdamond())
+                      probe_page_idle(config), probe_damon_sysfs(config), probe_foreign_kdamond(),
+                      probe_kpageflags())

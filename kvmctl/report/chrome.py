@@ -45,7 +45,7 @@ def _meta(name: str, tid: int, value: str, sort_index: int | None = None) -> lis
 
 def chrome_trace(report: Report) -> dict[str, Any]:
     origin = _origin(report)
-    events: list[dict[str, Any]] = _meta("process_name", 0, "kvmctl experiment")
+    events: list[dict[str, Any]] = _meta("process_name", 0, f"kvmctl {report.report_kind.value}")
     events += _meta("thread_name", TID_KVMCTL, "kvmctl", 0)
     w = report.trace_window
     if w.start_ns is not None and w.end_ns is not None:
@@ -94,6 +94,7 @@ def chrome_trace(report: Report) -> dict[str, Any]:
 
     other = {"kvmctl_version": report.kvmctl_version, "schema_version": report.schema_version,
              "complete": report.complete, "kernel": report.host.kernel_release,
+             "report_kind": report.report_kind.value,
              "mmu": report.host.mmu.value if report.host.mmu else None,
              "clock": "CLOCK_MONOTONIC", "origin_ns": origin,
              "series_interval_ns": report.aging.interval_ns}

@@ -167,8 +167,15 @@ def _contention_plot(report: Report) -> Plot:
 
 def _heatmap_plots(report: Report) -> list[Plot]:
     plots = []
-    slots = {m.slot: m for m in report.memslots}
+    slots = {m.slot: m for m in report.memslots if m.slot is not None}
     for hm in report.heatmaps:
+        if hm.slot is None:  # a watched VM's range: named by its host address, no guest accesses known
+            strips = [(name, row) for name, row in (("aged", hm.aged), ("resident", hm.resident),
+                                                    ("referenced", hm.referenced)) if row is not None]
+            plots.append(Plot(f"heatmap-{hm.hva_start:x}", f"RAM range at {hm.hva_start:#x}: aged vs resident and "
+                              f"referenced pages ({hm.pages:,} pages in {hm.bins} bins)", svg.heat_strips(
+                                  strips, start_label=f"hva {hm.hva_start:#x}", end_label="last page")))
+            continue
         m = slots.get(hm.slot)
         start = hex(m.gpa_start) if m else "first page"
         end = hex(m.gpa_end) if m else "last page"
@@ -240,9 +247,11 @@ def _probes(report: Report) -> str:
 def _memslots(report: Report) -> str:
     out = ["<table><tr><th>slot</th><th>gpa</th><th>hva</th><th>size</th><th>backing</th></tr>"]
     for m in report.memslots:
+        gpa = "-" if m.gpa_start is None else f"{m.gpa_start:#x}-{m.gpa_end:#x}"
         out.append(
-            f"<tr><td>{m.slot}</td><td>{m.gpa_start:#x}-{m.gpa_end:#x}</td><td>{m.hva_start:#x}-{m.hva_end:#x}</td>"
-            f"<td>{format_size(m.size)}</td><td>{escape(m.backing)}{' ' + escape(m.path) if m.path else ''}</td></tr>"
+            f"<tr><td>{'-' if m.slot is None else m.slot}</td><td>{gpa}</td><td>{m.hva_start:#x}-{m.hva_end:#x}</td>"
+            f"<td>{format_size(m.size)}</td><td>{escape(m.backing)}{' ' + escape(m.path) if m.path else ''}"
+            f"{' (' + escape(m.source) + ')' if m.source != 'kvm' else ''}</td></tr>"
         )
     out.append("</table>")
     return "\n".join(out)
@@ -282,7 +291,7 @@ def render_html(report: Report, title: str = "report") -> str:
     window = (f"{w.duration_ns / 1e9:.3f} s traced" if w.duration_ns is not None
               else null_text(report, "trace_window.start_ns"))
     parts = [
-        f"<h1>kvmctl experiment report: {escape(title)}</h1>",
+        f"<h1>kvmctl {report.report_kind.value} report: {escape(title)}</h1>",
         f'<p><span class="{status_cls}">{escape(status)}</span> &middot; created {escape(report.created)} by kvmctl '
         f"{escape(report.kvmctl_version)} (schema {report.schema_version}) &middot; {escape(window)}</p>",
     ]

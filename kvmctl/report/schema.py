@@ -29,6 +29,13 @@ KIND = "kvmctl-report"
 HEATMAP_BINS = 64  # fixed so that heat maps of two reports line up bin by bin
 
 
+class ReportKind(str, enum.Enum):
+    """What produced the report."""
+
+    EXPERIMENT = "experiment"  # kvmctl built the VM and drove its guest: the ground truth is known
+    WATCH = "watch"  # a VM kvmctl did not create, watched from outside: no ground truth
+
+
 class Mmu(str, enum.Enum):
     TDP = "tdp"  # EPT/NPT with the TDP MMU
     SHADOW = "shadow"  # shadow paging (PVM, or no TDP MMU)
@@ -178,6 +185,10 @@ class Aging:
     test_clear_young: ClearYoungHook = field(default_factory=ClearYoungHook)
     harvest: Harvest = field(default_factory=Harvest)
     pass_cost: PassCost = field(default_factory=PassCost)
+    by_class: dict[str, int] = field(default_factory=dict)  # task class -> calls (the by_task rows summed)
+    # events on addresses another KVM process maps too (a watched VM): perhaps not this VM's, in no other figure
+    ambiguous_calls: int | None = None
+    ambiguous_pages: int | None = None
 
 
 @dataclass
@@ -284,11 +295,14 @@ class HeatMap:
     Bin i covers the slot's pages [i*pages//bins, (i+1)*pages//bins).
     """
 
-    slot: int
+    slot: int | None  # None: a watched VM's range (no KVM slot id), named by hva_start
     pages: int
     bins: int
     aged: list[int]  # aging visits per bin (sum over the bin's pages)
-    touched: list[int]  # epochs that touched a page, summed per bin
+    touched: list[int] | None  # epochs that touched a page, summed per bin; None: unknown (a watched VM)
+    hva_start: int | None = None  # the memslot's host-virtual start
+    resident: list[int] | None = None  # pages present in the process's page table (pagemap), per bin
+    referenced: list[int] | None = None  # of those, pages with PG_referenced set (kpageflags), per bin
 
     @classmethod
     def from_pages(cls, memslot: Memslot, aged: np.ndarray | None, touched: np.ndarray | None,
@@ -304,7 +318,24 @@ class HeatMap:
                 per_page[: min(pages, len(counts))] = counts[:pages]
             return [int(x) for x in np.add.reduceat(per_page, edges)]
 
-        return cls(memslot.slot, pages, bins, binned(aged), binned(touched))
+        return cls(memslot.slot, pages, bins, binned(aged), binned(touched), memslot.hva_start)
+
+    @classmethod
+    def from_host_pages(cls, memslot: Memslot, aged: np.ndarray | None, resident: np.ndarray | None,
+                        referenced: np.ndarray | None, bins: int = HEATMAP_BINS) -> HeatMap:
+        """A watched VM's range: aged vs what the host's page tables and page flags show (touched unknown)."""
+        hm = cls.from_pages(memslot, aged, None, bins)
+        edges = (np.arange(hm.bins, dtype=np.int64) * hm.pages) // hm.bins
+
+        def binned(flags: np.ndarray | None) -> list[int] | None:
+            if flags is None:
+                return None
+            per_page = np.zeros(hm.pages, dtype=np.int64)
+            per_page[: min(hm.pages, len(flags))] = flags[: hm.pages]
+            return [int(x) for x in np.add.reduceat(per_page, edges)]
+
+        hm.touched, hm.resident, hm.referenced = None, binned(resident), binned(referenced)
+        return hm
 
     @classmethod
     def from_gfn_counts(cls, memslot: Memslot, aged: Mapping[int, int], touched: Mapping[int, int],
@@ -322,6 +353,35 @@ class HeatMap:
 
 
 @dataclass
+class WatchTarget:
+    """The process a watch report is about."""
+
+    pid: int
+    comm: str
+    command: list[str]  # its argv
+    vcpu_tids: list[int | None]  # thread id per vCPU index; None until the vCPU first ran
+    vm_fds: int  # kvm-vm file descriptors it holds (more than one: events of both VMs mix)
+    ram_source: str  # where the RAM ranges came from: qmp or smaps
+    memcg: str | None = None  # its memory cgroup, as /proc/<pid>/cgroup names it
+    qmp_socket: str | None = None
+    rescans: int = 0  # times the ranges were read again during the watch
+    range_changes: int = 0  # rescans that found different ranges (the probes followed them)
+    exited_ns: int | None = None  # CLOCK_MONOTONIC when the process was found gone, if it exited
+
+
+@dataclass
+class PassiveSample:
+    """What the host shows of a watched VM at one interval's end, besides the traced events."""
+
+    t_offset_ns: int  # from trace_window.start_ns
+    rss_bytes: int | None = None  # smaps Rss over the RAM ranges
+    referenced_bytes: int | None = None  # smaps Referenced over the RAM ranges
+    pages_4k: int | None = None  # VM stat gauges (read-only debugfs or QMP query-stats)
+    pages_2m: int | None = None
+    workingset_refault: int | None = None  # memcg counter (cumulative), anon + file where split
+
+
+@dataclass
 class GuestFault:
     message: str
     registers: dict[str, int] = field(default_factory=dict)
@@ -331,6 +391,7 @@ class GuestFault:
 class Report:
     kind: str = KIND
     schema_version: int = SCHEMA_VERSION
+    report_kind: ReportKind = ReportKind.EXPERIMENT
     complete: bool = False  # set True only when the run finished normally
     incomplete_reason: str | None = None
     kvmctl_version: str = __version__
@@ -352,8 +413,12 @@ class Report:
     passes: list[PassRow] = field(default_factory=list)
     heatmaps: list[HeatMap] = field(default_factory=list)
     vm_stats: dict[str, int | list[int]] = field(default_factory=dict)
+    vcpu_stats: dict[str, int | list[int]] = field(default_factory=dict)  # watch with --qmp: summed over vCPUs
     repeats: list[dict[str, float | None]] = field(default_factory=list)
     guest_fault: GuestFault | None = None
+    target: WatchTarget | None = None  # report_kind watch: the watched process
+    passive: list[PassiveSample] = field(default_factory=list)  # report_kind watch: per interval
+    memcg_stats: dict[str, int] = field(default_factory=dict)  # report_kind watch: memory.stat deltas over the window
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def _head(report: Report) -> list[str]:
     status = "complete" if report.complete else "INCOMPLETE"
     if not report.complete and report.incomplete_reason:
         status += f": {report.incomplete_reason}"
-    lines = [f"== kvmctl experiment report (schema {report.schema_version}) ".ljust(WIDTH, "=")]
+    lines = [f"== kvmctl {report.report_kind.value} report (schema {report.schema_version}) ".ljust(WIDTH, "=")]
     lines += _field("status", status)
     lines += _field("created", f"{report.created} by kvmctl {report.kvmctl_version}")
     if report.command_line:
@@ -424,8 +424,41 @@ def _memslots(report: Report) -> list[str]:
     lines = _section("Memslots")
     lines.append(fmt % ("slot", "gpa", "hva", "size", "backing"))
     for m in report.memslots:
-        backing = m.backing + (f" {m.path}" if m.path else "")
-        lines.append(fmt % (m.slot, hex(m.gpa_start), hex(m.hva_start), format_size(m.size), _clip(backing, WIDTH - 55)))
+        backing = m.backing + (f" ({m.source})" if m.source != "kvm" else "") + (f" {m.path}" if m.path else "")
+        lines.append(fmt % ("-" if m.slot is None else m.slot, "-" if m.gpa_start is None else hex(m.gpa_start),
+                            hex(m.hva_start), format_size(m.size), _clip(backing, WIDTH - 55)))
+    return lines
+
+
+def _target(report: Report) -> list[str]:
+    """The watched process and its ambiguous events (watch reports)."""
+    t = report.target
+    if t is None:
+        return []
+    lines = _section("Watched process")
+    lines += _field("pid", f"{t.pid} ({t.comm}), {t.vm_fds} VM(s), RAM ranges from {t.ram_source}"
+                           + (", exited during the watch" if t.exited_ns is not None else ""))
+    lines += _field("command", " ".join(t.command))
+    lines += _field("vCPU tids", ", ".join(f"{i}:{'-' if tid is None else tid}" for i, tid in enumerate(t.vcpu_tids))
+                    or "none seen")
+    lines += _field("memcg", t.memcg or "-")
+    lines += _field("rescans", f"{t.rescans} ({t.range_changes} found other ranges)")
+    a = report.aging
+    if a.by_class:
+        lines += _field("by class", ", ".join(f"{k} {fmt_count(v)}" for k, v in sorted(a.by_class.items())))
+    if a.ambiguous_calls is not None:
+        lines += _field("ambiguous", f"{fmt_count(a.ambiguous_calls)} events ({fmt_count(a.ambiguous_pages)} pages) on "
+                                     "addresses another KVM process maps too")
+    if report.passive:
+        last = report.passive[-1]
+        lines += _field("last sample", f"Rss {fmt_count(last.rss_bytes)} B, Referenced "
+                                       f"{fmt_count(last.referenced_bytes)} B, pages_4k {fmt_count(last.pages_4k)}, "
+                                       f"workingset_refault {fmt_count(last.workingset_refault)}")
+    if report.memcg_stats:
+        shown = [f"{k} {v:+,}" for k, v in report.memcg_stats.items() if "refault" in k or "pgscan" in k
+                 or "pgsteal" in k]
+        if shown:
+            lines += _field("memcg", "; ".join(shown))
     return lines
 
 
@@ -450,23 +483,28 @@ def _probes(report: Report) -> list[str]:
 def _spec(report: Report) -> list[str]:
     if not report.spec:
         return []
-    lines = _section("Experiment spec")
+    lines = _section(f"{report.report_kind.value.capitalize()} spec")
     for key, value in report.spec.items():
         lines += _field(str(key), value if isinstance(value, str) else json.dumps(value), 16)
     return lines
 
 
-def _vm_stats(report: Report) -> list[str]:
-    if not report.vm_stats:
+def _stats_cells(title: str, stats: dict[str, int | list[int]]) -> list[str]:
+    if not stats:
         return []
-    lines = _section("VM stats")
+    lines = _section(title)
     cells = []
-    for name, value in report.vm_stats.items():
+    for name, value in stats.items():
         shown = fmt_count(value) if isinstance(value, int) else f"[{len(value)} buckets, sum {fmt_count(sum(value))}]"
         cells.append(f"{_clip(name, 26):<26} {shown:>11}")
     for i in range(0, len(cells), 2):
         lines.append("  ".join(cells[i : i + 2]))
     return lines
+
+
+def _vm_stats(report: Report) -> list[str]:
+    return _stats_cells("VM stats", report.vm_stats) + _stats_cells("vCPU stats (summed over vCPUs)",
+                                                                    report.vcpu_stats)
 
 
 def _fault(report: Report) -> list[str]:
@@ -489,6 +527,7 @@ def render_text(report: Report) -> str:
     lines: list[str] = []
     for part in (
         _head,
+        _target,
         _headline,
         _fallback,
         _ground_truth,

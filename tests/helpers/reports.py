@@ -148,10 +148,11 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
     else:
         report.probes.not_observable["aging.harvest"] = (
             "the accessed bits aging clears are not observable: no TDP MMU (shadow paging)")
-    window = sum(p.end_ns - p.start_ns for p in pass_rows) / len(pass_rows)
-    report.aging.pass_cost = PassCost("pass window (wall time of the ager's pass: the host's own walk and reclaim "
-                                      "included)", window / 1e9, window / 1e9 / 0.5, window / pages,
-                                      0.31, 0.62)
+    if pass_rows:
+        window = sum(p.end_ns - p.start_ns for p in pass_rows) / len(pass_rows)
+        report.aging.pass_cost = PassCost("pass window (wall time of the ager's pass: the host's own walk and "
+                                          "reclaim included)", window / 1e9, window / 1e9 / 0.5, window / pages,
+                                          0.31, 0.62)
     return report
 
 
@@ -201,4 +202,39 @@ def with_repeats(report: Report, n: int, seed: int, spread: float = 0.02) -> Rep
             else:
                 rep[key] = round(value * (1 + rng.uniform(-spread, spread)))
         report.repeats.append(rep)
+    return report
+
+
+def make_watch_report() -> Report:
+    """A watch of a QEMU with 512 MiB file-backed RAM, ranges from QMP: what `kvmctl watch` writes."""
+    from kvmctl.report.schema import PassiveSample, ReportKind, WatchTarget
+
+    report = make_report(passes=0, epochs=0)
+    size = 512 * MIB
+    slot = Memslot.host_range(0x7FEDC3FFF000, size, "file", "qmp", "/var/tmp/qemu-ram.img", gpa=0)
+    aged = [0] * (size // 4096)
+    for g in range(0, len(aged), 5):
+        aged[g] = 2
+    import numpy as np
+
+    present = np.ones(size // 4096, dtype=bool)
+    present[len(present) // 2:] = False
+    report.report_kind = ReportKind.WATCH
+    report.command_line = ["kvmctl", "watch", "--pid", "4711", "--qmp", "/run/vm.qmp", "-o", "w.json"]
+    report.spec = {"pid": 4711, "qmp": "/run/vm.qmp", "duration_s": 20.0, "interval_s": 1.0}
+    report.memslots = [slot]
+    report.heatmaps = [HeatMap.from_host_pages(slot, np.array(aged), present, present & (np.arange(len(present)) % 3 == 0))]
+    report.target = WatchTarget(4711, "qemu-system-x86", ["qemu-system-x86_64", "-accel", "kvm", "-m", "512M"],
+                                [4730, None], 1, "qmp", "/kvmctl-4700-qemu", "/run/vm.qmp", 4, 0)
+    report.passive = [PassiveSample(i * 1_000_000_000, size - i * (16 * MIB), size // 2, 0, 0, 95 + i)
+                      for i in range(1, 13)]
+    report.memcg_stats = {"pgscan": 65536, "workingset_refault_file": 12}
+    report.aging.by_task = [TaskAging(77, "kdamond.0", TaskClass.KDAMOND, 900_000, 900_000),
+                            TaskAging(4702, "python3", TaskClass.OTHER, 205_000, 205_000)]
+    report.aging.by_class = {"kdamond": 900_000, "other": 205_000}
+    report.aging.ambiguous_calls, report.aging.ambiguous_pages = 0, 0
+    report.ground_truth = GroundTruth()
+    for figure in ("ground_truth.hot_resident_fraction", "ground_truth.evicted_cold_fraction",
+                   "ground_truth.refaults", "ground_truth.precision", "ground_truth.recall"):
+        report.probes.not_observable[figure] = "a watched VM: kvmctl does not know which pages its guest touched"
     return report

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("kvmctl.commands.info", "what this host offers for aging work (KVM, MMU, BPF, agers)"),
     "run": ("kvmctl.commands.run", "run a touch payload in a fresh VM and print its figures"),
     "experiment": ("kvmctl.commands.experiment", "run an aging experiment: VM + agers + probes -> report"),
+    "watch": ("kvmctl.commands.watch", "how the host ages the memory of a running VM kvmctl did not create"),
     "report": ("kvmctl.commands.report", "show, render, compare or export experiment reports"),
     "lab": ("kvmctl.commands.lab", "run a kvmctl command on a chosen kernel in an emulated SVM+NPT machine"),
 }

@@ -42,7 +42,8 @@ apt_install() {
 }
 
 # 1. System packages. python3-bpfcc is BCC's Python module; never pip's "bcc".
-required=(python3-venv python3-bpfcc bpfcc-tools bpftrace bpftool gcc make binutils)
+# qemu-system-x86: the foreign VMs the kvmctl watch tests start (the lab needs it too).
+required=(python3-venv python3-bpfcc bpfcc-tools bpftrace bpftool gcc make binutils qemu-system-x86)
 missing=()
 for pkg in "${required[@]}"; do
     is_installed "$pkg" || missing+=("$pkg")
@@ -121,7 +122,7 @@ installed_ok() {
     [[ -f $stamp && $(cat "$stamp") == "$want" ]] && "$VENV/bin/python" - "$REPO" <<'EOF' 2>/dev/null
 import sys
 from pathlib import Path
-import kvmctl, numpy, psutil, pytest, pytest_timeout, rich  # noqa: F401
+import kvmctl, numpy, psutil, pytest, pytest_timeout, qemu.qmp, rich  # noqa: F401
 sys.exit(0 if Path(kvmctl.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()) else 1)
 EOF
 }

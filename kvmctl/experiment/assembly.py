@@ -27,8 +27,8 @@ from kvmctl.trace.records import HarvestFlag, SpteCounts
 from kvmctl.units import PAGE_SIZE
 
 # Figures that need the tracer.
-_TRACED = ("aging.calls", "aging.pages", "aging.background_calls", "aging.bits_cleared", "contention.mmu_lock_wait_ns",
-           "lost_events", "trace_window.start_ns", "trace_window.end_ns")
+_TRACED = ("aging.calls", "aging.pages", "aging.ours_calls", "aging.background_calls", "aging.bits_cleared",
+           "contention.mmu_lock_wait_ns", "lost_events", "trace_window.start_ns", "trace_window.end_ns")
 
 
 def host_facts(report: Report, caps: HostCaps) -> None:
@@ -174,16 +174,18 @@ def ager_settings(report: Report, settings: dict[str, str]) -> None:
             report.notes.append(f"ager setting {key}={value}")
 
 
-def mapping_counts(report: Report, spte: SpteCounts | None, at_build: dict, after_populate: dict) -> None:
+def mapping_counts(report: Report, spte: SpteCounts | None, at_build: dict, after_populate: dict,
+                   after_writeback: dict) -> None:
     """Mappings of the data pages (kvmmmu tracepoints) beside the VM's pages_4k gauge."""
     if spte is None:
         return
     sp = report.spte
-    sp.set_spte, sp.refaults = spte.set_spte, spte.refaults
+    sp.set_spte, sp.remapped = spte.set_spte, spte.refaults
     sp.gfns_mapped = int((spte.mappings_per_gfn > 0).sum())
     sp.shadow_pages_created = spte.shadow_pages_created
     sp.pages_4k_at_build = at_build.get("pages_4k")
     sp.pages_4k_after_populate = after_populate.get("pages_4k")
+    sp.pages_4k_after_writeback = after_writeback.get("pages_4k")
     sp.pages_4k_at_end = report.vm_stats.get("pages_4k")
 
 

@@ -121,6 +121,8 @@ class ExperimentTracer:
             a = report.aging
             a.calls, a.pages = t["calls"], t["pages"]
             a.background_calls, a.background_pages = t["background_calls"], t["background_pages"]
+            ours = [res.aging.total(k, (TaskClass.OURS,)) for k in AGING_KINDS]
+            a.ours_calls, a.ours_pages = sum(c.calls for c in ours), sum(c.pages for c in ours)
             a.by_task = self._by_task(res)
             for row in a.by_task:
                 a.by_class[row.task_class.value] = a.by_class.get(row.task_class.value, 0) + row.calls

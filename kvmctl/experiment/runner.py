@@ -43,6 +43,7 @@ class Experiment:
         self.trace_result: TraceResult | None = None  # the trace window's records, for cross-checks
         self.stats_at_build: dict = {}
         self.stats_after_populate: dict = {}
+        self.stats_after_writeback: dict = {}
         self._scores: list[ResidencyScore] = []  # per pass, where residency is observable
         self._young: list[YoungScore] = []  # per pass, for agers with per-page verdicts
         self._harvest: list[HarvestScore] = []  # per pass, where the harvest is traced
@@ -105,7 +106,8 @@ class Experiment:
         assembly.ager_settings(report, ager.settings)
         report.vm_stats = session.vm.stats()
         spte = self.trace_result.spte if self.trace_result is not None else None
-        assembly.mapping_counts(report, spte, self.stats_at_build, self.stats_after_populate)
+        assembly.mapping_counts(report, spte, self.stats_at_build, self.stats_after_populate,
+                                self.stats_after_writeback)
         assembly.ground_truth(report, spec, self._scores, self._young)
         if self._harvest:
             assembly.harvest_summary(report, self.passes.harvest, self._harvest, page_gfns(list(built.memslots)))
@@ -133,6 +135,7 @@ class Experiment:
             self.passes.between(Pattern.parse("seq"), write=True, epochs=1)
             self.stats_after_populate = vm.stats()
             vm.sync_memory()
+            self.stats_after_writeback = vm.stats()
 
     def _ager_passes(self, ager: Ager) -> np.ndarray | None:
         """Every pass, scored into the report; the pages the last pass evicted (None without residency)."""

@@ -48,9 +48,10 @@ class Figure:
 
 # The headline: what `report show` leads with, `report diff` compares and repeats record.
 HEADLINE: tuple[Figure, ...] = (
-    Figure("aging.calls", "aging calls", Unit.COUNT),
-    Figure("aging.pages", "pages aged", Unit.COUNT),
-    Figure("aging.background_calls", "background aging calls", Unit.COUNT),
+    Figure("aging.calls", "aging calls, all tasks", Unit.COUNT),
+    Figure("aging.ours_calls", "aging calls, our ager", Unit.COUNT),
+    Figure("aging.background_calls", "aging calls, background", Unit.COUNT),
+    Figure("aging.pages", "pages aged, all tasks", Unit.COUNT),
     Figure("aging.bits_cleared", "accessed bits cleared", Unit.COUNT),
     Figure("ground_truth.hot_resident_fraction", "hot pages resident", Unit.FRACTION, False),
     Figure("ground_truth.evicted_cold_fraction", "evicted pages that were cold", Unit.FRACTION, False),

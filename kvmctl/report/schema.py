@@ -174,7 +174,9 @@ class PassCost:
 class Aging:
     calls: int | None = None  # all aging calls on our VM's memslots (ours + background)
     pages: int | None = None  # guest pages those calls covered
-    background_calls: int | None = None  # calls not made by our ager
+    ours_calls: int | None = None  # calls made by our own ager's threads
+    ours_pages: int | None = None
+    background_calls: int | None = None  # calls by kswapd, kdamond and other tasks (neither ours nor the VM's)
     background_pages: int | None = None
     bits_cleared: int | None = None  # accessed bits actually cleared (TDP MMU only)
     interval_ns: int | None = None  # width of one series sample
@@ -234,11 +236,12 @@ class Spte:
     """Mappings of the VM's data pages (kvmmmu tracepoints) beside the pages_4k gauge."""
 
     set_spte: int | None = None  # kvm_mmu_set_spte events on data gfns in the trace window
-    refaults: int | None = None  # of those, re-mappings of a gfn mapped before (after a zap)
+    remapped: int | None = None  # of those, mappings of a gfn mapped before (after a zap); not re-faults
     gfns_mapped: int | None = None  # distinct data gfns mapped at least once
     shadow_pages_created: int | None = None  # kvm_mmu_get_page events that created a shadow page
     pages_4k_at_build: int | None = None  # VM stat pages_4k after the VM was built (system pages)
     pages_4k_after_populate: int | None = None  # ... after the populate epoch (system + every data page)
+    pages_4k_after_writeback: int | None = None  # ... after the populate's fsync (writeback zaps SPTEs)
     pages_4k_at_end: int | None = None  # ... at the end of the run
 
 
@@ -427,7 +430,16 @@ class Report:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
         """Build from a current-schema dict; UsageError names a bad field."""
-        return load(cls, data, "")
+        report = load(cls, data, "")
+        # Reports written before these figures had keys of their own carry what they are made of.
+        old_remapped = (data.get("spte") or {}).get("refaults")
+        if "remapped" not in (data.get("spte") or {}) and isinstance(old_remapped, int):
+            report.spte.remapped = old_remapped
+        a = report.aging
+        if "ours_calls" not in (data.get("aging") or {}) and a.calls is not None and a.by_task:
+            ours = [t for t in a.by_task if t.task_class is TaskClass.OURS]
+            a.ours_calls, a.ours_pages = sum(t.calls for t in ours), sum(t.pages for t in ours)
+        return report
 
     def mark_not_observable(self, figure: str, reason: str) -> None:
         """Set a figure (dotted name) to null and record why."""

@@ -235,7 +235,8 @@ def _ground_truth(report: Report) -> list[str]:
     if g.evicted_pages is not None:
         lines += _field("evicted", f"{fmt_count(g.evicted_pages)} pages", 16)
     lines += _field("evicted cold", frac("ground_truth.evicted_cold_fraction", g.evicted_cold_fraction), 16)
-    refaults = fmt_count(g.refaults) if g.refaults is not None else null_text(report, "ground_truth.refaults")
+    refaults = (f"{fmt_count(g.refaults)} (evicted pages the guest touched again)" if g.refaults is not None
+                else null_text(report, "ground_truth.refaults"))
     lines += _field("re-faults", refaults, 16)
     lines += _field("precision", frac("ground_truth.precision", g.precision), 16)
     lines += _field("recall", frac("ground_truth.recall", g.recall), 16)
@@ -247,13 +248,32 @@ def _spte(report: Report) -> list[str]:
     if sp.set_spte is None:
         return []
     lines = _section("Mappings of data pages (kvmmmu tracepoints)")
-    lines += _field("set_spte", f"{fmt_count(sp.set_spte)} mappings of {fmt_count(sp.gfns_mapped)} gfns, "
-                                f"{fmt_count(sp.refaults)} re-faults", 16)
+    lines += _field("set_spte", f"{fmt_count(sp.set_spte)} mappings of {fmt_count(sp.gfns_mapped)} gfns; "
+                                f"{fmt_count(sp.remapped)} of them of a gfn mapped before (its SPTE zapped and "
+                                "built again)", 16)
     if sp.shadow_pages_created is not None:
         lines += _field("shadow pages", f"{fmt_count(sp.shadow_pages_created)} created", 16)
+    after_wb = "" if sp.pages_4k_after_writeback is None else f"{fmt_count(sp.pages_4k_after_writeback)} after " \
+                                                               "its writeback, "
     lines += _field("pages_4k", f"{fmt_count(sp.pages_4k_at_build)} built, {fmt_count(sp.pages_4k_after_populate)} "
-                                f"populated, {fmt_count(sp.pages_4k_at_end)} at end", 16)
+                                f"populated, {after_wb}{fmt_count(sp.pages_4k_at_end)} at end", 16)
+    words = writeback_words(report)
+    if words:
+        lines += _field("writeback", words, 16)
     return lines
+
+
+def writeback_words(report: Report) -> str | None:
+    """What the populate's writeback did to the SPTEs, where the pages_4k gauge shows it."""
+    sp = report.spte
+    if sp.pages_4k_after_populate is None or sp.pages_4k_after_writeback is None:
+        return None
+    dropped = sp.pages_4k_after_populate - sp.pages_4k_after_writeback
+    if dropped <= 0:
+        return None
+    return (f"the populate's fsync wrote the guest's file pages back, which write-protects them, and KVM dropped "
+            f"{dropped:,} SPTEs before the first pass: a page the guest did not touch again (the cold ones) had no "
+            "SPTE when aging began, so aging had no accessed bit of it to test")
 
 
 def _elided(rows: list, fmt: str, cells, what: str, head: int = _LIST_HEAD) -> list[str]:

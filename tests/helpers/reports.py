@@ -106,7 +106,7 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
         ),
         trace_window=window,
         memslots=[slot],
-        aging=Aging(calls, calls * 3, bg_calls, bg_calls * 3, int(calls * 2.1) if tdp else None, interval,
+        aging=Aging(calls, calls * 3, calls - bg_calls, (calls - bg_calls) * 3, bg_calls, bg_calls * 3, int(calls * 2.1) if tdp else None, interval,
                     [TaskAging(4242, "python3", TaskClass.OURS, calls - bg_calls, (calls - bg_calls) * 3),
                      TaskAging(88, "kdamond.0", TaskClass.KDAMOND, bg_calls - 31, (bg_calls - 31) * 3),
                      TaskAging(71, "kswapd0", TaskClass.KSWAPD, 31, 93)],

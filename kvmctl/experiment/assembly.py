@@ -40,6 +40,7 @@ def host_facts(report: Report, caps: HostCaps) -> None:
     h.tdp_mmu = bool(caps.paging.tdp_mmu)
     lockless = caps.paging.lockless_aging.value
     h.lockless_aging = lockless if isinstance(lockless, bool) else None
+    h.lockdown = caps.bpf.lockdown.value if caps.bpf.lockdown else None
     h.cpus = os.cpu_count()
     h.memory_bytes = host_memory_bytes()
 

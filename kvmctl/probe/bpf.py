@@ -398,8 +398,19 @@ def probe_bpf(release: str, tracefs: Path | None, lockdown: Item, kprobes: Item,
         return missing(f"{kind} attempt on {plan[kind]} failed: {results[kind]['error']}", remedy,
                        source="BCC self-test")
 
+    kprobe_remedy, fentry_remedy = refusal_remedies(lockdown)
     return BpfCaps(tracefs_item(tracefs), bpf_syscall, tracepoint, items["bcc"], items["headers"],
                    verdict("compile", SETUP_REMEDY), items["btf"], lockdown,
-                   verdict("kprobe", "check lockdown and kprobe blacklists"),
-                   verdict("fentry", "the kernel refuses fentry here (lockdown or an LSM); use tracepoints instead"))
+                   verdict("kprobe", kprobe_remedy), verdict("fentry", fentry_remedy))
+
+
+def refusal_remedies(lockdown: Item) -> tuple[str, str]:
+    """What to check when the kernel refuses a kprobe or fentry program; lockdown only where it is on."""
+    if lockdown.value == "none":
+        return ("check the kprobe blacklist (/sys/kernel/debug/kprobes/blacklist); lockdown is none",
+                "the kernel refuses fentry here, not through lockdown (none): an LSM or missing BPF trampoline "
+                "support; use tracepoints instead")
+    mode = f"lockdown={lockdown.value}" if lockdown else "lockdown (mode unknown)"
+    return (f"check {mode} and the kprobe blacklist",
+            f"the kernel refuses fentry here ({mode} or an LSM); use tracepoints instead")
 

@@ -137,7 +137,7 @@ def _debugfs(module: Item) -> Item:
     """
     if is_dir(DEBUGFS_KVM):
         return ok(str(DEBUGFS_KVM), source=str(DEBUGFS_KVM),
-                  reason="only read-only (0444) files are read: counter files are refused under lockdown")
+                  reason="only read-only (0444) files are read, which lockdown never refuses")
     if not module:
         return missing("no KVM module is loaded", module.remedy, source=str(DEBUGFS_KVM))
     return missing(f"{DEBUGFS_KVM} is not readable (debugfs not mounted or not root)",

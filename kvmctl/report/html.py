@@ -224,6 +224,7 @@ def _facts(report: Report) -> str:
         opt("host.mmu", h.mmu, h.mmu.value if h.mmu else ""),
         ("TDP MMU", "?" if h.tdp_mmu is None else ("yes" if h.tdp_mmu else "no"), False),
         ("lockless aging", "?" if h.lockless_aging is None else ("yes" if h.lockless_aging else "no"), False),
+        ("lockdown", h.lockdown or "?", False),
         ("BCC headers", (h.headers.value if h.headers else "?") + (f" ({h.headers_version})" if h.headers_version
                                                                     else ""), False),
         opt("fallback.verdict", f.verdict, f.verdict.value if f.verdict else ""),

@@ -78,6 +78,7 @@ class HostFacts:
     memory_bytes: int | None = None
     # the test_clear_young series (kernels/test-clear-young): symbol, tracepoint, lru_gen cap, nested mode
     test_clear_young: dict[str, Any] | None = None
+    lockdown: str | None = None  # none / integrity / confidentiality, as `kvmctl info` shows it
 
 
 @dataclass

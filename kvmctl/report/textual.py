@@ -144,6 +144,8 @@ def _head(report: Report) -> list[str]:
     host.append(f"MMU {mmu}")
     if h.lockless_aging is not None:
         host.append(f"lockless aging {'yes' if h.lockless_aging else 'no'}")
+    if h.lockdown is not None:
+        host.append(f"lockdown {h.lockdown}")
     lines += _field("host", ", ".join(host))
     if h.headers:
         headers = h.headers.value + (f" ({h.headers_version})" if h.headers_version else "")

@@ -33,3 +33,14 @@ def test_each_pass_window_holds_the_calls_it_lists(experiment, ager):
         assert window - row["ager_ns"] < 200e6, f"pass {row['pass']}: counters read for {window - row['ager_ns']} ns"
         assert row["aging_calls"] <= _series_calls(report, row["start_ns"], row["end_ns"]), row
         assert row["background_calls"] <= row["aging_calls"], row
+
+
+def test_the_report_shows_lockdown_as_info_does(experiment):
+    import json
+    import subprocess
+    import sys
+
+    info = json.loads(subprocess.run([sys.executable, "-m", "kvmctl", "info", "--json"], capture_output=True,
+                                     text=True, timeout=300, check=True).stdout)
+    report = experiment("--mem", "64M", "--ager", "passive", "--passes", "1", "--settle", "0.2s")
+    assert report["host"]["lockdown"] == info["bpf"]["lockdown"]["value"]

@@ -94,7 +94,7 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
                       "--ager", "memcg", "--output", "report.json"],
         host=HostFacts("6.18.0" if not tdp else "6.18.0-tdp", "x86_64", "kvm_intel" if tdp else "kvm_pvm",
                        Mmu.TDP if tdp else Mmu.SHADOW, tdp, True, Headers.MISMATCHED, "6.1.0-28-amd64", 2,
-                       24 << 30),
+                       24 << 30, lockdown="integrity"),
         spec={"size": "512M", "vcpus": 2, "backing": "file", "pattern": "hotcold:0.25", "epochs": epochs,
               "ager": "memcg", "passes": passes, "squeeze": 0.5},
         probes=Probes(

@@ -8,7 +8,8 @@ import pytest
 
 from kvmctl.errors import UsageError
 from kvmctl.probe import HostCaps, Item, MmuMode
-from kvmctl.probe.bpf import BpfCaps, parse_utsrelease, pick_error_line
+from kvmctl.probe.bpf import BpfCaps, parse_utsrelease, pick_error_line, refusal_remedies
+from kvmctl.probe.item import missing, ok
 from kvmctl.probe.kernel import KernelConfig, KernelInfo, parse_bracketed_choice, parse_kconfig, parse_kernel_version
 from kvmctl.probe.kvm import KvmCaps, PagingCaps, parse_cpu_flags, parse_module_bool
 from kvmctl.probe.memory import MemoryCaps, parse_swaps
@@ -234,3 +235,12 @@ def test_tracepoint_annotations():
     assert all(i.available for i in shadow.values())
     vmx = annotate_tracepoints(items, "kvm_intel", tdp_mmu=True)
     assert all(i.reason is None for i in vmx.values())
+
+
+def test_a_refused_kprobe_or_fentry_blames_lockdown_only_where_it_is_on():
+    kprobe, fentry = refusal_remedies(ok("none"))
+    assert "lockdown is none" in kprobe and "not through lockdown (none)" in fentry
+    assert "lockdown or" not in fentry
+    kprobe, fentry = refusal_remedies(ok("integrity"))
+    assert "lockdown=integrity" in kprobe and "lockdown=integrity or an LSM" in fentry
+    assert "mode unknown" in refusal_remedies(missing("cannot read /sys/kernel/security/lockdown"))[1]

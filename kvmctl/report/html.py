@@ -3,20 +3,24 @@
 Nothing is fetched at view time (no CDN, fonts or images), so the file can
 be mailed or attached to a bug. A few lines of inline JavaScript check after
 load that every plot drew its marks and has a non-empty box, and mark each
-``<figure class="plot">`` with ``data-rendered`` ("1", "0" or "empty"), which
-the browser test reads back.
+``<figure class="plot">`` with ``data-rendered`` ("1", "0" or "empty") and
+``data-full-width`` (the plot spans the card), which the browser test reads
+back. An empty plot says "none" (or why it could not be measured) in words
+instead of drawing an empty frame; time axes carry the ager passes as bands.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from html import escape
 
-from kvmctl.report import svg
-from kvmctl.report.schema import Report
+from kvmctl.report import locks, svg
+from kvmctl.report.schema import PassRow, Report
 from kvmctl.report.figures import HEADLINE, get_figure
-from kvmctl.report.fmt import fmt_count, fmt_fraction, fmt_ns, fmt_value, hist_unit_label, null_text
-from kvmctl.report.textual import render_text
+from kvmctl.report.fmt import (fmt_count, fmt_fraction, fmt_ns, fmt_ns_short, fmt_seconds, fmt_value, hist_name,
+                               hist_unit_label, null_text)
+from kvmctl.report.textual import epoch_cells, render_text, spread, time_buckets
 from kvmctl.units import format_size
 
 
@@ -38,7 +42,11 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;border-bottom:1px solid #c
 table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left;
 vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}.na{color:#8a5a00;font-style:italic}
 .status-incomplete{color:#b00;font-weight:bold}figure.plot{margin:16px 0;padding:8px;border:1px solid #e4e4e4}
-figcaption{font-weight:600;margin-bottom:4px}svg{max-width:100%;height:auto}pre{font-size:12px;overflow-x:auto}
+figcaption{font-weight:600;margin-bottom:4px}figure.plot svg{display:block;width:100%;height:auto}
+pre{font-size:12px;overflow-x:auto}th{white-space:nowrap}table.grid th{background:#f4f4f4}
+p.legend{font-size:12px;color:#555;margin:2px 0 10px}tr.idle td{color:#8a5a00}table.grid{font-size:13px}
+table.grid td,table.grid th{padding:2px 5px}tr.note td{font-size:12px;font-style:italic;border-bottom:1px solid #ddd}
+td.val{text-align:left}
 """
 
 _JS = """
@@ -54,6 +62,10 @@ _JS = """
       var marks = svgEl ? svgEl.querySelectorAll('.mark').length : 0;
       var box = svgEl ? svgEl.getBBox() : null;
       var drawn = box !== null && box.width > 0 && box.height > 0;
+      // drawn across the card: the plot's width against the figure's content box
+      var style = getComputedStyle(fig);
+      var inner = fig.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      fig.setAttribute('data-full-width', svgEl && svgEl.getBoundingClientRect().width >= inner - 1 ? '1' : '0');
       if (marks === expected && drawn) { fig.setAttribute('data-rendered', '1'); ok++; }
       else {
         fig.setAttribute('data-rendered', '0'); bad++;
@@ -67,6 +79,11 @@ _JS = """
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', check); else check();
 })();
 """
+
+
+def micro(text: str) -> str:
+    """'1.41 us' -> '1.41 µs': the page has the character that plain-text reports avoid."""
+    return re.sub(r"(\d) us\b", "\\1 µs", text)
 
 
 def _seconds(ns: float) -> str:
@@ -85,20 +102,40 @@ def _aging_plots(report: Report) -> list[Plot]:
         return [Plot("aging-calls", "Aging calls over time", None, reason),
                 Plot("aging-pages", "Pages aged over time", None, reason),
                 Plot("aging-background", "Background vs experiment aging", None, reason)]
+    per = f" per {fmt_seconds(a.interval_ns / 1e9)}" if a.interval_ns else " per interval"
+    titles = (f"Aging calls{per}", f"Guest pages aged{per}", f"Experiment vs background aging calls{per}")
+    if not any(s.calls for s in series):
+        reason = "none: no aging call touched this VM's memory while traced"
+        return [Plot(pid, title, None, reason) for pid, title in zip(("aging-calls", "aging-pages", "aging-background"),
+                                                                      titles)]
     xs = [s.t_offset_ns / 1e9 for s in series]
-    per = f" per {a.interval_ns / 1e9:g} s" if a.interval_ns else " per interval"
+    bands = pass_bands(report)
+    axis = "seconds since probes attached (shaded: ager passes)" if bands else "seconds since probes attached"
     return [
-        Plot("aging-calls", f"Aging calls{per}", svg.line_chart(
-            [svg.Series("calls", xs, [s.calls for s in series])], x_label="seconds since probes attached",
-            y_label="aging calls", x_fmt=_seconds)),
-        Plot("aging-pages", f"Guest pages aged{per}", svg.line_chart(
-            [svg.Series("pages", xs, [s.pages for s in series])], x_label="seconds since probes attached",
-            y_label="pages aged", x_fmt=_seconds)),
-        Plot("aging-background", f"Experiment vs background aging calls{per}", svg.line_chart(
+        Plot("aging-calls", titles[0], svg.line_chart(
+            [svg.Series("calls", xs, [s.calls for s in series])], x_label=axis,
+            y_label="aging calls", x_fmt=_seconds, bands=bands)),
+        Plot("aging-pages", titles[1], svg.line_chart(
+            [svg.Series("pages", xs, [s.pages for s in series])], x_label=axis,
+            y_label="pages aged", x_fmt=_seconds, bands=bands)),
+        Plot("aging-background", titles[2], svg.line_chart(
             [svg.Series("experiment", xs, [s.calls - s.background_calls for s in series]),
              svg.Series("background", xs, [s.background_calls for s in series])],
-            x_label="seconds since probes attached", y_label="aging calls", x_fmt=_seconds)),
+            x_label=axis, y_label="aging calls", x_fmt=_seconds, bands=bands)),
     ]
+
+
+def pass_bands(report: Report) -> list[svg.Band]:
+    """Each pass's window on the time axis of the aging series (seconds since the probes attached)."""
+    t0 = report.trace_window.start_ns
+    if t0 is None:
+        return []
+    out = []
+    for p in report.passes:
+        x0, x1 = (p.start_ns - t0) / 1e9, (p.end_ns - t0) / 1e9
+        out.append(svg.Band(x0, x1, f"pass {p.pass_no}", micro(f"pass {p.pass_no} ({p.ager}): {fmt_seconds(x1 - x0)}, "
+                                                                f"from {fmt_seconds(x0)} after the probes attached")))
+    return out
 
 
 def _pass_plots(report: Report) -> list[Plot]:
@@ -116,7 +153,10 @@ def _pass_plots(report: Report) -> list[Plot]:
         reason = "no ager passes ran" if not passes else null_text(report, "ground_truth.hot_resident_fraction")
         residency = Plot("residency", "Hot and cold page residency after each pass", None, reason)
     ref = [p for p in passes if p.refaults is not None]
-    if ref:
+    if ref and not any(p.refaults for p in ref):
+        refaults = Plot("refaults", "Re-faults of evicted pages since the previous pass", None,
+                        "none: no evicted page was touched again in any pass")
+    elif ref:
         refaults = Plot("refaults", "Re-faults of evicted pages since the previous pass", svg.bar_chart(
             [str(p.pass_no) for p in ref], [("re-faults", [p.refaults for p in ref])],
             x_label="pass", y_label="re-faults"))
@@ -131,23 +171,34 @@ def _path_plots(report: Report) -> list[Plot]:
     rows = [p for p in report.passes if p.notifier_paths is not None]
     if not rows:
         return []
+    title = "Aging requests per pass by path (kvm:kvm_age_notifier)"
+    if not any(p.notifier_paths.values() for p in rows):
+        return [Plot("paths", title, None, "none: no aging request reached KVM during a pass")]
     paths = sorted({k for p in rows for k in p.notifier_paths})
     series = [(path, [p.notifier_paths.get(path, 0) for p in rows]) for path in paths]
-    return [Plot("paths", "Aging requests per pass by path (kvm:kvm_age_notifier)", svg.bar_chart(
+    return [Plot("paths", title, svg.bar_chart(
         [str(p.pass_no) for p in rows], series, x_label="pass", y_label="requests"))]
 
 
 def _hist_plots(report: Report) -> list[Plot]:
     plots = []
     for i, (name, buckets) in enumerate(report.histograms.items()):
-        unit = hist_unit_label(name)
-        title = f"Histogram {name} ({unit}, log2 buckets)"
+        what = hist_name(name)
+        title = f"{what.title} (log2 buckets)"
         if not any(b.count for b in buckets):
-            plots.append(Plot(f"hist-{i}", title, None, "no samples"))
+            plots.append(Plot(f"hist-{i}", title, None, "none: no samples"))
             continue
+        if what.is_time:  # bucket bounds in ns/µs/ms, the empty buckets between the first and last shown
+            shown = time_buckets(buckets)
+            labels = [f"{fmt_ns_short(b.low, 'µs')}–{fmt_ns_short(b.high + 1, 'µs')}" for b in shown]
+            ticks = [fmt_ns_short(b.low, "µs") for b in shown]
+            x_label = f"{what.axis} (bucket: from its low bound to twice that)"
+        else:
+            shown = buckets
+            labels = ticks = [svg.compact(b.low) for b in shown]
+            x_label = f"{hist_unit_label(name)} (bucket low bound)"
         plots.append(Plot(f"hist-{i}", title, svg.bar_chart(
-            [svg.compact(b.low) for b in buckets], [("count", [b.count for b in buckets])],
-            x_label=f"{unit} (bucket low bound)", y_label="count")))
+            ticks, [("count", [b.count for b in shown])], x_label=x_label, y_label="count", tooltips=labels)))
     if not plots:
         plots.append(Plot("hist-none", "Latency and lock-wait histograms", None,
                           report.probes.not_observable.get("function_latency", "no histograms were recorded")))
@@ -155,14 +206,24 @@ def _hist_plots(report: Report) -> list[Plot]:
 
 
 def _contention_plot(report: Report) -> Plot:
-    rows = sorted(report.contention.rows, key=lambda r: -r.total_wait_ns)[:12]
+    merged = locks.by_caller(report.contention.rows)
+    rows = merged[:12]
     if not rows:
         reason = (null_text(report, "contention.mmu_lock_wait_ns") if report.contention.mmu_lock_wait_ns is None
                   else "no contended locks were seen")
         return Plot("contention", "Lock contention: total wait by caller", None, reason)
-    labels = [f"{r.caller[:26]} ({r.lock_type}{'*' if r.is_mmu_lock else ''}, {r.waiter_class.value})" for r in rows]
-    return Plot("contention", "Lock contention: total wait by caller (* = this VM's mmu_lock)", svg.hbar_chart(
-        labels, [r.total_wait_ns for r in rows], value_label="total wait", fmt=fmt_ns))
+    labels = [f"{_short_caller(r.caller)} ({r.kind}, {'+'.join(r.waiters)})" for r in rows]
+    more = f"; {len(merged) - len(rows)} more callers in the text report" if len(merged) > len(rows) else ""
+    title = f"Lock contention: total wait by caller ({locks.legend(rows)}; merged per caller and lock type{more})"
+    return Plot("contention", title, svg.hbar_chart(
+        labels, [r.total_wait_ns for r in rows], value_label="total wait", fmt=lambda v: micro(fmt_ns(v))))
+
+
+def _short_caller(caller: str, width: int = 34) -> str:
+    """The symbol without its offset when too long, then clipped."""
+    if len(caller) > width and "+0x" in caller:
+        caller = caller.split("+0x", 1)[0]
+    return caller if len(caller) <= width else caller[: width - 2] + ".."
 
 
 def _heatmap_plots(report: Report) -> list[Plot]:
@@ -180,9 +241,15 @@ def _heatmap_plots(report: Report) -> list[Plot]:
         start = hex(m.gpa_start) if m else "first page"
         end = hex(m.gpa_end) if m else "last page"
         title = (f"Memslot {hm.slot}: how often each guest page was aged vs touched "
-                 f"({hm.pages:,} pages in {hm.bins} bins)")
+                 f"({hm.pages:,} pages in {hm.bins} bins; each row's colour scaled to its own maximum)")
+        bins = None
+        if m:
+            edges = [i * hm.pages // hm.bins for i in range(hm.bins + 1)]
+            bins = [f"gpa {m.gpa_start + 4096 * lo:#x}-{m.gpa_start + 4096 * hi - 1:#x} ({hi - lo:,} pages)"
+                    for lo, hi in zip(edges, edges[1:])]
         plots.append(Plot(f"heatmap-{hm.slot}", title, svg.heat_strips(
-            [("aged", hm.aged), ("touched", hm.touched)], start_label=f"gpa {start}", end_label=end)))
+            [("aged", hm.aged), ("touched", hm.touched)], start_label=f"gpa {start}", end_label=f"gpa {end}",
+            bin_labels=bins)))
     if not plots:
         plots.append(Plot("heatmap-none", "Per-memslot heat map", None, "no per-page aging counts were recorded"))
     return plots
@@ -197,10 +264,97 @@ def _table(rows: list[tuple[str, str, bool]]) -> str:
     """(label, value, value_is_null_reason) rows."""
     out = ["<table>"]
     for label, value, na in rows:
-        cls = ' class="na"' if na else ' class="num"'
-        out.append(f"<tr><th>{escape(label)}</th><td{cls}>{escape(value)}</td></tr>")
+        cls = ' class="na"' if na else ' class="val"'
+        out.append(f"<tr><th>{escape(label)}</th><td{cls}>{escape(value if na else micro(value))}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def _grid(head: list[str], rows: list[list[str]], text_cols: tuple[int, ...] = (), row_classes: list[str] | None = None,
+          caption: str = "", notes: list[str] | None = None) -> str:
+    """A table with a header row; every column right-aligned as numbers except ``text_cols``;
+    ``notes[r]``, where not empty, is a row of words under row r across the whole table."""
+    out = ['<table class="grid">', "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    for r, cells in enumerate(rows):
+        cls = f' class="{row_classes[r]}"' if row_classes and row_classes[r] else ""
+        out.append(f"<tr{cls}>" + "".join(
+            f"<td>{escape(c)}</td>" if i in text_cols else f'<td class="num">{escape(micro(c))}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
+        if notes and notes[r]:
+            out.append(f'<tr class="note{" " + row_classes[r] if row_classes and row_classes[r] else ""}">'
+                       f'<td></td><td colspan="{len(head) - 1}">{escape(notes[r])}</td></tr>')
+    out.append("</table>")
+    if caption:
+        out.append(f'<p class="legend">{escape(caption)}</p>')
+    return "\n".join(out)
+
+
+def _pass_notes(report: Report, p: PassRow) -> str:
+    """What the experiment noted about one pass, and a pass that did nothing said in words."""
+    prefix = f"pass {p.pass_no}: "
+    notes = [n.removeprefix(prefix) for n in report.notes if n.startswith(prefix)]
+    if p.aging_calls == 0 and not p.evicted_pages:
+        notes.insert(0, "did nothing: no aging call and no page evicted")
+    return "; ".join(notes)
+
+
+def _passes_table(report: Report) -> str:
+    if not report.passes:
+        return ""
+    rows, classes, notes = [], [], []
+    for p in report.passes:
+        ours = None if p.aging_calls is None or p.background_calls is None else p.aging_calls - p.background_calls
+        rows.append([str(p.pass_no), p.ager, fmt_seconds((p.end_ns - p.start_ns) / 1e9),
+                     "-" if p.ager_ns is None else fmt_seconds(p.ager_ns / 1e9),
+                     fmt_fraction(p.hot_resident_fraction), fmt_fraction(p.cold_resident_fraction),
+                     fmt_count(p.evicted_pages), fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(ours),
+                     fmt_count(p.background_calls), fmt_count(p.aging_pages)])
+        notes.append(_pass_notes(report, p))
+        classes.append("idle" if p.aging_calls == 0 and not p.evicted_pages else "")
+    return _grid(["pass", "ager", "window", "ager's pass", "hot resident", "cold resident", "evicted", "re-faults",
+                  "aging calls", "ours + VM", "background", "pages aged"], rows, (1,), classes,
+                 "window: from reading the tracer's counters before the pass to reading them after it, the span the "
+                 "aging figures of the row were counted in; ager's pass: the ager's own wall time inside it. Hot: "
+                 "the data pages the guest touched in the epochs since the previous pass (the ground truth); cold: "
+                 "every other data page; both resident after the pass. Re-faults: pages the previous pass evicted "
+                 "that the guest touched again. Ours + VM: our ager and the VM's own threads. "
+                 "- = not measured. Under a row: what the experiment noted about that pass.", notes)
+
+
+def _tasks_table(report: Report) -> str:
+    a = report.aging
+    if not a.by_task:
+        return ""
+    ordered = sorted(a.by_task, key=lambda t: (-t.calls, t.pid))
+    rows = [[str(t.pid), t.comm, t.task_class.value, fmt_count(t.calls), fmt_count(t.pages),
+             fmt_fraction(t.calls / a.calls) if a.calls else "-"] for t in ordered]
+    return _grid(["pid", "comm", "class", "aging calls", "pages aged", "share of calls"], rows, (1, 2),
+                 caption="class: ours = this experiment's ager; vm = the VM's own threads; kswapd, kdamond and other "
+                         "are the host's background aging.")
+
+
+def _epochs_table(report: Report, head: int = 50) -> str:
+    cells = [list(c) for c in epoch_cells(report)]
+    if not cells:
+        return ""
+    if len(cells) > 2 * head:
+        cells = cells[:head] + [["...", "", f"{len(cells) - 2 * head} epochs omitted", "", "", ""]] + cells[-head:]
+    return _grid(["epoch", "vCPUs", "pattern", "pages touched", "guest s", "wall s"], cells, (2,),
+                 caption="pages summed over vCPUs; seconds of the slowest vCPU; all = one row for a run of epochs on "
+                         "every vCPU, numbered from its first epoch (xN: N epochs).")
+
+
+def _repeats_table(report: Report) -> str:
+    runs = len(report.repeats)
+    if runs < 2:
+        return ""
+    rows = []
+    for fig in HEADLINE:
+        value = get_figure(report, fig.key)
+        mean, span = spread(fig, [r[fig.key] for r in report.repeats if r.get(fig.key) is not None])
+        rows.append([fig.label, fmt_value(value, fig.unit) if value is not None else "-", mean, span])
+    return _grid(["figure", f"run {runs} (this report)", f"mean +- sd ({runs} runs)", "min .. max"], rows, (0,),
+                 caption=f"run {runs} is the run every other section shows; the spread is over all {runs} runs.")
 
 
 def _headline(report: Report) -> str:
@@ -259,7 +413,7 @@ def _memslots(report: Report) -> str:
 
 
 def _figure(plot: Plot, prefix: str = "") -> str:
-    body = plot.svg if plot.svg else f'<p class="na">{escape(plot.reason)}</p>'
+    body = plot.svg if plot.svg else f'<p class="na empty">{escape(plot.reason)}</p>'
     return (f'<figure class="plot" id="plot-{escape(prefix + plot.plot_id)}" data-expected-marks="{plot.marks}">'
             f"<figcaption>{escape(plot.title)}</figcaption>\n{body}\n</figure>")
 
@@ -279,9 +433,15 @@ def page(title: str, body: list[str]) -> str:
 
 def report_sections(report: Report, prefix: str = "") -> list[str]:
     """Headline, facts and plots of one report (``prefix`` keeps element ids unique on a page of several)."""
-    parts = ["<h2>Headline</h2>", _headline(report), "<h2>Host, fallback verdict, ground truth</h2>", _facts(report),
-             "<h2>Plots</h2>"]
-    return parts + [_figure(p, prefix) for p in plots(report)]
+    parts = ["<h2>Headline</h2>", _headline(report)]
+    for title, table in ((f"Repeats: {len(report.repeats)} runs", _repeats_table(report)),
+                         ("Ager passes", _passes_table(report)), ("Aging by task", _tasks_table(report))):
+        if table:
+            parts += [f"<h2>{escape(title)}</h2>", table]
+    parts += ["<h2>Host, fallback verdict, ground truth</h2>", _facts(report), "<h2>Plots</h2>"]
+    parts += [_figure(p, prefix) for p in plots(report)]
+    epochs = _epochs_table(report)
+    return parts + (["<h2>Guest epochs</h2>", epochs] if epochs else [])
 
 
 def render_html(report: Report, title: str = "report") -> str:

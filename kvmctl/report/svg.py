@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-WIDTH, HEIGHT = 720, 260
+WIDTH, HEIGHT = 940, 260  # the width of a report page's card: drawn 1:1, text at its own size
 LEFT, RIGHT, TOP, BOTTOM = 78, 16, 28, 44
 MAX_POINT_MARKS = 400  # beyond this a series is drawn as a bare line (a 10-minute run has 6,000 samples)
 
@@ -26,6 +26,16 @@ class Series:
     name: str
     xs: Sequence[float]
     ys: Sequence[float]
+
+
+@dataclass
+class Band:
+    """A stretch of the x axis to mark behind the data (an ager pass on a time axis)."""
+
+    x0: float
+    x1: float
+    label: str
+    title: str  # the tooltip
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -94,8 +104,25 @@ def _legend(names: list[str], width: int) -> list[str]:
     return out
 
 
+def _bands(bands: Sequence[Band], px: Callable[[float], float], x_min: float, x_max: float, height: int) -> list[str]:
+    """Shaded stretches of the x axis, at least 2 px wide so a sub-millisecond pass still shows."""
+    out = ['<g class="bands" font-size="10" fill="#555">']
+    for b in bands:
+        lo, hi = px(max(b.x0, x_min)), px(min(b.x1, x_max))
+        if hi < lo:
+            continue
+        w = max(2.0, hi - lo)
+        out.append(f'<rect class="band" x="{lo:.1f}" y="{TOP}" width="{w:.1f}" height="{height - BOTTOM - TOP}" '
+                   f'fill="#f2b134" fill-opacity="0.28" data-x0="{b.x0:g}" data-x1="{b.x1:g}">'
+                   f"<title>{escape(b.title)}</title></rect>")
+        out.append(f'<text x="{lo + 2:.1f}" y="{TOP + 10}">{escape(b.label)}</text>')
+    out.append("</g>")
+    return out
+
+
 def line_chart(series: list[Series], *, x_label: str, y_label: str, x_fmt: Fmt = compact, y_fmt: Fmt = compact,
-               y_range: tuple[float, float] | None = None, width: int = WIDTH, height: int = HEIGHT) -> str:
+               y_range: tuple[float, float] | None = None, width: int = WIDTH, height: int = HEIGHT,
+               bands: Sequence[Band] = ()) -> str:
     xs = [x for s in series for x in s.xs]
     ys = [y for s in series for y in s.ys]
     x_lo, x_hi = min(xs), max(xs)
@@ -115,6 +142,7 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, x_fmt: Fmt =
     if all(float(x).is_integer() for x in xs):  # passes, epochs: no "pass 1.5"
         x_ticks = [t for t in x_ticks if float(t).is_integer()]
     out = _open(width, height, y_label)
+    out += _bands(bands, px, x_lo, x_hi, height)
     out += _axes([(px(t), x_fmt(t)) for t in x_ticks], [(py(t), y_fmt(t)) for t in y_ticks], x_label, y_label,
                  width, height)
     for i, s in enumerate(series):
@@ -142,8 +170,9 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, x_fmt: Fmt =
 
 
 def bar_chart(categories: list[str], series: list[tuple[str, Sequence[float]]], *, x_label: str, y_label: str,
-              y_fmt: Fmt = compact, width: int = WIDTH, height: int = HEIGHT) -> str:
-    """Grouped vertical bars, one group per category."""
+              y_fmt: Fmt = compact, width: int = WIDTH, height: int = HEIGHT,
+              tooltips: Sequence[str] | None = None) -> str:
+    """Grouped vertical bars, one group per category (``tooltips[i]`` names category i in full)."""
     top = max((v for _, vals in series for v in vals), default=0.0)
     y_ticks = nice_ticks(0.0, top if top > 0 else 1.0)
     y_hi = y_ticks[-1]
@@ -166,7 +195,7 @@ def bar_chart(categories: list[str], series: list[tuple[str, Sequence[float]]], 
             out.append(
                 f'<rect class="mark" x="{x:.1f}" y="{py(v):.1f}" width="{bar_w:.1f}" '
                 f'height="{max(0.0, py(0) - py(v)):.1f}" fill="{color}" data-x="{escape(cat)}" data-y="{v:g}">'
-                f"<title>{escape(name)} {escape(cat)}: {escape(y_fmt(v))}</title></rect>"
+                f"<title>{escape(name)} {escape(tooltips[ci] if tooltips else cat)}: {escape(y_fmt(v))}</title></rect>"
             )
         out.append("</g>")
     if len(series) > 1:
@@ -178,7 +207,7 @@ def bar_chart(categories: list[str], series: list[tuple[str, Sequence[float]]], 
 def hbar_chart(labels: list[str], values: list[float], *, value_label: str, fmt: Fmt = compact,
                width: int = WIDTH) -> str:
     """Horizontal bars with long labels (callers) on the left."""
-    row, label_w = 22, 300
+    row, label_w = 22, 380
     height = TOP + row * len(labels) + BOTTOM
     top = max(values, default=0.0) or 1.0
     ticks = nice_ticks(0.0, top)
@@ -206,28 +235,47 @@ def hbar_chart(labels: list[str], values: list[float], *, value_label: str, fmt:
     return "\n".join(out)
 
 
+SCALE_STEPS = 8  # cells of a heat map row's colour scale
+
+
 def heat_strips(rows: list[tuple[str, Sequence[int]]], *, start_label: str, end_label: str,
-                width: int = WIDTH) -> str:
-    """One strip of cells per row; colour scaled to that row's maximum."""
-    strip, gap, label_w = 34, 14, 90
-    height = TOP + len(rows) * (strip + gap) + 24
+                bin_labels: Sequence[str] | None = None, unit: str = "", width: int = WIDTH) -> str:
+    """One strip of cells per row, colour scaled to that row's maximum, with the scale drawn after it.
+
+    ``bin_labels[i]`` names what bin i covers (a GPA range) in its tooltip; ``unit`` follows the values.
+    """
+    strip, gap, label_w, scale_w = 34, 22, 90, 150
+    height = TOP + len(rows) * (strip + gap) + 16
+    strip_w = width - label_w - RIGHT - scale_w - 16
     out = _open(width, height, "heat map")
     out.append('<g font-size="11" fill="#333" shape-rendering="crispEdges">')
     for ri, (name, values) in enumerate(rows):
         y = TOP + ri * (strip + gap)
-        top = max(values, default=0) or 1
-        cell = (width - label_w - RIGHT) / max(1, len(values))
+        top = max(values, default=0)
+        cell = strip_w / max(1, len(values))
         out.append(f'<text x="{label_w - 6}" y="{y + strip / 2 + 4:.0f}" text-anchor="end">{escape(name)}</text>')
         hue = 0 if ri == 0 else 210
+
+        def fill(v: float) -> str:
+            return f"hsl({hue},70%,{96 - 66 * (v / (top or 1)):.0f}%)"
+
         for i, v in enumerate(values):
-            light = 96 - 66 * (v / top)
+            where = bin_labels[i] if bin_labels else f"bin {i}"
             out.append(
                 f'<rect class="mark" x="{label_w + i * cell:.2f}" y="{y}" width="{cell + 0.3:.2f}" height="{strip}" '
-                f'fill="hsl({hue},70%,{light:.0f}%)" data-row="{escape(name)}" data-bin="{i}" data-value="{v}">'
-                f"<title>{escape(name)} bin {i}: {v}</title></rect>"
+                f'fill="{fill(v)}" data-row="{escape(name)}" data-bin="{i}" data-value="{v}">'
+                f"<title>{escape(name)}, {escape(where)}: {v:,}{escape(unit)}</title></rect>"
             )
-    y_axis = TOP + len(rows) * (strip + gap) + 4
-    out.append(f'<text x="{label_w}" y="{y_axis + 8}">{escape(start_label)}</text>')
-    out.append(f'<text x="{width - RIGHT}" y="{y_axis + 8}" text-anchor="end">{escape(end_label)}</text>')
+        # the scale: lightest = 0, darkest = this row's maximum
+        x0, step = width - RIGHT - scale_w, scale_w / SCALE_STEPS
+        for k in range(SCALE_STEPS):
+            v = top * k / (SCALE_STEPS - 1)
+            out.append(f'<rect class="scale" x="{x0 + k * step:.1f}" y="{y + 4}" width="{step + 0.3:.1f}" height="14" '
+                       f'fill="{fill(v)}"><title>{v:,.0f}{escape(unit)}</title></rect>')
+        out.append(f'<text x="{x0}" y="{y + 31}">0</text>')
+        out.append(f'<text x="{width - RIGHT}" y="{y + 31}" text-anchor="end">{top:,}{escape(unit)} (max)</text>')
+    y_axis = TOP + len(rows) * (strip + gap) - gap + 14
+    out.append(f'<text x="{label_w}" y="{y_axis}">{escape(start_label)}</text>')
+    out.append(f'<text x="{label_w + strip_w}" y="{y_axis}" text-anchor="end">{escape(end_label)}</text>')
     out.append("</g></svg>")
     return "\n".join(out)

@@ -172,7 +172,7 @@ def _headline(report: Report) -> list[str]:
     return lines
 
 
-def _spread(fig: Figure, values: list[float]) -> tuple[str, str]:
+def spread(fig: Figure, values: list[float]) -> tuple[str, str]:
     """('mean +- sd', 'min .. max') of one figure over the runs; times to three digits to fit."""
     if not values:
         return "-", "-"
@@ -192,7 +192,7 @@ def _headline_repeats(report: Report) -> list[str]:
     for fig in HEADLINE:
         value = get_figure(report, fig.key)
         own = fmt_value(value, fig.unit) if value is not None else None
-        rows.append((fig, own, *_spread(fig, [r[fig.key] for r in report.repeats if r.get(fig.key) is not None])))
+        rows.append((fig, own, *spread(fig, [r[fig.key] for r in report.repeats if r.get(fig.key) is not None])))
     head = ("figure", f"run {runs}", f"mean +- sd ({runs} runs)", "min .. max")
     widths = [max(len(head[i]), *(len(r[i] or "") for r in rows)) for i in (1, 2, 3)]
     label_w = max(16, min(max(len(f.label) for f in HEADLINE), WIDTH - sum(widths) - 6))
@@ -358,23 +358,27 @@ def _aging_paths(report: Report) -> list[str]:
     return lines
 
 
-def _epochs(report: Report) -> list[str]:
-    if not report.epochs:
-        return []
+def epoch_cells(report: Report) -> list[tuple[str, ...]]:
+    """(epoch, vcpus, pattern, pages touched, guest s, wall s) per epoch, the vCPUs' rows merged."""
     by_epoch: dict[int, list] = defaultdict(list)
     for row in report.epochs:
         by_epoch[row.epoch].append(row)
+    out = []
+    for e in sorted(by_epoch):
+        rows = by_epoch[e]
+        out.append((str(e), "all" if any(r.vcpu < 0 for r in rows) else str(len(rows)),
+                    ",".join(sorted({r.pattern for r in rows})), fmt_count(sum(r.pages_touched for r in rows)),
+                    f"{max(r.guest_seconds for r in rows):.3f}", f"{max(r.wall_seconds for r in rows):.3f}"))
+    return out
+
+
+def _epochs(report: Report) -> list[str]:
+    if not report.epochs:
+        return []
     fmt = "%5s %5s %-22s %14s %10s %10s"
     lines = _section("Guest epochs")
     lines.append(fmt % ("epoch", "vcpus", "pattern", "pages touched", "guest s", "wall s"))
-
-    def cells(e: int) -> tuple:
-        rows = by_epoch[e]
-        return (e, "all" if any(r.vcpu < 0 for r in rows) else str(len(rows)),
-                _clip(",".join(sorted({r.pattern for r in rows})), 22), fmt_count(sum(r.pages_touched for r in rows)),
-                f"{max(r.guest_seconds for r in rows):.3f}", f"{max(r.wall_seconds for r in rows):.3f}")
-
-    lines += _elided(sorted(by_epoch), fmt, cells, "epochs")
+    lines += _elided(epoch_cells(report), fmt, lambda c: (*c[:2], _clip(c[2], 22), *c[3:]), "epochs")
     lines.append("  (pages summed over vCPUs; seconds of the slowest vCPU; all = one row for a")
     lines.append("   run of epochs on every vCPU, numbered from its first epoch)")
     return lines

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from kvmctl.report import locks
 from kvmctl.report.html import plots, render_html
 from kvmctl.report.schema import AgingSample, Report
+from kvmctl.report.textual import time_buckets
 from tests.helpers.pages import chromium, parse, run_chromium
-from tests.helpers.reports import make_report
+from tests.helpers.reports import make_report, with_repeats
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "artifacts"
 EXPECTED_PLOTS = {"aging-calls", "aging-pages", "aging-background", "residency", "refaults", "hist-0",
@@ -33,8 +35,8 @@ def test_plots_carry_the_reports_values():
     residency = _ys(figs["residency"])
     assert residency[: len(r.passes)] == pytest.approx([100 * p.hot_resident_fraction for p in r.passes])
     assert _ys(figs["refaults"]) == [p.refaults for p in r.passes]
-    assert _ys(figs["hist-0"]) == [b.count for b in r.histograms["lock wait ns (vm)"]]
-    assert sorted(_ys(figs["contention"])) == sorted(row.total_wait_ns for row in r.contention.rows)
+    assert _ys(figs["hist-0"]) == [b.count for b in time_buckets(r.histograms["lock wait ns (vm)"])]
+    assert sorted(_ys(figs["contention"])) == sorted(row.total_wait_ns for row in locks.by_caller(r.contention.rows))
     hm = r.heatmaps[0]
     heat = figs["heatmap-0"]["marks"]
     assert [int(m["data-value"]) for m in heat if m["data-row"] == "aged"] == hm.aged
@@ -86,6 +88,8 @@ def test_renders_in_headless_chromium(tmp_path, variant):
     dom = parse(run.stdout)
     rendered = {fid: f["attrs"].get("data-rendered") for fid, f in dom.figures.items()}
     assert rendered == expected  # every plot checked itself after layout
+    wide = {fid: f["attrs"].get("data-full-width") for fid, f in dom.figures.items() if expected[fid] == "1"}
+    assert set(wide.values()) <= {"1"}, wide  # every drawn plot spans its card
     assert dom.body.get("data-plots-failed") == "0"
     assert dom.body.get("data-plots-rendered") == str(sum(v == "1" for v in expected.values()))
     assert dom.body.get("data-errors") == ""
@@ -132,3 +136,85 @@ def test_long_series_are_lines_that_keep_their_values():
     (line,) = fig["marks"]
     assert [int(v) for v in line["data-ys"].split(",")] == [s.calls for s in r.aging.series]
     assert len(page) < 1_000_000  # still a file one can mail
+
+
+def _figure_html(page: str, plot_id: str) -> str:
+    start = page.index(f'id="plot-{plot_id}"')
+    return page[start:page.index("</figure>", start)]
+
+
+def _table_after(page: str, heading: str) -> list[list[str]]:
+    """The cells of the first table after an <h2> heading, header row first."""
+    part = page[page.index(f"<h2>{heading}"):]
+    part = part[: part.index("</table>")]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", part, re.S)
+    return [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S)] for r in rows]
+
+
+def test_passes_tasks_and_epochs_are_tables_and_repeats_too():
+    r = make_report()
+    page = render_html(r)
+    passes = _table_after(page, "Ager passes")
+    assert passes[0][:3] == ["pass", "ager", "window"] and "re-faults" in passes[0]
+    rows = [row for row in passes[1:] if row[0].isdigit()]
+    assert [int(row[0]) for row in rows] == [p.pass_no for p in r.passes]
+    assert [row[passes[0].index("aging calls")] for row in rows] == [f"{p.aging_calls:,}" for p in r.passes]
+    tasks = _table_after(page, "Aging by task")
+    assert [row[0] for row in tasks[1:]] == [str(t.pid) for t in sorted(r.aging.by_task, key=lambda t: -t.calls)]
+    assert len(_table_after(page, "Guest epochs")) > 1
+    assert "<h2>Repeats" not in page
+    reps = with_repeats(make_report(), 3, seed=3)
+    table = _table_after(render_html(reps), "Repeats: 3 runs")
+    assert table[0] == ["figure", "run 3 (this report)", "mean +- sd (3 runs)", "min .. max"]
+    assert table[1][0] == "aging calls, all tasks" and " +- " in table[1][2]
+
+
+def test_a_pass_that_did_nothing_says_so_in_its_row():
+    r = make_report()
+    p = r.passes[1]
+    p.aging_calls, p.evicted_pages = 0, 0
+    r.notes.append(f"pass {p.pass_no}: nothing to reclaim")
+    page = render_html(r)
+    assert "did nothing: no aging call and no page evicted; nothing to reclaim" in page
+
+
+def test_pass_markers_on_every_time_axis():
+    r = make_report()
+    page = render_html(r)
+    t0 = r.trace_window.start_ns
+    for plot_id in ("aging-calls", "aging-pages", "aging-background"):
+        bands = re.findall(r'class="band"[^>]*data-x0="([^"]+)" data-x1="([^"]+)"', _figure_html(page, plot_id))
+        assert [float(x) for band in bands for x in band] == pytest.approx(
+            [(t - t0) / 1e9 for p in r.passes for t in (p.start_ns, p.end_ns)], abs=1e-4), plot_id
+        assert f">pass {r.passes[0].pass_no}<" in _figure_html(page, plot_id)
+
+
+def test_empty_charts_say_none():
+    r = make_report()
+    for p in r.passes:
+        p.refaults = 0
+    page = render_html(r)
+    fig = _figure_html(page, "refaults")
+    assert "<svg" not in fig and "none: no evicted page was touched again in any pass" in fig
+    r.histograms["lock wait ns (vm)"] = [b.__class__(b.low, b.high, 0) for b in r.histograms["lock wait ns (vm)"]]
+    assert "none: no samples" in _figure_html(render_html(r), "hist-0")
+
+
+def test_time_histograms_have_bucket_bounds_in_time_units():
+    r = make_report()
+    fig = _figure_html(render_html(r), "hist-0")
+    ticks = re.findall(r'<text x="[^"]+" y="[^"]+" text-anchor="middle">([^<]+)</text>', fig)
+    bounds = [t for t in ticks if t[0].isdigit()]
+    assert bounds and all(re.fullmatch(r"[\d.]+ (ns|µs|ms|s)", t) for t in bounds if " " in t), ticks
+    assert any("µs" in t or "ms" in t for t in bounds)
+    assert "nsecs" not in fig and "Lock wait, all locks: vCPU threads of this VM" in fig
+
+
+def test_heat_map_has_a_colour_scale_and_gpa_ranges():
+    r = make_report()
+    fig = _figure_html(render_html(r), "heatmap-0")
+    hm, m = r.heatmaps[0], r.memslots[0]
+    assert fig.count('class="scale"') == 2 * 8  # one scale per row
+    assert f"{max(hm.aged):,} (max)" in fig and f"{max(hm.touched):,} (max)" in fig
+    first = m.gpa_start + 4096 * (hm.pages // hm.bins) - 1
+    assert f"aged, gpa {m.gpa_start:#x}-{first:#x} ({hm.pages // hm.bins:,} pages): {hm.aged[0]:,}" in fig

@@ -11,7 +11,7 @@ from html import escape
 
 from kvmctl.report.diff import NOISE_SIGMAS, Noise, cells, compare, context_differences, side_labels
 from kvmctl.report.figures import HEADLINE
-from kvmctl.report.html import page, report_sections
+from kvmctl.report.html import micro, page, report_sections
 from kvmctl.report.schema import Report
 
 _NOISE_CLASS = {Noise.BEYOND: "beyond", Noise.WITHIN: "within", Noise.UNKNOWN: "noreps", Noise.NA: "na"}
@@ -31,7 +31,7 @@ def _comparison(base_label: str, label: str, base: Report, other: Report) -> lis
     for d in compare(base, other):
         a, b, delta, rel, noise = cells(d, units[d.key])
         rows.append(f'<tr class="{_NOISE_CLASS[d.noise]}"><th>{escape(d.label)}</th>'
-                    + "".join(f'<td class="num">{escape(c)}</td>' for c in (a, b, delta, rel))
+                    + "".join(f'<td class="num">{escape(micro(c))}</td>' for c in (a, b, delta, rel))
                     + f"<td>{escape(noise)}</td></tr>")
     rows.append("</table>")
     return parts + ["\n".join(rows)]
@@ -45,7 +45,7 @@ def render_html_diff(reports: list[tuple[str, Report]]) -> str:
         h = report.host
         state = "" if report.complete else " (INCOMPLETE)"
         body.append(f"<tr><th>{escape(label)}</th><td>{escape(path)}</td><td>Linux {escape(h.kernel_release or '?')}"
-                    f", {len(report.repeats)} repeats{escape(state)}</td></tr>")
+                    f", {len(report.repeats) or 'no'} repeats{escape(state)}</td></tr>")
     body.append("</table>")
     body.append(f"<p>Values are the mean of a report's repeats, else its headline figure. A difference is "
                 f"<em>within</em> noise when |delta| &le; {NOISE_SIGMAS:g} &times; the pooled standard deviation of "

@@ -120,5 +120,8 @@ def probe_lockdown(config: KernelConfig) -> Item:
     if mode:
         return ok(mode, source=str(CMDLINE) if cmdline else config.source,
                   reason=f"{LOCKDOWN} is unreadable; mode inferred from the boot configuration")
+    if config.source is not None and config.get("CONFIG_SECURITY_LOCKDOWN_LSM") != "y":
+        return ok("none", source=config.source, reason="the kernel is built without the lockdown LSM "
+                                                       "(CONFIG_SECURITY_LOCKDOWN_LSM is not set)")
     return missing(f"cannot read {LOCKDOWN}", "mount -t securityfs securityfs /sys/kernel/security", "unknown",
                    str(LOCKDOWN))

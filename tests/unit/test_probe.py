@@ -244,3 +244,18 @@ def test_a_refused_kprobe_or_fentry_blames_lockdown_only_where_it_is_on():
     kprobe, fentry = refusal_remedies(ok("integrity"))
     assert "lockdown=integrity" in kprobe and "lockdown=integrity or an LSM" in fentry
     assert "mode unknown" in refusal_remedies(missing("cannot read /sys/kernel/security/lockdown"))[1]
+
+
+def test_lockdown_is_none_on_a_kernel_without_the_lockdown_lsm(monkeypatch):
+    """A lab kernel without securityfs's lockdown file and without the LSM has no lockdown, not an unknown one."""
+    from kvmctl.probe import kernel
+
+    monkeypatch.setattr(kernel, "read", lambda path: (None, "absent"))
+    monkeypatch.setattr(kernel, "_lockdown_via_private_mount", lambda: None)
+    item = kernel.probe_lockdown(KernelConfig({"CONFIG_KPROBES": "y"}, "/proc/config.gz"))
+    assert item and item.value == "none" and "CONFIG_SECURITY_LOCKDOWN_LSM" in item.reason
+    assert "lockdown" not in refusal_remedies(item)[1].replace("not through lockdown (none)", "")
+    unknown = kernel.probe_lockdown(KernelConfig({}, None))  # no config either: say it is unknown
+    assert not unknown and unknown.value == "unknown"
+    lsm = kernel.probe_lockdown(KernelConfig({"CONFIG_SECURITY_LOCKDOWN_LSM": "y"}, "/proc/config.gz"))
+    assert not lsm  # the LSM is there but its mode could not be read

@@ -352,8 +352,9 @@ def _repeats_table(report: Report) -> str:
     for fig in HEADLINE:
         value = get_figure(report, fig.key)
         mean, span = spread(fig, [r[fig.key] for r in report.repeats if r.get(fig.key) is not None])
-        rows.append([fig.label, fmt_value(value, fig.unit) if value is not None else "-", mean, span])
-    return _grid(["figure", f"run {runs} (this report)", f"mean +- sd ({runs} runs)", "min .. max"], rows, (0,),
+        rows.append([fig.label, fmt_value(value, fig.unit) if value is not None else "-", mean.replace("+-", "±"),
+                     span.replace("..", "–")])
+    return _grid(["figure", f"run {runs} (this report)", f"mean ± sd ({runs} runs)", "min – max"], rows, (0,),
                  caption=f"run {runs} is the run every other section shows; the spread is over all {runs} runs.")
 
 

@@ -165,8 +165,8 @@ def test_passes_tasks_and_epochs_are_tables_and_repeats_too():
     assert "<h2>Repeats" not in page
     reps = with_repeats(make_report(), 3, seed=3)
     table = _table_after(render_html(reps), "Repeats: 3 runs")
-    assert table[0] == ["figure", "run 3 (this report)", "mean +- sd (3 runs)", "min .. max"]
-    assert table[1][0] == "aging calls, all tasks" and " +- " in table[1][2]
+    assert table[0] == ["figure", "run 3 (this report)", "mean ± sd (3 runs)", "min – max"]
+    assert table[1][0] == "aging calls, all tasks" and " ± " in table[1][2]
 
 
 def test_a_pass_that_did_nothing_says_so_in_its_row():

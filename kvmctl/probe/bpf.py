@@ -395,13 +395,23 @@ def probe_bpf(release: str, tracefs: Path | None, lockdown: Item, kprobes: Item,
             return blocked[kind]
         if results[kind]["ok"]:
             return ok(plan[kind], source="BCC self-test")
-        return missing(f"{kind} attempt on {plan[kind]} failed: {results[kind]['error']}", remedy,
-                       source="BCC self-test")
+        error = results[kind]["error"]
+        if kind == "fentry":
+            remedy = fentry_failure_remedy(plan[kind], error, remedy)
+        return missing(f"{kind} attempt on {plan[kind]} failed: {error}", remedy, source="BCC self-test")
 
     kprobe_remedy, fentry_remedy = refusal_remedies(lockdown)
     return BpfCaps(tracefs_item(tracefs), bpf_syscall, tracepoint, items["bcc"], items["headers"],
                    verdict("compile", SETUP_REMEDY), items["btf"], lockdown,
                    verdict("kprobe", kprobe_remedy), verdict("fentry", fentry_remedy))
+
+
+def fentry_failure_remedy(symbol: str, error: str, refused: str) -> str:
+    """A failed fentry load: ENOENT means there was nothing to attach to, not a refusal."""
+    if "No such file or directory" in error:
+        return (f"the kernel has no BTF entry for {symbol} to attach fentry to (a module built without BTF, or a "
+                "function that cannot be traced); use kprobes or tracepoints instead")
+    return refused
 
 
 def refusal_remedies(lockdown: Item) -> tuple[str, str]:

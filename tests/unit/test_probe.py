@@ -8,7 +8,7 @@ import pytest
 
 from kvmctl.errors import UsageError
 from kvmctl.probe import HostCaps, Item, MmuMode
-from kvmctl.probe.bpf import BpfCaps, parse_utsrelease, pick_error_line, refusal_remedies
+from kvmctl.probe.bpf import BpfCaps, fentry_failure_remedy, parse_utsrelease, pick_error_line, refusal_remedies
 from kvmctl.probe.item import missing, ok
 from kvmctl.probe.kernel import KernelConfig, KernelInfo, parse_bracketed_choice, parse_kconfig, parse_kernel_version
 from kvmctl.probe.kvm import KvmCaps, PagingCaps, parse_cpu_flags, parse_module_bool
@@ -259,3 +259,10 @@ def test_lockdown_is_none_on_a_kernel_without_the_lockdown_lsm(monkeypatch):
     assert not unknown and unknown.value == "unknown"
     lsm = kernel.probe_lockdown(KernelConfig({"CONFIG_SECURITY_LOCKDOWN_LSM": "y"}, "/proc/config.gz"))
     assert not lsm  # the LSM is there but its mode could not be read
+
+
+def test_fentry_without_a_btf_entry_is_not_called_a_refusal():
+    err = "Failed to load BPF program b'kfunc__kvm_age_gfn': No such file or directory"
+    text = fentry_failure_remedy("kvm_age_gfn", err, "REFUSED")
+    assert "no BTF entry for kvm_age_gfn" in text and "lockdown" not in text
+    assert fentry_failure_remedy("kvm_age_gfn", "Operation not permitted", "REFUSED") == "REFUSED"

@@ -97,7 +97,7 @@ def _pct(v: float) -> str:
 def _aging_plots(report: Report) -> list[Plot]:
     a = report.aging
     series = a.series
-    reason = null_text(report, "aging.calls") if a.calls is None else "no aging time series was recorded"
+    reason = null_text(report, "aging.calls") if a.calls is None else "none: no aging time series was recorded"
     if not series:
         return [Plot("aging-calls", "Aging calls over time", None, reason),
                 Plot("aging-pages", "Pages aged over time", None, reason),
@@ -150,7 +150,7 @@ def _pass_plots(report: Report) -> list[Plot]:
         residency = Plot("residency", "Hot and cold page residency after each pass", svg.line_chart(
             lines, x_label="pass", y_label="resident %", y_fmt=_pct, y_range=(0.0, 100.0)))
     else:
-        reason = "no ager passes ran" if not passes else null_text(report, "ground_truth.hot_resident_fraction")
+        reason = "none: no ager passes ran" if not passes else null_text(report, "ground_truth.hot_resident_fraction")
         residency = Plot("residency", "Hot and cold page residency after each pass", None, reason)
     ref = [p for p in passes if p.refaults is not None]
     if ref and not any(p.refaults for p in ref):
@@ -161,7 +161,7 @@ def _pass_plots(report: Report) -> list[Plot]:
             [str(p.pass_no) for p in ref], [("re-faults", [p.refaults for p in ref])],
             x_label="pass", y_label="re-faults"))
     else:
-        reason = "no ager passes ran" if not passes else null_text(report, "ground_truth.refaults")
+        reason = "none: no ager passes ran" if not passes else null_text(report, "ground_truth.refaults")
         refaults = Plot("refaults", "Re-faults of evicted pages", None, reason)
     return [residency, refaults]
 
@@ -201,7 +201,7 @@ def _hist_plots(report: Report) -> list[Plot]:
             ticks, [("count", [b.count for b in shown])], x_label=x_label, y_label="count", tooltips=labels)))
     if not plots:
         plots.append(Plot("hist-none", "Latency and lock-wait histograms", None,
-                          report.probes.not_observable.get("function_latency", "no histograms were recorded")))
+                          report.probes.not_observable.get("function_latency", "none: no histograms were recorded")))
     return plots
 
 
@@ -210,7 +210,7 @@ def _contention_plot(report: Report) -> Plot:
     rows = merged[:12]
     if not rows:
         reason = (null_text(report, "contention.mmu_lock_wait_ns") if report.contention.mmu_lock_wait_ns is None
-                  else "no contended locks were seen")
+                  else "none: no contended locks were seen")
         return Plot("contention", "Lock contention: total wait by caller", None, reason)
     labels = [f"{_short_caller(r.caller)} ({r.kind}, {'+'.join(r.waiters)})" for r in rows]
     more = f"; {len(merged) - len(rows)} more callers in the text report" if len(merged) > len(rows) else ""
@@ -251,7 +251,7 @@ def _heatmap_plots(report: Report) -> list[Plot]:
             [("aged", hm.aged), ("touched", hm.touched)], start_label=f"gpa {start}", end_label=f"gpa {end}",
             bin_labels=bins)))
     if not plots:
-        plots.append(Plot("heatmap-none", "Per-memslot heat map", None, "no per-page aging counts were recorded"))
+        plots.append(Plot("heatmap-none", "Per-memslot heat map", None, "none: no per-page aging counts were recorded"))
     return plots
 
 

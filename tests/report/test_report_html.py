@@ -63,6 +63,8 @@ def test_empty_report_explains_each_missing_plot():
     assert "not observable here: lock:contention_begin is not available" in page
     assert "not measured: the run was cut short first" in page
     assert "INCOMPLETE: interrupted by SIGTERM during setup" in page
+    said = re.findall(r'<p class="na empty">([^<]*)</p>', page)
+    assert len(said) == len(figs) and all(t.startswith(("none", "not measured", "not observable")) for t in said), said
 
 
 def test_untrusted_strings_are_escaped():

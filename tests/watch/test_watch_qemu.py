@@ -62,14 +62,19 @@ def _squeeze(qemu: Qemu, limit: int, after_s: float) -> threading.Thread:
     return t
 
 
+def _gpa2hva0(qemu: Qemu) -> int:
+    """Where QEMU itself says guest-physical address 0 is in its address space."""
+    qmp = Qmp(qemu.qmp, qemu.pid)
+    try:
+        return parse_gpa2hva(qmp.hmp("gpa2hva 0"))
+    finally:
+        qmp.close()
+
+
 def test_watch_finds_qmp_ram_and_its_counts_match_tracefs(own, tmp_path):
     qemu = Qemu(own, "watch-ram")
     try:
-        qmp = Qmp(qemu.qmp, qemu.pid)
-        try:
-            hva0 = parse_gpa2hva(qmp.hmp("gpa2hva 0"))
-        finally:
-            qmp.close()
+        hva0 = _gpa2hva0(qemu)
         end = hva0 + qemu.size
         filters = {"kvm:kvm_age_hva": f"start < {end} && end > {hva0}",
                    "kvm:kvm_test_age_hva": f"hva >= {hva0} && hva < {end}"}
@@ -120,6 +125,7 @@ def test_two_vms_at_the_same_addresses_make_their_events_ambiguous(own, tmp_path
         a = Qemu(own, "watch-a", 128 * MIB, aslr=False)
         b = Qemu(own, "watch-b", 128 * MIB, aslr=False)  # the same layout as a
         c = Qemu(own, "watch-c", 128 * MIB)
+        b_ram = _gpa2hva0(b)
         outs = {}
         for q, name in ((a, "a"), (c, "c")):
             watch = _start_watch(q, tmp_path / f"{name}.json", "--qmp", q.qmp, "--duration", "4s")
@@ -134,16 +140,21 @@ def test_two_vms_at_the_same_addresses_make_their_events_ambiguous(own, tmp_path
             if q is not None:
                 q.close()
     ra, rc_ = outs["a"], outs["c"]
-    assert ra.memslots[0].hva_start == rc_.memslots[0].hva_start or True  # c is randomised; a and b are not
+    assert ra.memslots[0].hva_start == b_ram, "without ASLR, a's RAM should be at b's address"
+    assert rc_.memslots[0].hva_start != b_ram  # c is randomised
     assert ra.aging.ambiguous_calls > 0, "a's RAM is at b's addresses: its events must be ambiguous"
     assert ra.aging.calls == 0, "an event on an address b maps too cannot be counted as a's alone"
     assert rc_.aging.ambiguous_calls == 0 and rc_.aging.calls > 0
+    (ram,) = rc_.memslots  # with --qmp: the block's guest-physical place too, and QEMU's own KVM stats
+    assert (ram.gpa_start, ram.source, ram.size, rc_.target.ram_source) == (0, "qmp", 128 * MIB, "qmp")
+    assert rc_.vm_stats and rc_.vcpu_stats.get("exits", 0) > 0
     assert any("ambiguous" in n for n in ra.notes)
 
 
 def test_a_qemu_that_exits_mid_watch_and_ctrl_c_leave_partial_reports(own, tmp_path):
     qemu = Qemu(own, "watch-exit", 128 * MIB)
     try:
+        hva0 = _gpa2hva0(qemu)
         watch = _start_watch(qemu, tmp_path / "int.json", "--duration", "60s")
         time.sleep(2)
         watch.send_signal(signal.SIGINT)
@@ -151,6 +162,10 @@ def test_a_qemu_that_exits_mid_watch_and_ctrl_c_leave_partial_reports(own, tmp_p
         assert rc == 130, err
         interrupted = load_report(tmp_path / "int.json")
         assert not interrupted.complete and "SIGINT" in interrupted.incomplete_reason
+        # without --qmp, from the mappings QEMU marked dc: its RAM blocks (main RAM, firmware, ROMs)
+        assert interrupted.target.ram_source == "smaps"
+        ram = [(m.hva_start, m.size, m.source) for m in interrupted.memslots if m.size == qemu.size]
+        assert ram == [(hva0, qemu.size, "smaps")], interrupted.memslots
 
         watch = _start_watch(qemu, tmp_path / "exit.json", "--duration", "60s")
         time.sleep(2)

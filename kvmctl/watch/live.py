@@ -61,8 +61,8 @@ class LiveView:
         title = f"{self.title}: {last.total_calls:,} aging calls so far" if last else f"{self.title}: starting"
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0),
                       caption="per interval: aging calls (and pages) on the VM's RAM, by who aged them; ambig: on "
-                              "addresses another VM maps too. Rss, Ref'd (smaps), pg4k (KVM), refault (memcg): at "
-                              "the interval's end", caption_justify="left")
+                              "addresses another VM maps too. Rss, Ref'd (smaps; '-' between its spaced reads), pg4k "
+                              "(KVM), refault (memcg): at the interval's end", caption_justify="left")
         for name in ("t s", "calls", "pages", *[c.value for c in CLASSES], "ambig", "Rss", "Ref'd", "pg4k",
                      "refault"):
             table.add_column(name, justify="right", no_wrap=True)

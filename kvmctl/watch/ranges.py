@@ -20,7 +20,8 @@ from kvmctl.kvm.memslot import Memslot
 SOURCE_SMAPS = "smaps"
 GUESS_MIN_BYTES = 64 << 20  # without VMM marks: writable mappings at least this large may be guest RAM
 _HEAD_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s+(\S{4})\s+([0-9a-f]+)\s+\S+\s+(\d+)\s*(.*)$")
-_KB_RE = re.compile(r"^(\w+):\s+(\d+) kB$")
+_HEX = frozenset("0123456789abcdef")
+KB_KEYS = ("Rss", "Referenced")  # the smaps fields the watch samples
 _NOT_RAM = ("[stack]", "[heap]", "[vvar]", "[vdso]", "[vsyscall]")
 
 
@@ -46,22 +47,33 @@ class Mapping:
         return self.perms[1] == "w"
 
 
-def parse_maps(text: str) -> list[Mapping]:
-    """/proc/<pid>/smaps or /proc/<pid>/maps text -> mappings in address order."""
+def parse_maps(text: str, keys: tuple[str, ...] = KB_KEYS) -> list[Mapping]:
+    """/proc/<pid>/smaps or /proc/<pid>/maps text -> mappings in address order, with the kB fields ``keys``.
+
+    A VMM has hundreds of mappings of some twenty fields each, read every
+    few seconds: field lines are told from heads by their first character (a
+    field name is capitalised, an address is lower-case hex) and only the
+    wanted fields are converted.
+    """
     out: list[Mapping] = []
     head: Mapping | None = None
     kb: dict[str, int] = {}
+    prefixes = tuple(f"{k}:" for k in keys)
     for line in text.splitlines():
-        if m := _HEAD_RE.match(line):
-            if head is not None:
-                out.append(replace(head, kb=kb))
-            head, kb = Mapping(int(m[1], 16), int(m[2], 16), m[3], int(m[4], 16), int(m[5]), m[6].strip()), {}
+        if not line:
+            continue
+        if line[0] in _HEX:
+            if m := _HEAD_RE.match(line):
+                if head is not None:
+                    out.append(Mapping(*head, kb=kb))
+                head, kb = (int(m[1], 16), int(m[2], 16), m[3], int(m[4], 16), int(m[5]), m[6].strip()), {}
         elif head is not None and line.startswith("VmFlags:"):
-            head = replace(head, flags=frozenset(line.split()[1:]))
-        elif head is not None and (k := _KB_RE.match(line)):
-            kb[k[1]] = int(k[2])
+            head = (*head[:6], frozenset(line.split()[1:]))
+        elif head is not None and line.startswith(prefixes):
+            name, _, value = line.partition(":")
+            kb[name] = int(value.split()[0])
     if head is not None:
-        out.append(replace(head, kb=kb))
+        out.append(Mapping(*head, kb=kb))
     return out
 
 

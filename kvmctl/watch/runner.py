@@ -31,10 +31,13 @@ from kvmctl.trace.records import TraceResult
 from kvmctl.trace.tracer import MAX_RANGES, MAX_SHARED
 from kvmctl.watch import signals
 from kvmctl.watch.qmp import Qmp
-from kvmctl.watch.ranges import guest_ram, shared_pieces, sum_kb, with_backing
+from kvmctl.watch.ranges import Mapping, guest_ram, shared_pieces, sum_kb, with_backing
 from kvmctl.watch.target import Process, TargetGone, maps_of, open_target, other_kvm_processes
 
-RESCAN_S = 5.0
+RESCAN_S = 5.0  # at least this long between two reads of the RAM ranges
+# A read of /proc/<pid>/smaps walks the VMM's page tables: ~20 ms of CPU per 512 MiB of resident guest
+# memory here, seconds for a big VM. Reads are spaced so that they take at most this share of one CPU.
+SMAPS_CPU_SHARE = 0.003
 NO_GROUND_TRUTH = "a watched VM: kvmctl does not know which pages its guest touched (no ground truth)"
 _GROUND_TRUTH = ("ground_truth.hot_resident_fraction", "ground_truth.evicted_cold_fraction", "ground_truth.refaults",
                  "ground_truth.precision", "ground_truth.recall")
@@ -81,6 +84,7 @@ class Watch:
         self.trace_result: TraceResult | None = None
         self._vm_dir = None
         self._memcg = None
+        self._smaps_due = self._next_scan = 0.0
         self._stat0: dict[str, int] = {}
         self._last_calls = self._last_pages = self._last_ambiguous = 0
         self._last_class: dict[str, int] = {}
@@ -128,8 +132,15 @@ class Watch:
         self._start_tracer(memslots)
         self._loop()
 
-    def _ranges(self) -> tuple[list[Memslot], str]:
+    def _read_smaps(self) -> list[Mapping]:
+        """The VMM's smaps now; the next read is due once this one's CPU cost fits SMAPS_CPU_SHARE."""
+        t0, cpu0 = time.monotonic(), time.process_time()
         maps = self.proc.mappings()
+        self._smaps_due = t0 + (time.process_time() - cpu0) / SMAPS_CPU_SHARE
+        return maps
+
+    def _ranges(self, maps: list[Mapping] | None = None) -> tuple[list[Memslot], str]:
+        maps = self._read_smaps() if maps is None else maps
         if self.qmp is not None:
             slots = with_backing(self.qmp.memslots(), maps)
             if slots:
@@ -157,7 +168,8 @@ class Watch:
         return [tids.get(i) for i in range(count)]
 
     def _shared(self, memslots: list[Memslot]) -> list[tuple[int, int]]:
-        others = [m for p in other_kvm_processes(self.proc.pid) for m in maps_of(p.pid)]
+        debugfs = self.caps.kvm.debugfs.value if self.caps.kvm.debugfs else None
+        others = [m for pid in other_kvm_processes(self.proc.pid, debugfs) for m in maps_of(pid)]
         return shared_pieces(memslots, others, MAX_SHARED)
 
     def _start_tracer(self, memslots: list[Memslot]) -> None:
@@ -178,7 +190,8 @@ class Watch:
 
     def _loop(self) -> None:
         start = time.monotonic()
-        next_tick, next_scan = start + self.options.interval_s, start + RESCAN_S
+        next_tick = start + self.options.interval_s
+        self._next_scan = start + RESCAN_S
         end = None if self.options.duration_s is None else start + self.options.duration_s
         while True:
             stop_at = next_tick if end is None else min(next_tick, end)
@@ -190,19 +203,23 @@ class Watch:
             if end is not None and time.monotonic() >= end - 1e-3:
                 return
             next_tick += self.options.interval_s
-            if time.monotonic() >= next_scan:
-                self._rescan()
-                next_scan += RESCAN_S
 
     def _sample(self) -> PassiveSample:
+        """This interval's passive signals; smaps (Rss, Referenced, and the rescan) only when its read is due."""
         t = self.tracer.tracer.window
         sample = PassiveSample(time.monotonic_ns() - t.start_ns)
-        try:
-            maps = self.proc.mappings()
-            sample.rss_bytes = sum_kb(maps, self.report.memslots, "Rss")
-            sample.referenced_bytes = sum_kb(maps, self.report.memslots, "Referenced")
-        except PermissionDeniedError:
-            pass  # smaps hidden: the sample says so with nulls
+        now = time.monotonic()
+        if now >= self._smaps_due:
+            try:
+                maps = self._read_smaps()
+            except PermissionDeniedError:
+                maps = None  # smaps hidden: the sample says so with nulls
+            if maps is not None:
+                if now >= self._next_scan:
+                    self._rescan(maps)
+                    self._next_scan = now + RESCAN_S
+                sample.rss_bytes = sum_kb(maps, self.report.memslots, "Rss")
+                sample.referenced_bytes = sum_kb(maps, self.report.memslots, "Referenced")
         gauges = signals.debugfs_gauges(self._vm_dir)
         sample.pages_4k, sample.pages_2m = gauges.get("pages_4k"), gauges.get("pages_2m")
         sample.workingset_refault = signals.refaults(signals.memcg_stat(self._memcg))
@@ -227,10 +244,10 @@ class Watch:
         self._last_calls, self._last_pages, self._last_class = calls, pages, by_class
         self._last_ambiguous = ambiguous
 
-    def _rescan(self) -> None:
+    def _rescan(self, maps: list[Mapping]) -> None:
         target = self.report.target
         target.rescans += 1
-        memslots, _ = self._ranges()
+        memslots, _ = self._ranges(maps)
         shared = self._shared(memslots)
         if memslots != self.report.memslots or shared != self.tracer.target.shared:
             if memslots != self.report.memslots:

@@ -112,8 +112,22 @@ def open_target(pid: int) -> Process:
     return Process(pid, comm, command, fds)
 
 
-def other_kvm_processes(exclude: int) -> list[Process]:
-    """Every other process holding a kvm-vm descriptor now (those we may read)."""
+def vm_pids_in_debugfs(debugfs: str | None) -> set[int] | None:
+    """The processes with a KVM VM, from the names of KVM's debugfs directories (<pid>-<vm fd>); None if unread."""
+    if debugfs is None:
+        return None
+    try:
+        names = [e.name for e in Path(debugfs).iterdir() if e.is_dir()]
+    except OSError:
+        return None
+    return {int(pid) for pid, _, fd in (n.partition("-") for n in names) if pid.isdigit() and fd.isdigit()}
+
+
+def other_kvm_processes(exclude: int, debugfs: str | None = None) -> list[int]:
+    """Every other process holding a VM now: one directory listing from KVM's debugfs, else every /proc/*/fd."""
+    pids = vm_pids_in_debugfs(debugfs)
+    if pids is not None:
+        return sorted(pids - {exclude})
     out = []
     for entry in PROC.iterdir():
         if not entry.name.isdigit() or int(entry.name) == exclude:
@@ -123,7 +137,7 @@ def other_kvm_processes(exclude: int) -> list[Process]:
         except OSError:
             continue
         if fds.vm:
-            out.append(Process(int(entry.name), "", [], fds))
+            out.append(int(entry.name))
     return out
 
 

@@ -148,3 +148,14 @@ def test_query_stats_answers_sum_over_vcpus():
                "stats": [{"name": "exits", "value": 10 + i}, {"name": "blocking", "value": bool(i)},
                          {"name": "halt_wait_hist", "value": [1, i, 0]}]} for i in range(2)]
     assert sum_stats(answer) == {"exits": 21, "blocking": 1, "halt_wait_hist": [2, 1, 0]}
+
+
+def test_vm_processes_are_named_by_kvms_debugfs_directories(tmp_path):
+    from kvmctl.watch.target import vm_pids_in_debugfs
+
+    for name in ("4711-12", "4711-15", "815-9"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "pages_4k").write_text("0\n")  # the module-wide stats files beside them
+    (tmp_path / "vcpu").mkdir()
+    assert vm_pids_in_debugfs(str(tmp_path)) == {4711, 815}
+    assert vm_pids_in_debugfs(None) is None and vm_pids_in_debugfs(str(tmp_path / "gone")) is None

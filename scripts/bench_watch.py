@@ -11,8 +11,12 @@ and background noise hit both sides alike); the rate is touches per guest
 TSC second, a round's figure is its median epoch rate, and the sides compare
 the medians of their rounds (as scripts/bench_experiment.py does).
 
-1. overhead: the watched VM's touch rate is >= 0.99x the unwatched rate;
-   the watch's own CPU time per watched second is printed beside it.
+1. overhead: the watched VM's touch rate is >= 0.99x the unwatched rate.
+   On 2 shared CPUs that ratio is noisy, so the noise-free figures are
+   printed beside it: the watch's own CPU while it watches (its process,
+   after BCC compiled and attached) and its BPF programs' run time (the
+   kernel's BPF statistics, switched on for the run and restored), each as
+   a share of one CPU; held to 1% together.
 2. lost events: every watch report has lost_events 0, at the rate the
    machine's kdamond ages this VM's memory (printed per round).
 
@@ -25,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_experiment import Figure, Round, _round  # noqa: E402 - a sibling script, not a package
+from bench_experiment import Figure, Round, _round, enable_bpf_stats  # noqa: E402 - a sibling script
 
 from kvmctl import cleanup  # noqa: E402
 from kvmctl.errors import KvmctlError  # noqa: E402
@@ -45,16 +48,31 @@ from kvmctl.kvm import BackingKind  # noqa: E402
 from kvmctl.units import parse_size  # noqa: E402
 
 OVERHEAD_TARGET = 0.99
+CPU_TARGET = 0.01  # the watch's process and BPF programs, share of one CPU while watching
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _children_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _watched_round(vm: VmProcess, pattern: str, seconds: float, out: Path) -> tuple[Round, dict, float]:
-    """One round with `kvmctl watch --pid` running: (round, the watch's report, its CPU seconds)."""
-    cpu0 = _children_cpu_s()
+def _bpf_run_ns(pid: int) -> int:
+    """run_time_ns summed over the BPF programs a process holds (its fdinfo; needs bpf_stats_enabled)."""
+    total = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        if "prog_type:" in text:
+            total += next((int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("run_time_ns:")), 0)
+    return total
+
+
+def _watched_round(vm: VmProcess, pattern: str, seconds: float, out: Path) -> tuple[Round, dict, float, int]:
+    """One round with `kvmctl watch --pid` running: (round, its report, its CPU s and BPF ns over the round)."""
     argv = [sys.executable, "-m", "kvmctl", "watch", "--pid", str(vm.pid), "--duration", f"{seconds + 1:g}s",
             "-o", str(out)]
     watch = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -65,7 +83,9 @@ def _watched_round(vm: VmProcess, pattern: str, seconds: float, out: Path) -> tu
                 break
         else:
             raise KvmctlError(f"kvmctl watch exited {watch.wait()} before tracing", "run it by hand to see why")
+        cpu0, bpf0 = _cpu_s(watch.pid), _bpf_run_ns(watch.pid)
         r = _round(vm, pattern, seconds)
+        cpu, bpf = _cpu_s(watch.pid) - cpu0, _bpf_run_ns(watch.pid) - bpf0
         err = watch.communicate(timeout=120)[1]
     finally:
         if watch.poll() is None:
@@ -73,7 +93,7 @@ def _watched_round(vm: VmProcess, pattern: str, seconds: float, out: Path) -> tu
             watch.wait(30)
     if watch.returncode != 0:
         raise KvmctlError(f"kvmctl watch exited {watch.returncode}: {err.strip()[-300:]}", "run it by hand")
-    return r, json.loads(out.read_text()), _children_cpu_s() - cpu0
+    return r, json.loads(out.read_text()), cpu, bpf
 
 
 def bench(mem: str, pattern: str, rounds: int, seconds: float, out_dir: Path) -> list[Figure]:
@@ -81,7 +101,8 @@ def bench(mem: str, pattern: str, rounds: int, seconds: float, out_dir: Path) ->
     vm = VmProcess()
     handle = cleanup.register(f"stop VM process {vm.pid}", vm.close)
     sides: dict[str, list[Round]] = {"without": [], "with": []}
-    lost, cpu_s, watched_s = [], 0.0, 0.0
+    lost, cpu_s, bpf_ns, watched_s = [], 0.0, 0, 0.0
+    enable_bpf_stats()
     try:
         vm.build(spec, 600.0)
         vm.epoch("seq", True)  # fault in and write back now: rounds measure steady state (see bench_experiment)
@@ -91,11 +112,11 @@ def bench(mem: str, pattern: str, rounds: int, seconds: float, out_dir: Path) ->
               f"{seconds:g} s per side", flush=True)
         for i in range(rounds):
             sides["without"].append(_round(vm, pattern, seconds))
-            r, report, cpu = _watched_round(vm, pattern, seconds, out_dir / f"watch{i}.json")
+            r, report, cpu, bpf = _watched_round(vm, pattern, seconds, out_dir / f"watch{i}.json")
             sides["with"].append(r)
             w = report["trace_window"]
             span = (w["end_ns"] - w["start_ns"]) / 1e9
-            cpu_s, watched_s = cpu_s + cpu, watched_s + span
+            cpu_s, bpf_ns, watched_s = cpu_s + cpu, bpf_ns + bpf, watched_s + seconds
             lost.append(report["lost_events"])
             by_class = report["aging"]["by_class"]
             a = sides["without"][-1]
@@ -103,17 +124,20 @@ def bench(mem: str, pattern: str, rounds: int, seconds: float, out_dir: Path) ->
                   f"watched {r.median_rate / 1e6:6.1f} M touches/s ({len(r.touches)} epochs); watch: "
                   f"{report['aging']['calls']:,} aging calls in {span:.1f} s "
                   f"(kdamond {by_class.get('kdamond', 0) / span:,.0f}/s), lost {report['lost_events']}, "
-                  f"RAM from {report['target']['ram_source']}, {cpu:.2f} s CPU (setup included)", flush=True)
+                  f"RAM from {report['target']['ram_source']}; watch CPU {cpu:.2f} s, BPF {bpf / 1e6:.1f} ms", flush=True)
     finally:
         handle.release()
     a = statistics.median(r.median_rate for r in sides["without"])
     b = statistics.median(r.median_rate for r in sides["with"])
     ratio = b / a
+    share = (cpu_s + bpf_ns / 1e9) / watched_s
     print(f"    median per-epoch rate unwatched {a / 1e6:.1f} M touches/s, watched {b / 1e6:.1f} M touches/s: "
-          f"ratio {ratio:.3f}; the watch used {cpu_s:.1f} s CPU over {watched_s:.1f} s watched "
-          f"(BCC compile and probe included)")
+          f"ratio {ratio:.3f}; over {watched_s:.0f} s watched the watch process used {cpu_s:.2f} s CPU and its "
+          f"BPF programs {bpf_ns / 1e6:.1f} ms: {100 * share:.2f}% of one CPU")
     return [Figure("touch rate watched/unwatched", f"{ratio:.3f}x ({b / 1e6:.0f}/{a / 1e6:.0f} M/s)",
                    f">= {OVERHEAD_TARGET}x", ratio >= OVERHEAD_TARGET),
+            Figure("watch CPU while watching", f"{100 * share:.2f}% of one CPU", f"<= {100 * CPU_TARGET:g}%",
+                   share <= CPU_TARGET),
             Figure("lost events over all watches", str(sum(lost)), "0", sum(lost) == 0)]
 
 

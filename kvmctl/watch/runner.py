@@ -92,19 +92,20 @@ class Watch:
     def run(self) -> Report:
         """Watch to the end; on any exception the partial report is kept in ``self.report``."""
         try:
-            self._run()
-            self.report.complete = True
-        except TargetGone as err:
-            self._target_gone(err)
-            raise
+            try:
+                self._run()
+            except TargetGone as err:
+                self._target_gone(err)
+                raise
+            finally:
+                self._finish()
+            self.report.complete = True  # only once the report is filled too
         except (KvmctlError, Interrupted) as err:
-            self.report.incomplete_reason = err.one_line()
+            self.report.incomplete_reason = self.report.incomplete_reason or err.one_line()
             raise
         except BaseException as err:
-            self.report.incomplete_reason = f"{type(err).__name__}: {err}"
+            self.report.incomplete_reason = self.report.incomplete_reason or f"{type(err).__name__}: {err}"
             raise
-        finally:
-            self._finish()
         return self.report
 
     # discovery
@@ -292,7 +293,7 @@ class Watch:
             if report.aging.ambiguous_calls:
                 report.notes.append(f"{report.aging.ambiguous_calls} aging events fell on addresses another KVM "
                                     "process maps too: counted as ambiguous, in no other figure")
-        assembly.mapping_counts(report, res.spte, {}, {})
+        assembly.mapping_counts(report, res.spte, at_build={}, after_populate={}, after_writeback={})
         report.notes.append("aging classes of a watched VM: vm = its own threads, kswapd/kdamond/other = the "
                             "host (kvmctl ages nothing, so 'ours' stays 0)")
 

@@ -477,9 +477,14 @@ def _target(report: Report) -> list[str]:
                                      "addresses another KVM process maps too")
     if report.passive:
         last = report.passive[-1]
-        lines += _field("last sample", f"Rss {fmt_count(last.rss_bytes)} B, Referenced "
-                                       f"{fmt_count(last.referenced_bytes)} B, pages_4k {fmt_count(last.pages_4k)}, "
-                                       f"workingset_refault {fmt_count(last.workingset_refault)}")
+        # smaps is read only every few intervals (each read walks the page tables): its latest reading
+        smaps = next((p for p in reversed(report.passive) if p.rss_bytes is not None), None)
+        mib = (lambda n: "-" if n is None else f"{n / (1 << 20):,.1f} MiB")
+        if smaps is not None:
+            lines += _field("smaps", f"Rss {mib(smaps.rss_bytes)}, Referenced {mib(smaps.referenced_bytes)} of the "
+                                     f"RAM ranges at +{smaps.t_offset_ns / 1e9:.1f} s")
+        lines += _field("at the end", f"pages_4k {fmt_count(last.pages_4k)}, workingset_refault "
+                                      f"{fmt_count(last.workingset_refault)}")
     if report.memcg_stats:
         shown = [f"{k} {v:+,}" for k, v in report.memcg_stats.items() if "refault" in k or "pgscan" in k
                  or "pgsteal" in k]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 
-from kvmctl.units import format_size
 from kvmctl.vocab import TaskClass
 from kvmctl.watch.runner import LiveRow
 
@@ -16,19 +15,24 @@ ROWS = 12  # intervals shown, newest last
 CLASSES = [c for c in TaskClass if c is not TaskClass.OURS]  # kvmctl ages nothing in a watch
 
 
-def short_count(n: int | None) -> str:
-    """A count in at most 5 characters: 987, 12.3K, 456K, 7.8M."""
+def _short(n: int | None, scales: tuple[tuple[str, float], ...]) -> str:
     if n is None:
         return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in scales:
         if abs(n) >= scale:
             v = n / scale
             return f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
     return str(n)
 
 
+def short_count(n: int | None) -> str:
+    """A count in at most 5 characters: 987, 12.3K, 456K, 7.8M."""
+    return _short(n, (("G", 1e9), ("M", 1e6), ("K", 1e3)))
+
+
 def short_size(n: int | None) -> str:
-    return "-" if n is None else format_size(n // 4096 * 4096) if n else "0"
+    """Bytes in at most 5 characters, binary units: 514M, 1.5G."""
+    return _short(n, (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)))
 
 
 class LiveView:

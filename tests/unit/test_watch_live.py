@@ -5,13 +5,14 @@ from __future__ import annotations
 from rich.console import Console
 
 from kvmctl.report.schema import PassiveSample
-from kvmctl.watch.live import LiveView, short_count
+from kvmctl.watch.live import LiveView, short_count, short_size
 from kvmctl.watch.runner import LiveRow
 
 
 def test_short_counts_take_at_most_five_characters():
     assert [short_count(n) for n in (None, 0, 987, 12_345, 456_789, 7_800_000, 123_456_789_012)] == \
         ["-", "0", "987", "12.3K", "457K", "7.8M", "123G"]
+    assert [short_size(n) for n in (None, 0, 526_660 << 10, 3 << 29)] == ["-", "0", "514M", "1.5G"]
 
 
 def test_the_table_fits_80_columns():

@@ -58,3 +58,11 @@ def format_size(n: int) -> str:
         if n >= mult and n % mult == 0:
             return f"{n // mult}{unit}"
     return f"{n}B"
+
+
+def format_bytes(n: float) -> str:
+    """A size for people: '289.4 MiB', '4.0 KiB', '512 B'."""
+    for unit, mult in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= mult:
+            return f"{n / mult:.1f} {unit}"
+    return f"{n:.0f} B"

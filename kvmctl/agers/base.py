@@ -146,6 +146,7 @@ class PassRecord:
     thread_ids: list[int] = field(default_factory=list)  # native tids that did the aging (for the tracer)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    did_nothing: str | None = None  # why the ager had nothing to do this pass, in words
     # Per guest page (see module doc): True = idle (not accessed since marked).
     # None when this ager cannot observe single pages. ``observed`` is False
     # where the page could not be tracked (not present in the host page tables).

@@ -19,7 +19,7 @@ from kvmctl.agers.base import Ager, AgerContext, Availability, Option, PassRecor
 from kvmctl.cgroup import ExperimentCgroup
 from kvmctl.errors import UsageError
 from kvmctl.probe.memory import probe_memcg, swap_total_bytes
-from kvmctl.units import PAGE_SIZE
+from kvmctl.units import PAGE_SIZE, format_bytes
 
 
 def squeeze_target(usage: int, squeeze: float | None, target_bytes: int | None) -> int:
@@ -101,13 +101,15 @@ class MemcgAger(Ager):
         record.bytes_requested = max(0, nbytes)
         if nbytes < PAGE_SIZE:
             record.usage_after = usage
-            record.notes.append(f"usage {usage} is already at or below the target {target}: nothing to reclaim")
+            record.did_nothing = (f"nothing to reclaim: the cgroup's usage, {format_bytes(usage)}, is already at or "
+                                  f"below the target, {format_bytes(target)}")
             return
         stat = cg.stat()
         file_bytes = stat.get("total_inactive_file", stat.get("inactive_file", 0)) + \
             stat.get("total_active_file", stat.get("active_file", 0))
         if not swap_total_bytes() and file_bytes < nbytes:
-            record.notes.append(f"no swap and only {file_bytes} bytes of page cache: the squeeze will stop short")
+            record.notes.append(f"no swap and only {format_bytes(file_bytes)} of page cache: the squeeze will stop "
+                                "short")
         result = cg.reclaim(nbytes, steps=int(self._option("steps", 8)),
                             pause_s=float(self._option("step_pause_s", 0.0)))
         record.usage_after = result.usage_after

@@ -11,18 +11,19 @@ import os
 
 import numpy as np
 
+from kvmctl.agers import PassRecord
 from kvmctl.experiment import hook
 from kvmctl.experiment.fallback import FallbackInputs, decide
 from kvmctl.experiment.passes import PassOutcome
-from kvmctl.experiment.scoring import (HarvestScore, HarvestTracker, ResidencyScore, YoungScore, refaults,
-                                      residency_score, young_score)
+from kvmctl.experiment.scoring import (HarvestScore, HarvestTracker, ResidencyScore, ShiftScore, YoungScore,
+                                       hot_refaults, residency_score, young_score)
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.placement import CpuPlacement, format_cpu_list, thread_affinities
 from kvmctl.probe import HostCaps, MmuMode
 from kvmctl.probe.memory import host_memory_bytes
 from kvmctl.report.figures import REQUIRED_FIGURES, get_figure
-from kvmctl.report.schema import HarvestDisagreement, Headers, Mmu, PassRow, Report
+from kvmctl.report.schema import HarvestDisagreement, Headers, Mmu, PassResult, PassRow, Report, Shift
 from kvmctl.trace.records import HarvestFlag, SpteCounts
 from kvmctl.units import PAGE_SIZE
 
@@ -70,47 +71,24 @@ def not_traced(report: Report, reason: str) -> None:
         report.probes.not_observable[figure] = reason
 
 
-def pass_row(index: int, outcome: PassOutcome, evicted_prev: np.ndarray | None, report: Report,
+def pass_row(index: int, outcome: PassOutcome, prev_hot: np.ndarray | None, report: Report,
              tracer: ExperimentTracer | None = None, harvest: HarvestTracker | None = None,
              ) -> tuple[PassRow, ResidencyScore | None, YoungScore | None, HarvestScore | None]:
     """The report row of one pass, with its residency and young/idle scores against the pages touched."""
     record, phase = outcome.record, outcome.phase
     row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns,
-                  touched_pages=int(phase.touched.sum()), cpu_ns=outcome.cpu_ns,
-                  ager_ns=record.end_ns - record.start_ns)
+                  touched_pages=int(phase.touched.sum()), cold_pages=int((~phase.touched).sum()),
+                  cpu_ns=outcome.cpu_ns, ager_ns=record.end_ns - record.start_ns)
     scored = None
     if harvest is not None and outcome.harvest_flags is not None:
         scored = harvest.score(outcome.harvest_flags, HarvestFlag.AGED_MAPPED, HarvestFlag.CLEARED)
         row.harvest_precision, row.harvest_recall = scored.precision, scored.recall
-    score = young = None
-    before, after = outcome.resident_before, outcome.resident_after
-    if before is not None and after is not None:
-        score = residency_score(before, after, phase.touched)
-        row.hot_resident_fraction = score.hot_resident_fraction
-        row.cold_resident_fraction = score.cold_resident_fraction
-        row.evicted_pages = score.evicted_pages
-    if evicted_prev is not None:
-        row.refaults = refaults(evicted_prev, phase.touched)
-    if record.idle is not None:
-        young = young_score(record.idle, record.observed, phase.touched)
-    s0, s1 = outcome.aging_before, outcome.aging_after
-    if s0 is not None and s1 is not None:
-        if s0.get("read_ns") and s1.get("read_ns"):  # the window the calls below were counted in
-            row.start_ns, row.end_ns = min(row.start_ns, s0["read_ns"][0]), max(row.end_ns, s1["read_ns"][1])
-        row.aging_calls = s1["calls"] - s0["calls"]
-        row.aging_pages = s1["pages"] - s0["pages"]
-        row.background_calls = s1["background_calls"] - s0["background_calls"]
-        if s0.get("kvm_aging_ns") is not None and s1.get("kvm_aging_ns") is not None:
-            row.kvm_aging_ns = s1["kvm_aging_ns"] - s0["kvm_aging_ns"]
-        if s0.get("paths") is not None and s1.get("paths") is not None:
-            row.aging_paths = {k: s1["paths"].get(k, 0) - s0["paths"].get(k, 0) for k in s1["paths"]}
-        if tracer is not None:
-            locks = tracer.pass_lock_figures(s0, s1)
-            row.lockless_share, row.mmu_lock_acquisitions = locks.lockless_share, locks.acquisitions
-            if s0.get("notifier") is not None and s1.get("notifier") is not None:
-                during = s1["notifier"].minus(s0["notifier"])
-                row.notifier_paths = hook.paths_by_label(during)
-                row.hook_cleared = hook.hook_figures(during, None, None).cleared
+    if prev_hot is not None:
+        row.moved_pages = int((phase.touched & ~prev_hot).sum())
+    score = _residency_figures(row, outcome, prev_hot)
+    young = young_score(record.idle, record.observed, phase.touched) if record.idle is not None else None
+    _aging_figures(row, outcome, tracer)
+    _result(row, record)
     report.notes.extend(f"pass {index}: {note}" for note in record.notes + record.errors)
     return row, score, young, scored
 
@@ -163,6 +141,58 @@ def pass_cost(report: Report, guest_pages: int, source: str | None) -> None:
         c.cpu_seconds_per_gib = c.cpu_seconds / gib
 
 
+def _residency_figures(row: PassRow, outcome: PassOutcome, prev_hot: np.ndarray | None) -> ResidencyScore | None:
+    hot = outcome.phase.touched
+    before, after = outcome.resident_before, outcome.resident_after
+    if outcome.resident_at_phase_start is not None:
+        row.refaults = hot_refaults(outcome.resident_at_phase_start, hot)
+    if before is None or after is None:
+        return None
+    score = residency_score(before, after, hot)
+    row.hot_resident_fraction = score.hot_resident_fraction
+    row.cold_resident_fraction = score.cold_resident_fraction
+    row.evicted_pages, row.evicted_hot_pages, row.evicted_cold_pages = \
+        score.evicted_pages, score.evicted_hot, score.evicted_cold
+    if prev_hot is not None and (cooled := prev_hot & ~hot).any():
+        row.cooled_resident_fraction = float(after[cooled].mean())
+    return score
+
+
+def _aging_figures(row: PassRow, outcome: PassOutcome, tracer: ExperimentTracer | None) -> None:
+    s0, s1 = outcome.aging_before, outcome.aging_after
+    if s0 is None or s1 is None:
+        return
+    if s0.get("read_ns") and s1.get("read_ns"):  # the window the calls below were counted in
+        row.start_ns, row.end_ns = min(row.start_ns, s0["read_ns"][0]), max(row.end_ns, s1["read_ns"][1])
+    row.aging_calls = s1["calls"] - s0["calls"]
+    row.aging_pages = s1["pages"] - s0["pages"]
+    row.ours_calls = s1["ours_calls"] - s0["ours_calls"]
+    row.background_calls = s1["background_calls"] - s0["background_calls"]
+    if s0.get("kvm_aging_ns") is not None and s1.get("kvm_aging_ns") is not None:
+        row.kvm_aging_ns = s1["kvm_aging_ns"] - s0["kvm_aging_ns"]
+    if s0.get("paths") is not None and s1.get("paths") is not None:
+        row.aging_paths = {k: s1["paths"].get(k, 0) - s0["paths"].get(k, 0) for k in s1["paths"]}
+    if tracer is not None:
+        locks = tracer.pass_lock_figures(s0, s1)
+        row.lockless_share, row.mmu_lock_acquisitions = locks.lockless_share, locks.acquisitions
+        if s0.get("notifier") is not None and s1.get("notifier") is not None:
+            during = s1["notifier"].minus(s0["notifier"])
+            row.notifier_paths = hook.paths_by_label(during)
+            row.hook_cleared = hook.hook_figures(during, None, None).cleared
+
+
+def _result(row: PassRow, record: PassRecord) -> None:
+    """Failed, did nothing, or worked: in words, for the pass table."""
+    if record.errors:
+        row.result, row.result_reason = PassResult.FAILED, "; ".join(record.errors)
+    elif record.did_nothing:
+        row.result, row.result_reason = PassResult.DID_NOTHING, record.did_nothing
+    elif record.ager != "passive" and row.ours_calls == 0 and not row.evicted_pages:
+        row.result = PassResult.DID_NOTHING
+        row.result_reason = f"the {record.ager} ager made no aging call" + \
+            (" and evicted nothing" if row.evicted_pages == 0 else "")
+
+
 def ager_settings(report: Report, settings: dict[str, str]) -> None:
     """Host settings the ager chose for its passes: in the notes, and the hook's cap where it applies."""
     if "lru_gen_cap" in settings:
@@ -190,8 +220,17 @@ def mapping_counts(report: Report, spte: SpteCounts | None, at_build: dict, afte
     sp.pages_4k_at_end = report.vm_stats.get("pages_4k")
 
 
-def ground_truth(report: Report, spec: ExperimentSpec, scores: list[ResidencyScore], young: list[YoungScore]) -> None:
+def ground_truth(report: Report, spec: ExperimentSpec, scores: list[ResidencyScore], young: list[YoungScore],
+                 shifts: list[ShiftScore], final_refaults: int | None) -> None:
     gt = report.ground_truth
+    gt.shifts = [Shift(s.pass_no, s.moved_pages, s.cooled_pages, s.passes_to_adapt, list(s.cooled_resident_fraction))
+                 for s in shifts]
+    done = [s.passes_to_adapt for s in shifts if s.passes_to_adapt is not None]
+    gt.passes_to_adapt = max(done) if done else None
+    if not done:
+        report.probes.not_observable["ground_truth.passes_to_adapt"] = (
+            "the hot set did not move between passes" if not shifts else
+            "the run ended before the host evicted the pages of any moved-away hot set")
     if scores:
         last = scores[-1]
         gt.hot_pages, gt.cold_pages = last.hot_pages, last.cold_pages
@@ -203,7 +242,8 @@ def ground_truth(report: Report, spec: ExperimentSpec, scores: list[ResidencySco
         if not evicted:
             report.probes.not_observable["ground_truth.evicted_cold_fraction"] = \
                 "no page was evicted by any pass (nothing to score)"
-        gt.refaults = sum(r.refaults or 0 for r in report.passes)
+        gt.final_refaults = final_refaults
+        gt.refaults = sum(r.refaults or 0 for r in report.passes) + (final_refaults or 0)
         gt.scored_by = f"{spec.ager} (page-cache residency via mincore on the backing file)"
     else:
         reason = (f"{spec.backing} backing: page-cache residency (mincore) applies only to file and memfd "

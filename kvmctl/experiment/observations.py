@@ -121,8 +121,7 @@ class ExperimentTracer:
             a = report.aging
             a.calls, a.pages = t["calls"], t["pages"]
             a.background_calls, a.background_pages = t["background_calls"], t["background_pages"]
-            ours = [res.aging.total(k, (TaskClass.OURS,)) for k in AGING_KINDS]
-            a.ours_calls, a.ours_pages = sum(c.calls for c in ours), sum(c.pages for c in ours)
+            a.ours_calls, a.ours_pages = t["ours_calls"], t["ours_pages"]
             a.by_task = self._by_task(res)
             for row in a.by_task:
                 a.by_class[row.task_class.value] = a.by_class.get(row.task_class.value, 0) + row.calls
@@ -212,8 +211,10 @@ def _kvm_aging_ns(res: TraceResult) -> tuple[int | None, str | None]:
 
 def _totals(res: TraceResult) -> dict[str, int]:
     all_ = [res.aging.total(k) for k in AGING_KINDS]
+    ours = [res.aging.total(k, (TaskClass.OURS,)) for k in AGING_KINDS]
     bg = [res.aging.total(k, BACKGROUND) for k in AGING_KINDS]
     return {"calls": sum(c.calls for c in all_), "pages": sum(c.pages for c in all_),
+            "ours_calls": sum(c.calls for c in ours), "ours_pages": sum(c.pages for c in ours),
             "background_calls": sum(c.calls for c in bg), "background_pages": sum(c.pages for c in bg)}
 
 

@@ -1,8 +1,10 @@
 """The pass loop: guest epochs, ager passes beside or between them, and what each pass saw.
 
 A pass meets the guest either while it keeps touching its pattern (mode
-``concurrent``: epochs run back to back in the VM child while the ager runs
-here) or between epochs (mode ``between``). Around each pass the loop reads
+``concurrent``: the VM child runs the pass's epoch over and over while the
+ager runs here, so the touched set stays the same through the pass and the
+next pass runs the next epoch) or between epochs (mode ``between``:
+``epochs_per_pass`` epochs, then the pass). Around each pass the loop reads
 the backing file's page-cache residency and the tracer's running aging
 totals; the ground truth of every epoch is recomputed from its number.
 """
@@ -21,7 +23,6 @@ from kvmctl.errors import GuestError
 from kvmctl.experiment.scoring import HarvestTracker
 from kvmctl.experiment.session import Session
 from kvmctl.experiment.spec import ExperimentSpec
-from kvmctl.guest.mailbox import PatternCode
 from kvmctl.guest.patterns import Pattern, Region, epoch_touched
 from kvmctl.report.schema import EpochRow
 from kvmctl.units import parse_duration
@@ -33,7 +34,7 @@ class Phase:
 
     first_epoch: int
     last_epoch: int
-    epochs: int
+    runs: int  # epochs run: first..last once each, or (concurrent) one epoch over and over
     touches: int
     guest_seconds: float
     start_ns: int
@@ -48,6 +49,7 @@ class PassOutcome:
 
     phase: Phase
     record: PassRecord
+    resident_at_phase_start: np.ndarray | None  # before the guest's epochs of this pass (after the previous pass)
     resident_before: np.ndarray | None
     resident_after: np.ndarray | None
     aging_before: dict[str, Any] | None
@@ -70,6 +72,7 @@ class PassLoop:
         self.touch_counts: np.ndarray | None = None
         self.last_phase: Phase | None = None
         self.harvest = HarvestTracker(self.total_pages)
+        self.resident_last: np.ndarray | None = None  # the latest residency read: where the next phase starts
 
     @property
     def next_epoch(self) -> int:
@@ -82,16 +85,18 @@ class PassLoop:
         self.harvest.touched(phase.touched)
         return phase
 
-    def _phase(self, pattern: Pattern, first: int, last: int, touches: int, guest_seconds: float, start_ns: int,
-               end_ns: int, seed: int) -> Phase:
-        counts = np.zeros(self.total_pages, dtype=np.int32)
+    def _phase(self, pattern: Pattern, first: int, last: int, repeats: int, touches: int, guest_seconds: float,
+               start_ns: int, end_ns: int, seed: int) -> Phase:
+        """Epochs ``first..last``, each run ``repeats`` times."""
+        counts = np.zeros(self.total_pages, dtype=np.int64)
         epochs = last - first + 1
-        if pattern.kind is PatternCode.RANDOM or pattern.cold_every:
-            for e in range(first, last + 1):  # each epoch differs
+        if pattern.varies:
+            for e in range(first, last + 1):
                 counts += epoch_touched(pattern, self.regions, self.total_pages, e, seed)
-        elif epochs > 0:
-            counts += epoch_touched(pattern, self.regions, self.total_pages, first, 0).astype(np.int32) * epochs
-        return Phase(first, last, epochs, touches, guest_seconds, start_ns, end_ns, counts > 0, counts)
+        elif epochs > 0:  # every epoch touches the same pages
+            counts += epoch_touched(pattern, self.regions, self.total_pages, first, seed) * epochs
+        counts *= repeats
+        return Phase(first, last, epochs * repeats, touches, guest_seconds, start_ns, end_ns, counts > 0, counts)
 
     def between(self, pattern: Pattern, write: bool, epochs: int) -> Phase:
         """``epochs`` epochs, one request each, the guest parked in between."""
@@ -103,24 +108,26 @@ class PassLoop:
         for r in results:
             self.epochs.extend(EpochRow(r.epoch, v.vcpu, r.pattern, v.touched, v.guest_seconds, r.wall_seconds,
                                         r.start_ns, r.end_ns) for v in r.vcpus)
-        return self._add(self._phase(pattern, results[0].epoch, results[-1].epoch, sum(r.touches for r in results),
+        return self._add(self._phase(pattern, results[0].epoch, results[-1].epoch, 1, sum(r.touches for r in results),
                                      sum(r.guest_seconds for r in results), results[0].start_ns,
                                      results[-1].end_ns, self.spec.seed))
 
     def concurrently(self, during: Callable[[], Any]) -> tuple[Phase, Any]:
-        """Guest epochs back to back while ``during()`` runs in this thread."""
+        """The next epoch over and over while ``during()`` runs in this thread."""
         vm = self.session.vm
-        vm.loop_start(str(self.pattern), self.write, self.spec.seed)
+        # One whole run first: a moved hot set is faulted in before the settle time counts.
+        vm.loop_start(str(self.pattern), self.write, self.spec.seed, min_runs=1)
         try:
             time.sleep(parse_duration(self.spec.settle))
             result = during()
         finally:
             s = vm.loop_stop()
-        if not s.epochs:
+        if not s.runs:
             raise GuestError("the guest ran no epoch during the pass", "raise --settle or check the payload")
-        self.epochs.append(EpochRow(s.first, -1, f"{s.pattern} x{s.epochs}", s.touches, s.guest_seconds,
+        self.epochs.append(EpochRow(s.epoch, -1, f"{s.pattern} x{s.runs}", s.touches, s.guest_seconds,
                                     (s.end_ns - s.start_ns) / 1e9, s.start_ns, s.end_ns))
-        phase = self._phase(self.pattern, s.first, s.last, s.touches, s.guest_seconds, s.start_ns, s.end_ns, s.seed)
+        phase = self._phase(self.pattern, s.epoch, s.epoch, s.runs, s.touches, s.guest_seconds, s.start_ns, s.end_ns,
+                            s.seed)
         return self._add(phase), result
 
     def touch_phase(self) -> Phase:
@@ -130,9 +137,14 @@ class PassLoop:
         phase, _ = self.concurrently(lambda: None)
         return phase
 
+    def note_residency(self) -> None:
+        """Read the residency the next phase starts from (after populating)."""
+        self.resident_last = self.session.residency()
+
     def run_pass(self, ager: Ager, index: int) -> PassOutcome:
         """One ager pass with residency and aging totals around it."""
         session = self.session
+        at_phase_start = self.resident_last
 
         def one_pass() -> tuple:
             # The aging totals right around the pass, residency outside them: the calls a pass
@@ -151,6 +163,7 @@ class PassLoop:
             outcome = one_pass()
         else:
             phase, outcome = self.concurrently(one_pass)
-        return PassOutcome(phase, *outcome, harvest_flags=session.harvest_take())
-
-
+        record, before, after, aging_before, aging_after, cpu = outcome
+        self.resident_last = after
+        return PassOutcome(phase, record, at_phase_start, before, after, aging_before, aging_after, cpu_ns=cpu,
+                           harvest_flags=session.harvest_take())

@@ -21,12 +21,12 @@ from kvmctl.errors import GuestError, Interrupted, KvmctlError
 from kvmctl.experiment import assembly
 from kvmctl.experiment.passes import PassLoop
 from kvmctl.agers.base import page_gfns
-from kvmctl.experiment.scoring import HarvestScore, ResidencyScore, YoungScore, refaults
+from kvmctl.experiment.scoring import HarvestScore, ResidencyScore, ShiftScore, ShiftTracker, YoungScore, hot_refaults
 from kvmctl.experiment.session import Session
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.placement import CpuPlacement, pinned
-from kvmctl.report.schema import GuestFault, Report
+from kvmctl.report.schema import GuestFault, PassResult, Report
 from kvmctl.trace.records import TraceResult
 from kvmctl.units import PAGE_SIZE
 
@@ -96,11 +96,11 @@ class Experiment:
         options = spec.ager_options_for(session.cgroup.usage_bytes(), built.total_pages * PAGE_SIZE)
         ager.prepare(AgerContext(session.cgroup, built.pid, list(built.memslots), options=options,
                                  caps=session.probe()))
-        evicted = self._ager_passes(ager)
-        self.progress("final touch phase (re-faults of the last pass)")
+        shifts = self._ager_passes(ager)
+        self.progress("final touch phase (re-faults of what the last pass evicted)")
+        at_start = self.passes.resident_last
         final = self.passes.touch_phase()
-        if evicted is not None and report.passes:
-            report.passes[-1].refaults = refaults(evicted, final.touched)
+        final_refaults = hot_refaults(at_start, final.touched) if at_start is not None else None
         ager.restore()
         self._finish_trace()
         assembly.ager_settings(report, ager.settings)
@@ -108,7 +108,7 @@ class Experiment:
         spte = self.trace_result.spte if self.trace_result is not None else None
         assembly.mapping_counts(report, spte, self.stats_at_build, self.stats_after_populate,
                                 self.stats_after_writeback)
-        assembly.ground_truth(report, spec, self._scores, self._young)
+        assembly.ground_truth(report, spec, self._scores, self._young, shifts, final_refaults)
         if self._harvest:
             assembly.harvest_summary(report, self.passes.harvest, self._harvest, page_gfns(list(built.memslots)))
             if spec.mode == "concurrent":
@@ -117,8 +117,13 @@ class Experiment:
                                     "exactly")
         assembly.pass_cost(report, built.total_pages, self._kvm_aging_source)
         assembly.fallback(report, spec, self._paths(), spte.shadow_pages_created if spte else None)
-        report.complete = True
         session.close()
+        failed = [p for p in report.passes if p.result is PassResult.FAILED]
+        if failed:  # every figure is kept, but a pass that failed a step did not do what it was asked
+            raise KvmctlError(f"pass {failed[0].pass_no} of the {spec.ager} ager failed: {failed[0].result_reason}"
+                              + (f" (and {len(failed) - 1} more passes)" if len(failed) > 1 else ""),
+                              "the report is written, marked incomplete; see its pass table")
+        report.complete = True
 
     def start_tracer(self) -> None:
         assembly.tracer_started(self.report, self.session.start_tracer())
@@ -136,26 +141,29 @@ class Experiment:
             self.stats_after_populate = vm.stats()
             vm.sync_memory()
             self.stats_after_writeback = vm.stats()
+        self.passes.note_residency()
 
-    def _ager_passes(self, ager: Ager) -> np.ndarray | None:
-        """Every pass, scored into the report; the pages the last pass evicted (None without residency)."""
+    def _ager_passes(self, ager: Ager) -> list[ShiftScore]:
+        """Every pass, scored into the report; the moves of the hot set (where residency is observable)."""
         spec, passes = self.spec, self.passes
-        evicted: np.ndarray | None = None
+        prev_hot: np.ndarray | None = None
+        shifts = ShiftTracker()
         t0 = time.monotonic()
         for p in range(spec.passes):
             eta = f", ETA {(time.monotonic() - t0) / p * (spec.passes - p + 1):.0f}s" if p else ""
             self.progress(f"pass {p + 1}/{spec.passes} ({spec.ager}, {spec.mode}), epoch {passes.next_epoch}{eta}")
             outcome = passes.run_pass(ager, p)
-            row, score, young, harvest = assembly.pass_row(p, outcome, evicted, self.report, self.session.tracer,
+            row, score, young, harvest = assembly.pass_row(p, outcome, prev_hot, self.report, self.session.tracer,
                                                            passes.harvest)
             self.report.passes.append(row)
             self._scores += [score] if score else []
             self._young += [young] if young else []
             self._harvest += [harvest] if harvest else []
             self._kvm_aging_source = (outcome.aging_after or {}).get("kvm_aging_source")
-            before, after = outcome.resident_before, outcome.resident_after
-            evicted = None if before is None else before & ~after
-        return evicted
+            if outcome.resident_after is not None:
+                shifts.observe(p, outcome.phase.touched, outcome.resident_after)
+            prev_hot = outcome.phase.touched
+        return shifts.shifts
 
     def _paths(self) -> dict[str, int] | None:
         """Aging calls per path the function probes saw, None when they saw none."""

@@ -6,7 +6,7 @@ concatenated), so every score is unit-testable and cross-checkable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,11 +45,6 @@ def residency_score(resident_before: np.ndarray, resident_after: np.ndarray, hot
         evicted_hot=int((evicted & hot).sum()),
         evicted_cold=int((evicted & cold).sum()),
     )
-
-
-def refaults(evicted: np.ndarray, touched_after: np.ndarray) -> int:
-    """Evicted pages the guest touched again afterwards (each must fault back in)."""
-    return int((evicted & touched_after).sum())
 
 
 @dataclass
@@ -132,3 +127,63 @@ class HarvestTracker:
             words = (["touched"] if touched[index] else []) + [w for bit, w in letters.items() if f & bit]
             parts.append(f"p{p}: {', '.join(words) or '-'}")
         return "; ".join(parts)
+
+
+def hot_refaults(resident_before_phase: np.ndarray, hot: np.ndarray) -> int:
+    """Re-faults of the current hot set: hot pages that were not resident when the phase began.
+
+    Every page was resident after populating, so each of these had been evicted and the
+    guest had to fault it back in (a read from the backing file).
+    """
+    return int((hot.astype(bool) & ~resident_before_phase).sum())
+
+
+# A moved working set counts as adapted to once at most this share of the pages that went cold is resident.
+ADAPTED_RESIDENT_SHARE = 0.01
+
+
+@dataclass
+class ShiftScore:
+    """The hot set moved at pass ``pass_no``: how long the host kept the pages that went cold."""
+
+    pass_no: int
+    moved_pages: int  # hot now, not hot in the previous pass
+    cooled_pages: int  # hot in the previous pass, not any more
+    passes_to_adapt: int | None = None  # passes until at most 1 % of the cooled pages were resident; None: not yet
+    cooled_resident_fraction: list[float] = field(default_factory=list)  # after each pass from the shift on
+
+
+class ShiftTracker:
+    """Follows every move of the hot set, pass by pass, until the pages that went cold are evicted.
+
+    ``observe`` takes each pass's hot set and the residency after it. A pass whose hot set
+    differs from the previous pass's is a shift; from that pass on, the share of the pages
+    that went cold and are still resident shows how fast the host noticed.
+    """
+
+    def __init__(self) -> None:
+        self.shifts: list[ShiftScore] = []
+        self._open: list[tuple[ShiftScore, np.ndarray]] = []
+        self._prev_hot: np.ndarray | None = None
+
+    def observe(self, pass_no: int, hot: np.ndarray, resident_after: np.ndarray) -> None:
+        hot = hot.astype(bool)
+        prev, self._prev_hot = self._prev_hot, hot
+        if prev is not None and not np.array_equal(prev, hot):
+            cooled = prev & ~hot
+            shift = ShiftScore(pass_no, int((hot & ~prev).sum()), int(cooled.sum()))
+            self.shifts.append(shift)
+            if cooled.any():
+                self._open.append((shift, cooled))
+            else:  # the hot set only grew: nothing to notice
+                shift.passes_to_adapt = 0
+        still = []
+        for shift, cooled in self._open:
+            cooled &= ~hot  # a page hot again is not cold any more
+            share = float(resident_after[cooled].mean()) if cooled.any() else 0.0
+            shift.cooled_resident_fraction.append(share)
+            if share <= ADAPTED_RESIDENT_SHARE:
+                shift.passes_to_adapt = len(shift.cooled_resident_fraction)
+            else:
+                still.append((shift, cooled))
+        self._open = still

@@ -4,7 +4,9 @@ A TOML file holds the same keys as the long flags (``mem = "512M"``,
 ``pattern = "hotcold:0.25"``, ``[ager] name = "memcg"`` with the ager's
 options beside it); flags given on the command line override the file.
 Defaults work on a PVM development host: file-backed memory (anonymous
-memory is never reclaimed without swap), the memcg ager, a 25 % hot set.
+memory is never reclaimed without swap), the memcg ager squeezing to a fixed
+target every pass, and a hot set of a quarter of the guest that moves to the
+next quarter every pass, so every pass has pages to evict and a move to notice.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ class ExperimentSpec:
     memslots: int = 1
     guest_page: str = "4K"
     share: bool = False
-    pattern: str = "hotcold:0.25"
+    pattern: str = "moving:0.25:1"
     access: str = "read"
     seed: int = 0
     populate: bool = True  # a seq write epoch first, then fsync: every page resident and clean
     ager: str = "memcg"
-    # memcg: each pass squeezes the cgroup to (usage after populate - half the guest's size)
+    # memcg: each pass squeezes the cgroup to (usage after populate - half the guest's size): room for
+    # two windows of the moving hot set, so the host must evict the window that went cold a pass ago
     ager_options: dict[str, Any] = field(default_factory=lambda: {"squeeze_guest": 0.5})
-    passes: int = 3
+    passes: int = 5  # four moves of the hot set, the first two followed long enough to see them evicted
     mode: str = "concurrent"  # ager passes run while the guest touches memory, or between epochs
     epochs_per_pass: int = 1  # mode "between": epochs before each pass
     settle: str = "1s"  # mode "concurrent": guest runs this long before each pass starts

@@ -39,12 +39,12 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class EpochLoop(threading.Thread):
-    """Runs epochs back to back until stopped and sums them up."""
+    """Runs the machine's next epoch over and over until stopped and sums the runs up."""
 
     def __init__(self, machine: GuestMachine, pattern: Pattern, write: bool, seed: int):
         super().__init__(name="kvmctl-epoch-loop", daemon=True)
         self.machine, self.pattern, self.write, self.seed = machine, pattern, write, seed
-        self.summary = proto.LoopSummary(str(pattern), write, seed, first=machine.next_epoch)
+        self.summary = proto.LoopSummary(str(pattern), write, seed, epoch=machine.next_epoch)
         self.error: BaseException | None = None
         self._halt = threading.Event()
         self._progress = threading.Condition()
@@ -54,11 +54,11 @@ class EpochLoop(threading.Thread):
         s = self.summary
         try:
             while not self._halt.is_set():
-                r = self.machine.run_epoch(self.pattern, self.write, self.seed)
+                r = self.machine.run_epoch(self.pattern, self.write, self.seed, epoch=s.epoch)
                 with self._progress:
                     s.start_ns = s.start_ns or r.start_ns
-                    s.end_ns, s.last = r.end_ns, r.epoch
-                    s.epochs += 1
+                    s.end_ns = r.end_ns
+                    s.runs += 1
                     s.touches += r.touches
                     s.guest_seconds += r.guest_seconds
                     self._progress.notify_all()
@@ -69,11 +69,11 @@ class EpochLoop(threading.Thread):
                 self._ended = True
                 self._progress.notify_all()
 
-    def wait_epochs(self, n: int) -> None:
-        """Return once the loop ran ``n`` epochs (the guest really runs), or raise what ended it first."""
+    def wait_runs(self, n: int) -> None:
+        """Return once the loop ran its epoch ``n`` times (the guest really runs), or raise what ended it first."""
         with self._progress:
-            self._progress.wait_for(lambda: self.summary.epochs >= n or self._ended)
-            if self.summary.epochs >= n:
+            self._progress.wait_for(lambda: self.summary.runs >= n or self._ended)
+            if self.summary.runs >= n:
                 return
         self.stop()  # raises the loop's error
 
@@ -140,7 +140,7 @@ class VmChild:
     def start_loop(self, msg: proto.StartLoop) -> None:
         loop = EpochLoop(self._machine(), Pattern.parse(msg.pattern), msg.write, msg.seed)
         loop.start()
-        loop.wait_epochs(msg.min_epochs)  # a loop that ended raises here and is not kept
+        loop.wait_runs(msg.min_runs)  # a loop that ended raises here and is not kept
         self.loop = loop
 
     def stop_loop(self, msg: proto.StopLoop) -> proto.LoopSummary:

@@ -73,13 +73,13 @@ class VmProcess:
     def epoch(self, pattern: str, write: bool, seed: int = 0) -> EpochResult:
         return self.request(proto.RunEpoch(pattern, write, seed))
 
-    def loop_start(self, pattern: str, write: bool, seed: int = 0, min_epochs: int = 0) -> None:
-        """Run epochs back to back in the child until :meth:`loop_stop`.
+    def loop_start(self, pattern: str, write: bool, seed: int = 0, min_runs: int = 0) -> None:
+        """Run the next epoch over and over in the child until :meth:`loop_stop`.
 
-        With ``min_epochs`` the call returns only once the loop ran that many
-        epochs, so that whatever the caller does next meets a running guest.
+        With ``min_runs`` the call returns only once the loop ran its epoch that
+        many times, so that whatever the caller does next meets a running guest.
         """
-        self.request(proto.StartLoop(pattern, write, seed, min_epochs))
+        self.request(proto.StartLoop(pattern, write, seed, min_runs))
         self._looping = True
 
     def loop_stop(self) -> proto.LoopSummary:

@@ -36,12 +36,16 @@ class RunEpoch:
 
 @dataclass(frozen=True)
 class StartLoop:
-    """Run epochs back to back until StopLoop; the reply waits for ``min_epochs`` of them."""
+    """Run one epoch over and over until StopLoop; the reply waits for ``min_runs`` of them.
+
+    Repeating one epoch keeps the touched set fixed for the whole loop (an experiment's
+    pass), however many times the guest gets through it; the next loop runs the next epoch.
+    """
 
     pattern: str
     write: bool
     seed: int = 0
-    min_epochs: int = 0
+    min_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,13 @@ class Built:
 
 @dataclass
 class LoopSummary:
-    """Epochs a loop ran: numbered first..last consecutively, so the ground truth of each can be recomputed."""
+    """A loop: the epoch it repeated (its ground truth is recomputed from the number) and how often it ran."""
 
     pattern: str
     write: bool
     seed: int
-    first: int
-    last: int | None = None
-    epochs: int = 0
+    epoch: int
+    runs: int = 0
     touches: int = 0
     guest_seconds: float = 0.0
     start_ns: int | None = None

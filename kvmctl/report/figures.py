@@ -56,6 +56,7 @@ HEADLINE: tuple[Figure, ...] = (
     Figure("ground_truth.hot_resident_fraction", "hot pages resident", Unit.FRACTION, False),
     Figure("ground_truth.evicted_cold_fraction", "evicted pages that were cold", Unit.FRACTION, False),
     Figure("ground_truth.refaults", "re-faults of evicted pages", Unit.COUNT, True),
+    Figure("ground_truth.passes_to_adapt", "passes to evict old hot set", Unit.COUNT, True),
     Figure("ground_truth.precision", "young/idle precision", Unit.FRACTION, False),
     Figure("ground_truth.recall", "young/idle recall", Unit.FRACTION, False),
     Figure("contention.mmu_lock_wait_ns", "mmu_lock wait", Unit.NS, True),

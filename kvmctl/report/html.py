@@ -154,10 +154,10 @@ def _pass_plots(report: Report) -> list[Plot]:
         residency = Plot("residency", "Hot and cold page residency after each pass", None, reason)
     ref = [p for p in passes if p.refaults is not None]
     if ref and not any(p.refaults for p in ref):
-        refaults = Plot("refaults", "Re-faults of evicted pages since the previous pass", None,
+        refaults = Plot("refaults", "Re-faults of each pass's hot set (pages evicted before it)", None,
                         "none: no evicted page was touched again in any pass")
     elif ref:
-        refaults = Plot("refaults", "Re-faults of evicted pages since the previous pass", svg.bar_chart(
+        refaults = Plot("refaults", "Re-faults of each pass's hot set (pages evicted before it)", svg.bar_chart(
             [str(p.pass_no) for p in ref], [("re-faults", [p.refaults for p in ref])],
             x_label="pass", y_label="re-faults"))
     else:

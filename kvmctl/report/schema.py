@@ -51,6 +51,14 @@ class Verdict(str, enum.Enum):
     RMAP_NESTED_HOOK_DISABLED = "rmap (nested): test_clear_young disabled: this VM has run a nested guest"
 
 
+class PassResult(str, enum.Enum):
+    """What a pass amounted to, in words for the pass table."""
+
+    WORKED = "worked"
+    DID_NOTHING = "did nothing"  # the ager had nothing to do, or made no aging call and evicted nothing
+    FAILED = "failed"  # a step of the ager failed; the report is then incomplete
+
+
 class Headers(str, enum.Enum):
     """Which kernel headers BCC compiled the probes against."""
 
@@ -173,7 +181,7 @@ class PassCost:
 
 @dataclass
 class Aging:
-    calls: int | None = None  # all aging calls on our VM's memslots (ours + background)
+    calls: int | None = None  # all aging calls on our VM's memslots (ours + the VM's own + background)
     pages: int | None = None  # guest pages those calls covered
     ours_calls: int | None = None  # calls made by our own ager's threads
     ours_pages: int | None = None
@@ -219,6 +227,17 @@ class Contention:
 
 
 @dataclass
+class Shift:
+    """The hot set moved at a pass: how many passes the host needed to evict the pages that went cold."""
+
+    pass_no: int = field(metadata=_key("pass"))
+    moved_pages: int
+    cooled_pages: int
+    passes_to_adapt: int | None  # passes (the shift's own counts as 1) until <= 1 % of them were resident
+    cooled_resident_fraction: list[float] = field(default_factory=list)  # after each pass from the shift on
+
+
+@dataclass
 class GroundTruth:
     hot_pages: int | None = None
     cold_pages: int | None = None
@@ -226,10 +245,13 @@ class GroundTruth:
     cold_resident_fraction: float | None = None
     evicted_pages: int | None = None
     evicted_cold_fraction: float | None = None
-    refaults: int | None = None  # evicted pages the guest touched again
+    refaults: int | None = None  # evicted pages the guest touched again: every pass's plus the final phase's
     precision: float | None = None  # young/idle verdicts vs the touched set
     recall: float | None = None
     scored_by: str | None = None  # the ager whose decisions were scored
+    shifts: list[Shift] = field(default_factory=list)  # every move of the hot set between passes
+    passes_to_adapt: int | None = None  # the most passes any followed-through move needed
+    final_refaults: int | None = None  # of refaults, those in the final touch phase (what the last pass evicted)
 
 
 @dataclass
@@ -272,24 +294,32 @@ class PassRow:
     ager: str
     start_ns: int  # CLOCK_MONOTONIC; the window the aging figures were counted in, the pass inside it
     end_ns: int
-    hot_resident_fraction: float | None = None
+    hot_resident_fraction: float | None = None  # of the pass's hot set (touched during its phase); None: empty set
     cold_resident_fraction: float | None = None
     evicted_pages: int | None = None
-    refaults: int | None = None  # since the previous pass
-    aging_calls: int | None = None  # during the pass
+    refaults: int | None = None  # re-faults of this pass's hot set: pages evicted before its phase, touched in it
+    aging_calls: int | None = None  # during the window, by anyone
     aging_pages: int | None = None
     background_calls: int | None = None
     aging_paths: dict[str, int] | None = None  # kvm_age_gfn calls per path during the pass (function probes)
     notifier_paths: dict[str, int] | None = None  # aging requests per kvm_age_notifier path during the pass
     lockless_share: float | None = None
     hook_cleared: int | None = None  # accessed bits cleared through test_clear_young during the pass
-    touched_pages: int | None = None  # distinct data pages the guest touched since the previous pass (ground truth)
+    touched_pages: int | None = None  # the pass's hot set: distinct data pages the guest touched in its epochs
     harvest_precision: float | None = None  # accessed bits cleared vs expected young, this pass
     harvest_recall: float | None = None
     kvm_aging_ns: int | None = None  # time KVM spent answering this VM's aging requests during the pass
     cpu_ns: int | None = None  # CPU time of the ager's thread during the pass
     mmu_lock_acquisitions: int | None = None  # aging requests that took mmu_lock during the pass
     ager_ns: int | None = None  # wall time of the ager's own pass, inside start_ns..end_ns
+    result: PassResult = PassResult.WORKED
+    result_reason: str | None = None  # why a pass did nothing or failed, in words
+    ours_calls: int | None = None  # aging calls our ager made in the window
+    cold_pages: int | None = None  # data pages the guest did not touch during the pass's epochs
+    evicted_hot_pages: int | None = None
+    evicted_cold_pages: int | None = None
+    moved_pages: int | None = None  # hot now, not hot in the previous pass (the working set moved)
+    cooled_resident_fraction: float | None = None  # hot in the previous pass, cold now, and still resident
 
 
 @dataclass

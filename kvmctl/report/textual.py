@@ -17,7 +17,7 @@ from kvmctl.report import locks
 from kvmctl.report.figures import HEADLINE, Figure, Unit, get_figure
 from kvmctl.report.fmt import (fmt_count, fmt_fraction, fmt_ns, fmt_ns_short, fmt_seconds, fmt_value, fmt_whole,
                                hist_name, hist_unit_label, null_text)
-from kvmctl.report.schema import Bucket, ContentionRow, Report
+from kvmctl.report.schema import Bucket, ContentionRow, PassResult, Report
 from kvmctl.units import format_size
 
 WIDTH = 80
@@ -169,6 +169,7 @@ def _headline(report: Report) -> list[str]:
         value = get_figure(report, fig.key)
         text = fmt_value(value, fig.unit) if value is not None else null_text(report, fig.key)
         lines += _field(fig.label, text, width)
+    lines += _bullets(["hot: the pages the guest touched during a pass (the ground truth); cold: the others"], "  ")
     return lines
 
 
@@ -242,6 +243,13 @@ def _ground_truth(report: Report) -> list[str]:
     lines += _field("re-faults", refaults, 16)
     lines += _field("precision", frac("ground_truth.precision", g.precision), 16)
     lines += _field("recall", frac("ground_truth.recall", g.recall), 16)
+    for s in g.shifts:
+        trail = " -> ".join(fmt_fraction(x) for x in s.cooled_resident_fraction)
+        done = (f"the host needed {s.passes_to_adapt} pass(es) to evict the {fmt_count(s.cooled_pages)} that went cold"
+                if s.passes_to_adapt is not None else
+                f"the run ended before the host evicted the {fmt_count(s.cooled_pages)} that went cold")
+        lines += _field(f"moved, pass {s.pass_no}", f"{fmt_count(s.moved_pages)} pages became hot; {done} "
+                                                    f"(resident after each pass: {trail})", 16)
     return lines
 
 
@@ -286,19 +294,33 @@ def _elided(rows: list, fmt: str, cells, what: str, head: int = _LIST_HEAD) -> l
             + [fmt % cells(r) for r in rows[-head:]])
 
 
+def _set_fraction(x: float | None, pages: int | None) -> str:
+    """A resident share of a page set: n/a when the set is empty."""
+    return "n/a" if pages == 0 else fmt_fraction(x).replace("%", "")
+
+
 def _passes(report: Report) -> list[str]:
     if not report.passes:
         return []
     fmt = "%4s %-7s %7s %6s %6s %8s %8s %8s %9s %8s"
     lines = _section("Ager passes")
-    lines.append(fmt % ("pass", "ager", "ms", "hot%", "cold%", "evicted", "refaults", "calls", "pages", "bg calls"))
-    lines += _elided(report.passes, fmt, lambda p: (
-        p.pass_no, _clip(p.ager, 7), f"{(p.end_ns - p.start_ns) / 1e6:.1f}",
-        fmt_fraction(p.hot_resident_fraction).replace("%", ""), fmt_fraction(p.cold_resident_fraction).replace("%", ""),
-        fmt_count(p.evicted_pages), fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(p.aging_pages),
-        fmt_count(p.background_calls)), "passes")
-    lines.append("  (ms: the window calls/pages were counted in, the pass inside it; hot%/cold%")
-    lines.append("   resident after the pass; refaults since the previous pass; - = not measured)")
+    lines.append(fmt % ("pass", "ager", "ms", "hot%", "cold%", "evicted", "refaults", "calls", "ours", "bg calls"))
+
+    def row(p) -> str:
+        line = fmt % (p.pass_no, _clip(p.ager, 7), f"{(p.end_ns - p.start_ns) / 1e6:.1f}",
+                      _set_fraction(p.hot_resident_fraction, p.touched_pages),
+                      _set_fraction(p.cold_resident_fraction, p.cold_pages), fmt_count(p.evicted_pages),
+                      fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(p.ours_calls),
+                      fmt_count(p.background_calls))
+        if p.result is PassResult.WORKED:
+            return line
+        return "\n".join([line] + _bullets([f"{p.result.value.upper()}: {p.result_reason or ''}"], "       "))
+
+    lines += "\n".join(_elided(report.passes, "%s", lambda p: (row(p),), "passes")).splitlines()
+    lines.append("  (hot: pages the guest touched during the pass; cold: the others; hot%/cold%:")
+    lines.append("   resident after the pass, n/a for an empty set; refaults: hot pages the guest")
+    lines.append("   faulted back in, evicted before the pass; ms: the window calls were counted")
+    lines.append("   in, the pass inside it; ours: by our ager; - = not measured)")
     return lines
 
 
@@ -380,7 +402,7 @@ def _epochs(report: Report) -> list[str]:
     lines.append(fmt % ("epoch", "vcpus", "pattern", "pages touched", "guest s", "wall s"))
     lines += _elided(epoch_cells(report), fmt, lambda c: (*c[:2], _clip(c[2], 22), *c[3:]), "epochs")
     lines.append("  (pages summed over vCPUs; seconds of the slowest vCPU; all = one row for a")
-    lines.append("   run of epochs on every vCPU, numbered from its first epoch)")
+    lines.append("   concurrent pass: its epoch run xN times over on every vCPU)")
     return lines
 
 

@@ -41,7 +41,7 @@ def _squeeze(vm: VmChild, concurrent: bool) -> tuple[np.ndarray, np.ndarray, obj
     ager.prepare(AgerContext(vm.cg, vm.pid, vm.slot_refs(), options={"squeeze": 0.5}))
     try:
         if concurrent:
-            vm.spin(f"hotcold:{HOT}", write=False, min_epochs=2)  # the guest really runs during the pass
+            vm.spin(f"hotcold:{HOT}", write=False, min_runs=2)  # the guest really runs during the pass
         with pinned(vm.placement.ager):  # reclaim runs here: not on the vCPU's CPU
             record = ager.run_pass(0)
         if concurrent:

@@ -11,7 +11,7 @@ import pytest
 
 from kvmctl.report import schema as rm
 from kvmctl.report.figures import HEADLINE
-from tests.helpers.experiments import assert_memslots_consistent, assert_nulls_explained, by_class
+from tests.helpers.experiments import assert_memslots_consistent, assert_nulls_explained, by_class, run_cli_text
 
 pytestmark = [pytest.mark.kvm, pytest.mark.bpf, pytest.mark.root, pytest.mark.slow]
 
@@ -61,7 +61,7 @@ def test_between_mode_runs_passes_while_the_guest_is_paused(experiment):
     epochs = data_epochs(r)
     # 2 passes x 2 epochs, then the final touch phase of 2 epochs, one vCPU
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
-    assert all(e["pattern"] == "hotcold:0.25" for e in epochs)
+    assert all(e["pattern"] == "moving:0.25:1" for e in epochs)
     for i, p in enumerate(r["passes"]):
         before, after = epochs[2 * i + 1], epochs[2 * i + 2]
         assert before["end_ns"] <= p["start_ns"] <= p["end_ns"] <= after["start_ns"], (i, p)
@@ -81,7 +81,7 @@ def test_repeat_keeps_every_runs_headline(experiment):
 
 
 def test_anon_backing_says_why_residency_is_not_observable(experiment):
-    r = complete(experiment("--backing", "anon", "--mem", "128M", "--passes", "1"))
+    r = complete(experiment("--backing", "anon", "--ager", "passive", "--mem", "128M", "--passes", "1"))
     assert r["memslots"][0]["backing"] == "anon"
     gt, reasons = r["ground_truth"], r["probes"]["not_observable"]
     for key in ("hot_resident_fraction", "evicted_cold_fraction", "refaults"):
@@ -114,3 +114,31 @@ def test_two_vcpus_touch_their_own_regions(experiment):
     assert gt["hot_pages"] == (256 * MiB >> 12) // 4  # 25 % of each vCPU's half
     assert_hot_kept_over_cold(r)
     assert r["vm_stats"]["pages_4k"] >= gt["hot_pages"]
+
+
+def test_a_pass_with_nothing_to_do_says_so_in_the_pass_table(tmp_path):
+    """A target above what the guest can use: every squeeze finds nothing to reclaim, and the table says so."""
+    proc, r = run_cli_text(tmp_path, "--ager-opt", f"target_bytes={1 << 40}", "--passes", "2", "--mem", "128M")
+    assert proc.returncode == 0, proc.stderr
+    for row in r["passes"]:
+        assert row["result"] == "did nothing" and "nothing to reclaim" in row["result_reason"], row
+        assert "MiB" in row["result_reason"] and "1.0 TiB" in row["result_reason"], "sizes for people, not bytes"
+    rows = proc.stdout[proc.stdout.index("-- Ager passes"):].splitlines()
+    flagged = [i for i, line in enumerate(rows) if line.lstrip().startswith("DID NOTHING: nothing to reclaim")]
+    assert [rows[i - 1].split()[0] for i in flagged] == ["0", "1"], "the words stand under each pass's row"
+
+
+def test_a_failed_ager_step_fails_the_pass_and_the_report(tmp_path):
+    """memfd guest memory is shmem: without swap no squeeze can reclaim it, and the limit write fails (EBUSY)."""
+    from kvmctl.probe import probe_host
+
+    if probe_host(load_bpf=False).memory.swap:
+        pytest.skip("this host has swap: reclaim can take shmem guest memory, so no squeeze fails")
+    proc, r = run_cli_text(tmp_path, "--backing", "memfd", "--passes", "1", "--mem", "128M", expect_exit=1)
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kvmctl: error:")]
+    assert len(errors) == 1 and "pass 0 of the memcg ager failed" in errors[0], proc.stderr
+    assert r["complete"] is False and "pass 0 of the memcg ager failed" in r["incomplete_reason"]
+    row = r["passes"][0]
+    assert row["result"] == "failed" and "Device or resource busy" in row["result_reason"], row
+    assert r["aging"]["calls"] is not None and row["touched_pages"] > 0, "the figures of the run are kept"

@@ -24,6 +24,15 @@ def run_cli(tmp: Path, *flags: str, name: str = "report.json") -> dict:
     return report
 
 
+def run_cli_text(tmp: Path, *flags: str, expect_exit: int = 0) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run `kvmctl experiment FLAGS` as a user does (the text summary on stdout); its process and report."""
+    out = tmp / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "kvmctl", "experiment", *flags, "-o", str(out)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == expect_exit, f"exit {proc.returncode}: {proc.stderr.strip()}"
+    return proc, json.loads(out.read_text())
+
+
 def dig(report: dict, dotted: str):
     """report['a']['b'] for 'a.b'; KeyError names the missing part."""
     obj = report

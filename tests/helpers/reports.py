@@ -49,7 +49,8 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
                                  cold_resident_fraction=1.0 - 0.5 * p / passes * (pages / (pages - hot)),
                                  evicted_pages=evicted, refaults=rng.randint(0, 3),
                                  aging_calls=int(4200 * scale), aging_pages=int(12600 * scale),
-                                 background_calls=560 + rng.randint(-20, 20)))
+                                 background_calls=(bg := 560 + rng.randint(-20, 20)), ours_calls=int(4200 * scale) - bg,
+                                 touched_pages=hot, cold_pages=pages - hot))
     epoch_rows = []
     t = T0
     for e in range(epochs):
@@ -81,6 +82,7 @@ def make_report(*, tdp: bool = False, seed: int = 1, scale: float = 1.0, passes:
     not_obs: dict[str, str] = {
         "ground_truth.precision": "the memcg ager reports no young/idle bits (needs MGLRU or idle page tracking)",
         "ground_truth.recall": "the memcg ager reports no young/idle bits (needs MGLRU or idle page tracking)",
+        "ground_truth.passes_to_adapt": "the hot set did not move between passes",
     }
     if not tdp:
         not_obs["function_latency"] = "kprobes and fentry are unavailable (CONFIG_KPROBES off)"

@@ -44,13 +44,13 @@ class VmChild:
         """Run one epoch; the pages touched."""
         return self.proc.epoch(pattern, write).touches
 
-    def spin(self, pattern: str, write: bool, min_epochs: int = 0) -> None:
-        """Run epochs back to back until :meth:`stop`, after ``min_epochs`` of them."""
-        self.proc.loop_start(pattern, write, min_epochs=min_epochs)
+    def spin(self, pattern: str, write: bool, min_runs: int = 0) -> None:
+        """Run the next epoch over and over until :meth:`stop`, after ``min_runs`` runs of it."""
+        self.proc.loop_start(pattern, write, min_runs=min_runs)
 
     def stop(self) -> int:
-        """Stop spinning; the epochs run."""
-        return self.proc.loop_stop().epochs
+        """Stop spinning; how often the epoch ran."""
+        return self.proc.loop_stop().runs
 
     def sync(self) -> None:
         """Write the guest memory back to its files: clean pages reclaim can drop without writeback."""

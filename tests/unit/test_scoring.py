@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvmctl.experiment.scoring import refaults, residency_score, young_score
+from kvmctl.experiment.scoring import ShiftTracker, hot_refaults, residency_score, young_score
 
 
 def mask(n: int, *on: int) -> np.ndarray:
@@ -64,14 +64,6 @@ def test_all_hot_or_all_cold_gives_none_for_the_empty_side():
     assert (all_cold.evicted_hot, all_cold.evicted_cold) == (0, 2)
 
 
-def test_refaults_are_evicted_pages_touched_again():
-    evicted = mask(8, 1, 2, 5)
-    touched_after = mask(8, 0, 1, 5, 7)
-    assert refaults(evicted, touched_after) == 2
-    assert refaults(evicted, mask(8)) == 0
-    assert refaults(mask(8), np.ones(8, dtype=bool)) == 0
-
-
 def test_young_precision_and_recall_over_every_page():
     # touched 0-3; the ager calls 0, 1, 4 young (idle = the rest)
     touched = mask(8, 0, 1, 2, 3)
@@ -109,3 +101,41 @@ def test_perfect_ager_scores_one():
     s = residency_score(before, touched, touched)  # keeps exactly the hot set
     assert s.hot_resident_fraction == 1.0 and s.evicted_cold_fraction == 1.0
     assert s.evicted_pages == int((~touched).sum())
+
+
+def test_hot_refaults_are_hot_pages_that_were_not_resident_when_the_phase_began():
+    resident = mask(8, 0, 1, 2, 3, 4)
+    assert hot_refaults(resident, mask(8, 4, 5, 6)) == 2  # 5 and 6 came back from the file
+    assert hot_refaults(resident, mask(8)) == 0
+
+
+def _window(n: int, lo: int, hi: int) -> np.ndarray:
+    return mask(n, *range(lo, hi))
+
+
+def test_shift_tracker_follows_each_move_until_the_cooled_pages_are_evicted():
+    t = ShiftTracker()
+    t.observe(0, _window(8, 0, 2), _window(8, 0, 4))  # first pass: nothing moved yet
+    t.observe(1, _window(8, 2, 4), _window(8, 0, 4))  # moved; the cooled pages 0-1 stay resident
+    t.observe(2, _window(8, 4, 6), mask(8, 1, 2, 3, 4, 5))  # moved again; page 0 went, 1 stays
+    t.observe(3, _window(8, 6, 8), _window(8, 4, 8))  # 0-3 gone: the first move is adapted to
+    first, second, third = t.shifts
+    assert (first.pass_no, first.moved_pages, first.cooled_pages) == (1, 2, 2)
+    assert first.cooled_resident_fraction == [1.0, 0.5, 0.0] and first.passes_to_adapt == 3
+    assert second.cooled_resident_fraction == [1.0, 0.0] and second.passes_to_adapt == 2
+    assert third.cooled_resident_fraction == [1.0] and third.passes_to_adapt is None  # the run ended first
+
+
+def test_shift_tracker_a_page_hot_again_is_not_cold_and_a_growing_set_needs_no_adapting():
+    t = ShiftTracker()
+    t.observe(0, _window(6, 0, 2), _window(6, 0, 6))
+    t.observe(1, _window(6, 0, 4), _window(6, 0, 6))  # grew: nothing went cold
+    assert t.shifts[0].passes_to_adapt == 0 and t.shifts[0].cooled_pages == 0
+    t.observe(2, _window(6, 2, 4), _window(6, 2, 6))  # 0-1 went cold and were evicted at once
+    t.observe(3, _window(6, 2, 4), _window(6, 2, 6))  # the same set: no move
+    assert [s.pass_no for s in t.shifts] == [1, 2] and t.shifts[1].passes_to_adapt == 1
+    t2 = ShiftTracker()
+    t2.observe(0, _window(6, 0, 2), _window(6, 0, 6))
+    t2.observe(1, _window(6, 2, 4), _window(6, 0, 6))
+    t2.observe(2, _window(6, 0, 2), _window(6, 0, 4))  # the cooled pages are hot again: they leave the set
+    assert t2.shifts[0].cooled_resident_fraction == [1.0, 0.0] and t2.shifts[0].passes_to_adapt == 2

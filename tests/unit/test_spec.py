@@ -31,7 +31,9 @@ def test_defaults_are_the_issue_experiment():
     spec.validate()
     m = spec.machine_spec()
     assert m.mem_bytes == 512 * MiB and m.backing is BackingKind.FILE and m.memslots == 1
-    assert (spec.ager, spec.pattern, spec.ager_options) == ("memcg", "hotcold:0.25", {"squeeze_guest": 0.5})
+    # a fixed memcg target every pass and a hot quarter that moves on every pass: every pass has work
+    assert (spec.ager, spec.pattern, spec.ager_options) == ("memcg", "moving:0.25:1", {"squeeze_guest": 0.5})
+    assert spec.passes >= 3 and spec.mode == "concurrent"
 
 
 def test_toml_file_with_an_ager_table(tmp_path):

@@ -57,6 +57,10 @@ class MemcgPass(PassRecord):
     counters: dict[str, int] = field(default_factory=dict)  # kernel event counts over the pass (memory.stat deltas)
 
 
+# The options that each set a pass's target: one at a time.
+TARGET_OPTIONS = ("squeeze_guest", "squeeze", "target_bytes")
+
+
 class MemcgAger(Ager):
     name = "memcg"
     summary = "memory cgroup reclaim (v2 memory.reclaim, v1 stepped memory.limit_in_bytes)"
@@ -72,6 +76,14 @@ class MemcgAger(Ager):
         Option("step_pause_s", "seconds between steps, so a running guest re-touches its hot pages; default 0",
                seconds),
     )
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        targets = [k for k in TARGET_OPTIONS if k in options]
+        if len(targets) > 1:
+            raise UsageError(f"ager options {' and '.join(targets)} both set the squeeze's target",
+                             "give one of " + ", ".join(TARGET_OPTIONS))
+        return super().check_options(options)
 
     def availability(self) -> Availability:
         memcg = probe_memcg()

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 
 from kvmctl import cleanup
+from kvmctl.agers.memcg import TARGET_OPTIONS
 from kvmctl.commands.flags import EPOCH_TIMEOUT, add_flags, add_vm_shape, flag_hints, vm_shape_keys
 from kvmctl.errors import Interrupted, UsageError
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
@@ -72,7 +73,11 @@ def spec_from_args(args) -> ExperimentSpec:
     if args.ager and not args.spec and args.ager != "memcg":
         spec.ager_options = {}
     if args.ager_opt:
-        spec.ager_options = {**spec.ager_options, **parse_ager_options(args.ager_opt)}
+        given = parse_ager_options(args.ager_opt)
+        kept = spec.ager_options
+        if spec.ager == "memcg" and any(k in given for k in TARGET_OPTIONS):  # a target given replaces the default's
+            kept = {k: v for k, v in kept.items() if k not in TARGET_OPTIONS}
+        spec.ager_options = {**kept, **given}
     if args.squeeze is not None:
         if spec.ager != "memcg":
             raise UsageError(f"--squeeze sets the memcg ager's target, and the ager is {spec.ager}",
@@ -80,7 +85,7 @@ def spec_from_args(args) -> ExperimentSpec:
         if not 0 < args.squeeze < 1:
             raise UsageError(f"--squeeze {args.squeeze:g} is not a fraction between 0 and 1",
                              "give the fraction of the guest's size each pass takes away, e.g. --squeeze 0.5")
-        spec.ager_options = {k: v for k, v in spec.ager_options.items() if not k.startswith("squeeze")}
+        spec.ager_options = {k: v for k, v in spec.ager_options.items() if k not in TARGET_OPTIONS}
         spec.ager_options["squeeze_guest"] = args.squeeze
     spec.validate()
     return spec

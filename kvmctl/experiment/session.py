@@ -17,7 +17,7 @@ from kvmctl import cleanup
 from kvmctl.agers import Ager, get_ager
 from kvmctl.agers.residency import resident_pages
 from kvmctl.cgroup import ExperimentCgroup, own_memcg, stale_cgroups
-from kvmctl.errors import UnsupportedError
+from kvmctl.errors import UnsupportedError, UsageError
 from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.experiment.vmproc import VmProcess
@@ -40,7 +40,20 @@ def preflight(spec: ExperimentSpec, caps: HostCaps | None = None) -> Ager:
                                    "run it inside kvmctl lab (emulated SVM+NPT)")
     ager = get_ager(spec.ager)
     ager.availability().require(spec.ager)
+    if spec.ager == "memcg":
+        _reclaimable(spec, caps)
     return ager
+
+
+def _reclaimable(spec: ExperimentSpec, caps: HostCaps) -> None:
+    """Refuse guest memory memcg reclaim cannot take: every squeeze would fail (EBUSY) and so every pass."""
+    if spec.backing.startswith("hugetlb"):
+        raise UsageError(f"the memcg ager cannot reclaim {spec.backing} guest memory: the kernel never reclaims "
+                         "hugetlb pages", "use --backing file (the default), or --ager passive to watch the host")
+    if spec.backing in ("anon", "thp") and not caps.memory.swap:
+        raise UnsupportedError(f"the memcg ager cannot reclaim {spec.backing} guest memory here: "
+                               f"{caps.memory.swap.reason}",
+                               "use --backing file (the default), add swap, or --ager passive to watch the host")
 
 
 class Session:

@@ -46,7 +46,8 @@ def _digest(path: Path) -> str:
     (["--squeeze", "2"], ExitCode.USAGE, "not a fraction"),
     (["--pattern", "moving:2:1"], ExitCode.USAGE, "bad pattern"),
     (["--nested", "--mode", "concurrent"], ExitCode.USAGE, "--nested"),
-], ids=["ager-name", "ager-option", "squeeze", "pattern", "nested-mode"])
+    (["--backing", "hugetlb"], ExitCode.USAGE, "never reclaims hugetlb pages"),
+], ids=["ager-name", "ager-option", "squeeze", "pattern", "nested-mode", "memcg-hugetlb"])
 def test_a_refused_experiment_leaves_an_existing_report_alone(tmp_path, args, code, phrase):
     existing = tmp_path / "existing.json"
     existing.write_text('{"the user": "kept this"}\n')
@@ -65,6 +66,8 @@ def _unsupported_here() -> list[tuple[list[str], str]]:
         out.append((["--ager", "mglru"], "ager mglru is not available"))
     if not caps.memory.page_idle:
         out.append((["--ager", "page_idle"], "ager page_idle is not available"))
+    if not caps.memory.swap:
+        out.append((["--backing", "anon"], "the memcg ager cannot reclaim anon guest memory here: no swap"))
     if not caps.paging.nested:
         out.append((["--nested", "--mode", "between", "--pattern", "seq"], "--nested needs"))
     return out

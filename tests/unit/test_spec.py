@@ -149,6 +149,14 @@ def test_squeeze_flag_replaces_every_squeeze_option(tmp_path):
     assert spec.ager_options == {"squeeze_guest": 0.75, "steps": 8}
 
 
+def test_a_target_ager_opt_replaces_the_default_target():
+    """--ager-opt target_bytes=... must not be overruled by the default squeeze_guest."""
+    spec = cmd.spec_from_args(args_of("--ager-opt", "target_bytes=4096", "--ager-opt", "steps=4"))
+    assert spec.ager_options == {"target_bytes": 4096, "steps": 4}
+    with pytest.raises(UsageError, match="both set the squeeze's target"):
+        cmd.spec_from_args(args_of("--ager-opt", "squeeze=0.2", "--ager-opt", "target_bytes=4096"))
+
+
 def test_ager_opt_values_become_numbers_when_they_are():
     assert parse_ager_options(["steps=8", "squeeze=0.5", "mode=fast", "target_bytes=1048576"]) == {
         "steps": 8, "squeeze": 0.5, "mode": "fast", "target_bytes": 1 << 20}

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from kvmctl import __version__, cleanup
 from kvmctl.errors import ExitCode, Interrupted, KvmctlError
+from kvmctl.vocab import dump_stacks_on_signal
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
+    dump_stacks_on_signal()
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)

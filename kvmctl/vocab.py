@@ -1,4 +1,5 @@
-"""Words every layer shares: who aged guest memory, who waited on a lock, the trace window, a histogram bucket.
+"""Words every layer shares: who aged guest memory, who waited on a lock, the trace window, a histogram bucket,
+the signal that asks a kvmctl process for its Python stacks.
 
 One definition each. Reports carry the string values. The BPF programs index
 their maps by ``code``: ebpf/aging.c ``enum task_class`` and ebpf/locks.c
@@ -9,7 +10,17 @@ their maps by ``code``: ebpf/aging.c ``enum task_class`` and ebpf/locks.c
 from __future__ import annotations
 
 import enum
+import faulthandler
+import signal
 from dataclasses import dataclass
+
+# Every kvmctl process dumps its threads' Python stacks to stderr on this signal: the lab's
+# no-progress watchdog sends it (SIGUSR1 already kicks vCPU threads out of KVM_RUN).
+STACK_SIGNAL = signal.SIGUSR2
+
+
+def dump_stacks_on_signal() -> None:
+    faulthandler.register(STACK_SIGNAL, all_threads=True)
 
 
 class _Coded(str, enum.Enum):

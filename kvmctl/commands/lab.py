@@ -16,7 +16,7 @@ from pathlib import Path
 from kvmctl.errors import UsageError
 from kvmctl.lab.kernel import resolve_kernel
 from kvmctl.lab.prereqs import check_lab, find_vng
-from kvmctl.lab.runner import LabResult, LabSpec, resolve_command, run_lab
+from kvmctl.lab.runner import LabResult, LabSpec, resolve_command, run_lab, share_dirs
 from kvmctl.units import parse_duration, parse_size
 
 
@@ -32,8 +32,12 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                         help="RAM-backed ext4 disk for file-backed guests inside the lab, 0 for none (default 1G)")
     parser.add_argument("--swap", default="0", help="RAM-backed swap inside the lab (default 0: none, like most hosts)")
     parser.add_argument("--timeout", default="15m", help="stop the lab after this long (default 15m)")
+    parser.add_argument("--stall", default="5m",
+                        help="end the command, printing its processes' stacks, once it has written no output for this "
+                             "long (default 5m; 0: never)")
     parser.add_argument("--outdir", type=Path, default=Path.cwd(),
-                        help="dir shared read-write with the lab and its working dir (default: here)")
+                        help="dir shared read-write with the lab and its working dir (default: here); a kvmctl "
+                             "output path (-o, --output, --html) elsewhere has its own dir shared too")
     parser.add_argument("--json", action="store_true", help="self-check: print JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the lab kernel's console")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
@@ -67,6 +71,10 @@ def _size_or_zero(text: str, what: str) -> int:
     return 0 if text.strip() == "0" else parse_size(text, what)
 
 
+def _duration_or_zero(text: str, what: str) -> float:
+    return 0.0 if text.strip() == "0" else parse_duration(text, what)
+
+
 def main(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if command[:1] == ["compare"]:
@@ -75,7 +83,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--cpus must be at least 1, got {args.cpus}", "give --cpus 2")
     if args.json and command:
         raise UsageError("--json applies to the self-check only", "pass --json to the command after -- instead")
+    stall = _duration_or_zero(args.stall, "--stall")
+    share = share_dirs(command, args.outdir)  # before booting: an output the lab cannot keep is refused now
     kernel = check_lab(resolve_kernel(None if args.stock else args.kernel))
+    for d in share:
+        print(f"kvmctl lab: sharing {d} read-write as well: the command writes there", file=sys.stderr)
     python = sys.executable
     if not command and args.json:
         command = ["python", "-m", "kvmctl.lab.selfcheck", "--json"]
@@ -90,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
         outdir=args.outdir,
         python=python,
         verbose=args.verbose,
+        share=tuple(share),
+        stall=stall,
     )
     result = run_lab(spec, find_vng())
     print(_summary(result, kernel.release), file=sys.stderr)

@@ -24,6 +24,7 @@ from kvmctl.experiment import vmproto as proto
 from kvmctl.guest.machine import EpochResult, GuestMachine, MachineSpec
 from kvmctl.guest.patterns import Pattern
 from kvmctl.units import HUGE_2M, PAGE_SIZE
+from kvmctl.vocab import dump_stacks_on_signal
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -226,6 +227,7 @@ def main(parent_pid: int | None = None) -> int:
     # The parent handles Ctrl-C and tells us to stop; a terminal's SIGINT
     # to the whole process group must not kill the VM mid-report.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    dump_stacks_on_signal()
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     replies = sys.stdout.buffer

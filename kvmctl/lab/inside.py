@@ -3,7 +3,8 @@
 It prepares the lab kernel for kvmctl (kvm_amd, tracefs/debugfs, headers for
 BCC), records what the kernel offers in ``lab.json`` in the shared scratch
 dir, announces readiness on stderr (the host times the boot by it) and then
-execs the command. Everything it changes lives in the lab VM and dies with it.
+runs the command under the no-progress watchdog (kvmctl.lab.watchdog).
+Everything it changes lives in the lab VM and dies with it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kvmctl.errors import KvmctlError, UnsupportedError
+from kvmctl.lab.watchdog import run_watched
 
 READY_MARKER = "kvmctl-lab: ready"
 FACTS_FILE = "lab.json"
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headers-common", type=Path)
     p.add_argument("--disk-bytes", type=int, default=0)
     p.add_argument("--swap-bytes", type=int, default=0)
+    p.add_argument("--stall", type=float, default=0.0, help="end the command after this many seconds without output")
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         env[TMPDIR_ENV] = facts.disk
     sys.stdout.flush()
     try:
-        os.execvpe(command[0], command, env)
+        return run_watched(command, env, args.stall, args.scratch, kernel_log=True)
     except OSError as err:
         print(f"kvmctl: error: cannot run {command[0]}: {err.strerror} (check the command after --)",
               file=sys.stderr)

@@ -30,3 +30,19 @@ def test_lab_not_set_up_points_at_the_setup_script(tmp_path):
 def test_json_with_a_command_is_refused():
     res = kvmctl("lab", "--json", "--", "kvmctl", "info")
     assert res.returncode == ExitCode.USAGE and "self-check" in res.stderr
+
+
+def test_an_output_the_lab_cannot_keep_is_refused_before_booting(tmp_path):
+    """The lab's root is a throwaway layer: an output there would vanish. Refused before the lab is even looked for."""
+    env = dict(os.environ, KVMCTL_LAB_DIR=str(tmp_path / "no-lab"))  # booting would fail differently
+    out = tmp_path / "out"
+    res = kvmctl("lab", "--outdir", str(out), "--", "kvmctl", "experiment", "-o", str(tmp_path / "gone" / "r.json"),
+                 env=env)
+    assert res.returncode == ExitCode.USAGE, res.stderr
+    assert res.stderr.count("\n") == 1 and "does not exist on the host" in res.stderr and "--outdir" in res.stderr
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_bad_stall_time_is_refused():
+    res = kvmctl("lab", "--stall", "soon", "--", "kvmctl", "info")
+    assert res.returncode == ExitCode.USAGE and "--stall" in res.stderr

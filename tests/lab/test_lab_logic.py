@@ -9,7 +9,8 @@ import pytest
 
 from kvmctl.errors import UnsupportedError, UsageError
 from kvmctl.lab import kernel as K
-from kvmctl.lab.runner import ERR_FILE, LAB_CPU, OUT_FILE, STATUS_FILE, LabSpec, inside_argv, resolve_command, vng_argv
+from kvmctl.lab.runner import (ERR_FILE, KVMCTL_ROOT, LAB_CPU, OUT_FILE, STATUS_FILE, LabSpec, inside_argv,
+                               output_paths, resolve_command, share_dirs, vng_argv)
 
 PY = "/opt/venv/bin/python"
 
@@ -132,12 +133,12 @@ def test_vng_argv_emulates_svm_npt_and_shares_outputs(tmp_path):
     assert f"--rwdir={scratch}" in argv and f"--rwdir={tmp_path.resolve()}" in argv
     shell = argv[argv.index("--exec") + 1]
     words = shlex.split(shell)
-    assert words[:3] == ["cd", str(tmp_path.resolve()), "&&"]
+    assert words[:4] == ["cd", str(tmp_path.resolve()), "&&", f"PYTHONPATH={KVMCTL_ROOT}"]
     inside = inside_argv(_spec(tmp_path), scratch)
-    assert words[3:3 + len(inside)] == inside
+    assert words[4:4 + len(inside)] == inside
     assert inside[-5:] == ["--", PY, "-m", "kvmctl", "info"]
     # output and status through the scratch dir, whatever virtme-ng's script ports do
-    assert words[3 + len(inside):] == ["</dev/null", f">{scratch}/{OUT_FILE}", f"2>{scratch}/{ERR_FILE};",
+    assert words[4 + len(inside):] == ["</dev/null", f">{scratch}/{OUT_FILE}", f"2>{scratch}/{ERR_FILE};",
                                        "echo", "$?", f">{scratch}/{STATUS_FILE}"]
     assert "--headers" in words and "--headers-common" in words
 
@@ -155,6 +156,44 @@ def test_vng_argv_boots_a_build_tree_as_a_dir(tmp_path):
 def test_vng_argv_refuses_to_share_root(tmp_path):
     with pytest.raises(UsageError, match="cannot share /"):
         vng_argv(_spec(Path("/")), Path("vng"), Path("/s"))
+
+
+@pytest.mark.parametrize("command, want", [
+    (["kvmctl", "experiment", "-o", "a.json", "--mem", "64M"], ["a.json"]),
+    (["kvmctl", "experiment", "-ob.json"], ["b.json"]),
+    (["kvmctl", "experiment", "--output=/x/c.json"], ["/x/c.json"]),
+    (["kvmctl", "report", "diff", "A", "B", "--html", "d.html"], ["d.html"]),
+    (["kvmctl", "experiment", "--outdir-like", "x"], []),
+    (["pytest", "-o", "cache_dir=x"], []),  # pytest's -o is an ini option, not a file
+])
+def test_output_paths_are_the_kvmctl_output_flags(command, want):
+    assert output_paths(command) == want
+
+
+def test_outputs_outside_the_outdir_have_their_dir_shared(tmp_path):
+    out, other = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    (other / "deeper").mkdir(parents=True)
+    assert share_dirs(["kvmctl", "experiment", "-o", "r.json"], out) == []
+    assert share_dirs(["kvmctl", "experiment", "-o", str(out / "sub" / "r.json")], out) == []
+    cmd = ["kvmctl", "experiment", "-o", str(other / "deeper" / "r.json"), "--html", str(other / "r.html")]
+    assert share_dirs(cmd, out) == [other.resolve()]  # one share covers both
+    assert share_dirs(["kvmctl", "experiment", "-o", "../elsewhere/r.json"], out) == [other.resolve()]
+    argv = vng_argv(_spec(out, share=(other.resolve(),)), Path("vng"), Path("/s"))
+    assert f"--rwdir={other.resolve()}" in argv and f"--rwdir={out.resolve()}" in argv
+
+
+@pytest.mark.parametrize("path, phrase", [("{tmp}/missing/r.json", "does not exist on the host"),
+                                          ("/r.json", "share / read-write")])
+def test_an_output_the_lab_cannot_keep_is_refused(tmp_path, path, phrase):
+    with pytest.raises(UsageError, match=phrase) as exc:
+        share_dirs(["kvmctl", "experiment", "-o", path.format(tmp=tmp_path)], tmp_path / "out")
+    assert "--outdir" in exc.value.hint
+
+
+def test_inside_gets_the_stall_time(tmp_path):
+    argv = inside_argv(_spec(tmp_path, stall=90.0), Path("/s"))
+    assert argv[argv.index("--stall") + 1] == "90"
 
 
 def test_inside_refuses_to_touch_the_host():

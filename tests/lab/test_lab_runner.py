@@ -20,7 +20,9 @@ import pytest
 from kvmctl.errors import GuestError
 from kvmctl.lab import kernel as K
 from kvmctl.lab.inside import FACTS_FILE, READY_MARKER
-from kvmctl.lab.runner import ERR_FILE, OUT_FILE, STATUS_FILE, LabSpec, LabTimeout, run_lab
+from kvmctl.lab import runner
+from kvmctl.lab.runner import ERR_FILE, OUT_FILE, STATUS_FILE, LabSpec, LabStalled, LabTimeout, run_lab
+from kvmctl.lab.watchdog import STALL_EXIT, STALL_FILE
 
 FAKE_VNG = """#!{python}
 import json, os, subprocess, sys, time
@@ -38,7 +40,12 @@ if mode != "noboot":
             for i in range(3):
                 print(f"inner stdout {{i}}", file=out, flush=True)
                 time.sleep(0.15)  # written while the host already tails the file
-if mode == "hang":
+if mode == "stall":  # what the lab's watchdog leaves behind
+    with open(os.path.join(scratch, "{stall}"), "w") as f:
+        f.write("kvmctl-lab: no progress for 300 s\\nprocess 42: python -m kvmctl experiment\\n")
+    with open(os.path.join(scratch, "{status}"), "w") as f:
+        print({stall_exit}, file=f)
+if mode in ("hang", "silent"):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open(os.environ["FAKE_PIDS"], "w") as f:
         f.write(f"{{os.getpid()}} {{child.pid}}")
@@ -55,14 +62,15 @@ def fake_vng(tmp_path) -> Path:
     path = tmp_path / "bin" / "vng"
     path.parent.mkdir()
     path.write_text(FAKE_VNG.format(python=sys.executable, facts=FACTS_FILE, marker=READY_MARKER,
-                                    out=OUT_FILE, err=ERR_FILE, status=STATUS_FILE))
+                                    out=OUT_FILE, err=ERR_FILE, status=STATUS_FILE, stall=STALL_FILE,
+                                    stall_exit=STALL_EXIT))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
 
-def _spec(tmp_path, timeout: float = 60.0) -> LabSpec:
+def _spec(tmp_path, timeout: float = 60.0, stall: float = 300.0) -> LabSpec:
     kernel = K.LabKernel(K.KernelSource.IMAGE, tmp_path / "bzImage", "6.1.0-test", None, None, None)
-    return LabSpec(kernel=kernel, command=["true"], outdir=tmp_path / "out", timeout=timeout)
+    return LabSpec(kernel=kernel, command=["true"], outdir=tmp_path / "out", timeout=timeout, stall=stall)
 
 
 def test_output_exit_code_and_facts_come_back(tmp_path, fake_vng, monkeypatch):
@@ -104,3 +112,25 @@ def test_timeout_ends_every_process_we_started(tmp_path, fake_vng, monkeypatch):
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_stalled_command_ends_the_run_with_what_the_watchdog_found(tmp_path, fake_vng, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "stall")
+    with pytest.raises(LabStalled, match="no progress .* for 300 s") as exc:
+        run_lab(_spec(tmp_path), fake_vng, io.BytesIO(), io.BytesIO())
+    assert exc.value.result.returncode == STALL_EXIT
+    assert "process 42: python -m kvmctl experiment" in exc.value.result.stalled
+    assert "--verbose" in exc.value.hint and "--stall" in exc.value.hint
+
+
+def test_a_lab_that_stops_answering_is_ended_by_the_host(tmp_path, fake_vng, monkeypatch):
+    """The lab's own watchdog never reports (a wedged lab kernel): the host ends it after a grace time."""
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_MODE", "silent")
+    monkeypatch.setenv("FAKE_PIDS", str(pids_file))
+    monkeypatch.setattr(runner, "_STALL_GRACE_S", 1.0)
+    with pytest.raises(LabStalled, match="did not answer") as exc:
+        run_lab(_spec(tmp_path, stall=1.0), fake_vng, io.BytesIO(), io.BytesIO())
+    assert exc.value.result.wall_s < 30
+    for pid in (int(p) for p in pids_file.read_text().split()):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid

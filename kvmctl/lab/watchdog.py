@@ -1,8 +1,11 @@
 """The lab's no-progress watchdog: a command whose output stops growing is ended with its stacks.
 
 Inside the lab the command's stdout and stderr are files in the shared
-scratch dir, so new output is progress. When neither file grows for the
-stall time, the watchdog writes what every process of the command is doing
+scratch dir, so new output is progress; so is a second in which the
+command's own process was busy (a BCC compile prints nothing for minutes
+under emulation), while a command waiting on a child that makes no
+progress is not. When neither happens for the stall time, the watchdog
+writes what every process of the command is doing
 to stderr: each thread's state, wchan, the syscall it sits in and its kernel
 stack (``/proc/PID/task/TID/...``), the Python stacks of kvmctl's own
 processes (they dump them on ``kvmctl.vocab.STACK_SIGNAL``)
@@ -26,6 +29,7 @@ from kvmctl.vocab import STACK_SIGNAL
 STALL_FILE = "stall.txt"
 STALL_EXIT = 124  # like timeout(1)
 _POLL_S = 1.0
+_BUSY_SHARE = 0.25  # a poll interval in which the command's process ran this share of it is progress
 _KILL_GRACE_S = 3.0
 _KERNEL_LOG_LINES = 300
 
@@ -108,12 +112,13 @@ def stall_report(root_pid: int, stalled_s: float, kernel_log: bool) -> str:
     for proc in procs:
         if _catches(proc.pid, STACK_SIGNAL):
             try:
-                os.kill(proc.pid, STACK_SIGNAL)  # each writes its Python stacks to its own stderr
+                os.kill(proc.pid, STACK_SIGNAL)  # it writes its Python stacks to its stderr, which we share
             except ProcessLookupError:
-                pass
-    time.sleep(0.5)
-    lines = [f"kvmctl-lab: no progress for {stalled_s:.0f} s (no new output); what the command's processes are "
-             "doing (their Python stacks, where they have a handler, are above):"]
+                continue
+            time.sleep(0.5)  # one at a time: dumps written at once interleave
+    lines = [f"kvmctl-lab: no progress for {stalled_s:.0f} s (no new output, and the command's process was not "
+             "busy); what the command's processes are doing (their Python stacks, where they have a handler, are "
+             "above):"]
     for proc in procs:
         try:
             cmdline = " ".join(proc.cmdline()) or proc.name()
@@ -156,6 +161,14 @@ def _output_size(fds: tuple[int, ...]) -> int:
     return total
 
 
+def _cpu_s(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
 def run_watched(command: list[str], env: dict[str, str], stall_s: float, scratch: Path, *,
                 kernel_log: bool = False, fds: tuple[int, ...] = (1, 2)) -> int:
     """Run ``command`` (its output on ``fds``); its exit status, or STALL_EXIT once it made no progress.
@@ -163,15 +176,19 @@ def run_watched(command: list[str], env: dict[str, str], stall_s: float, scratch
     ``stall_s`` 0 waits for ever.
     """
     proc = subprocess.Popen(command, env=env)
-    size, since = _output_size(fds), time.monotonic()
+    root = psutil.Process(proc.pid)
+    size, cpu, since = _output_size(fds), _cpu_s(root), time.monotonic()
     while True:
+        t0 = time.monotonic()
         try:
             return proc.wait(timeout=_POLL_S)
         except subprocess.TimeoutExpired:
             pass
-        now = _output_size(fds)
-        if now != size:
-            size, since = now, time.monotonic()
+        now_size, now_cpu = _output_size(fds), _cpu_s(root)
+        busy = now_cpu - cpu >= _BUSY_SHARE * (time.monotonic() - t0)
+        cpu = now_cpu
+        if now_size != size or busy:
+            size, since = now_size, time.monotonic()
         elif stall_s and time.monotonic() - since >= stall_s:
             report = stall_report(proc.pid, time.monotonic() - since, kernel_log)
             sys.stderr.write(report)

@@ -66,3 +66,10 @@ def test_a_command_that_keeps_writing_runs_to_its_end(tmp_path):
     rc, out, err = watched(tmp_path, TALKATIVE, stall=2)
     assert rc == 3 and out.split() == [str(i) for i in range(6)], err
     assert not (tmp_path / STALL_FILE).exists()
+
+
+def test_a_busy_command_is_not_stalled_though_it_prints_nothing(tmp_path):
+    """Like a BCC compile under emulation: minutes of CPU without a line of output."""
+    busy = "import time\nend = time.monotonic() + 5\nwhile time.monotonic() < end:\n    pass\nraise SystemExit(0)\n"
+    rc, out, err = watched(tmp_path, busy, stall=2)
+    assert rc == 0 and not (tmp_path / STALL_FILE).exists(), err

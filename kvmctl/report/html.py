@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from html import escape
 
 from kvmctl.report import locks, svg
-from kvmctl.report.schema import PassRow, Report
+from kvmctl.report.schema import PassResult, PassRow, Report
 from kvmctl.report.figures import HEADLINE, get_figure
 from kvmctl.report.fmt import (fmt_count, fmt_fraction, fmt_ns, fmt_ns_short, fmt_seconds, fmt_value, hist_name,
                                hist_unit_label, null_text)
@@ -44,8 +44,9 @@ vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}.na
 .status-incomplete{color:#b00;font-weight:bold}figure.plot{margin:16px 0;padding:8px;border:1px solid #e4e4e4}
 figcaption{font-weight:600;margin-bottom:4px}figure.plot svg{display:block;width:100%;height:auto}
 pre{font-size:12px;overflow-x:auto}th{white-space:nowrap}table.grid th{background:#f4f4f4}
-p.legend{font-size:12px;color:#555;margin:2px 0 10px}tr.idle td{color:#8a5a00}table.grid{font-size:13px}
-table.grid td,table.grid th{padding:2px 5px}tr.note td{font-size:12px;font-style:italic;border-bottom:1px solid #ddd}
+p.legend{font-size:12px;color:#555;margin:2px 0 10px}tr.idle td{color:#8a5a00}tr.failed td{color:#b00}table.grid{font-size:13px}
+table.grid td,table.grid th{padding:2px 5px}table.grid th{white-space:normal;vertical-align:bottom}
+th.num{text-align:right}tr.note td{font-size:12px;font-style:italic;border-bottom:1px solid #ddd}
 td.val{text-align:left}
 """
 
@@ -108,7 +109,8 @@ def _aging_plots(report: Report) -> list[Plot]:
         reason = "none: no aging call touched this VM's memory while traced"
         return [Plot(pid, title, None, reason) for pid, title in zip(("aging-calls", "aging-pages", "aging-background"),
                                                                       titles)]
-    xs = [s.t_offset_ns / 1e9 for s in series]
+    half = (a.interval_ns or 0) / 2  # a point stands at the middle of its interval, as the passes' bands do
+    xs = [(s.t_offset_ns + half) / 1e9 for s in series]
     bands = pass_bands(report)
     axis = "seconds since probes attached (shaded: ager passes)" if bands else "seconds since probes attached"
     return [
@@ -274,7 +276,9 @@ def _grid(head: list[str], rows: list[list[str]], text_cols: tuple[int, ...] = (
           caption: str = "", notes: list[str] | None = None) -> str:
     """A table with a header row; every column right-aligned as numbers except ``text_cols``;
     ``notes[r]``, where not empty, is a row of words under row r across the whole table."""
-    out = ['<table class="grid">', "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    out = ['<table class="grid">', "<tr>" + "".join(f"<th>{escape(h)}</th>" if i in text_cols else
+                                                    f'<th class="num">{escape(h)}</th>' for i, h in enumerate(head))
+           + "</tr>"]
     for r, cells in enumerate(rows):
         cls = f' class="{row_classes[r]}"' if row_classes and row_classes[r] else ""
         out.append(f"<tr{cls}>" + "".join(
@@ -289,13 +293,21 @@ def _grid(head: list[str], rows: list[list[str]], text_cols: tuple[int, ...] = (
     return "\n".join(out)
 
 
+def _set_share(x: float | None, pages: int | None) -> str:
+    """A resident share of a page set: n/a when the set is empty."""
+    return "n/a" if pages == 0 else fmt_fraction(x)
+
+
 def _pass_notes(report: Report, p: PassRow) -> str:
-    """What the experiment noted about one pass, and a pass that did nothing said in words."""
+    """A pass that did nothing or failed, in words, then what the experiment noted about it."""
     prefix = f"pass {p.pass_no}: "
     notes = [n.removeprefix(prefix) for n in report.notes if n.startswith(prefix)]
-    if p.aging_calls == 0 and not p.evicted_pages:
-        notes.insert(0, "did nothing: no aging call and no page evicted")
-    return "; ".join(notes)
+    if p.result is not PassResult.WORKED:
+        notes.insert(0, f"{p.result.value.upper()}: {p.result_reason or 'no reason recorded'}")
+    return "; ".join(dict.fromkeys(notes))
+
+
+_RESULT_CLASS = {PassResult.WORKED: "", PassResult.DID_NOTHING: "idle", PassResult.FAILED: "failed"}
 
 
 def _passes_table(report: Report) -> str:
@@ -303,22 +315,37 @@ def _passes_table(report: Report) -> str:
         return ""
     rows, classes, notes = [], [], []
     for p in report.passes:
-        ours = None if p.aging_calls is None or p.background_calls is None else p.aging_calls - p.background_calls
-        rows.append([str(p.pass_no), p.ager, fmt_seconds((p.end_ns - p.start_ns) / 1e9),
+        rows.append([str(p.pass_no), p.ager, p.result.value, fmt_seconds((p.end_ns - p.start_ns) / 1e9),
                      "-" if p.ager_ns is None else fmt_seconds(p.ager_ns / 1e9),
-                     fmt_fraction(p.hot_resident_fraction), fmt_fraction(p.cold_resident_fraction),
-                     fmt_count(p.evicted_pages), fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(ours),
+                     _set_share(p.hot_resident_fraction, p.touched_pages),
+                     _set_share(p.cold_resident_fraction, p.cold_pages), fmt_count(p.evicted_pages),
+                     fmt_count(p.refaults), fmt_count(p.aging_calls), fmt_count(p.ours_calls),
                      fmt_count(p.background_calls), fmt_count(p.aging_pages)])
         notes.append(_pass_notes(report, p))
-        classes.append("idle" if p.aging_calls == 0 and not p.evicted_pages else "")
-    return _grid(["pass", "ager", "window", "ager's pass", "hot resident", "cold resident", "evicted", "re-faults",
-                  "aging calls", "ours + VM", "background", "pages aged"], rows, (1,), classes,
-                 "window: from reading the tracer's counters before the pass to reading them after it, the span the "
-                 "aging figures of the row were counted in; ager's pass: the ager's own wall time inside it. Hot: "
-                 "the data pages the guest touched in the epochs since the previous pass (the ground truth); cold: "
-                 "every other data page; both resident after the pass. Re-faults: pages the previous pass evicted "
-                 "that the guest touched again. Ours + VM: our ager and the VM's own threads. "
-                 "- = not measured. Under a row: what the experiment noted about that pass.", notes)
+        classes.append(_RESULT_CLASS[p.result])
+    return _grid(["pass", "ager", "result", "window", "ager's pass", "hot resident", "cold resident", "evicted",
+                  "re-faults", "aging calls", "our ager", "background", "pages aged"], rows, (1, 2), classes,
+                 "Hot: the data pages the guest touched during the pass; cold: the others; both resident after the "
+                 "pass (n/a for an empty set). Re-faults: hot pages the guest faulted back in that were evicted "
+                 "before the pass. Window: from reading the tracer's counters before the pass to reading them after "
+                 "it, the span the row's aging figures were counted in; ager's pass: the ager's own wall time inside "
+                 "it. Aging calls: by every task; our ager and background are parts of them (the rest are the VM's "
+                 "own threads). - = not measured. Under a row: why a pass did nothing or failed, and what the "
+                 "experiment noted about it.", notes)
+
+
+def _shifts_table(report: Report) -> str:
+    """Every move of the hot set and how many passes the host needed to evict what went cold."""
+    shifts = report.ground_truth.shifts
+    if not shifts:
+        return ""
+    rows = [[str(s.pass_no), fmt_count(s.moved_pages), fmt_count(s.cooled_pages),
+             "not within the run" if s.passes_to_adapt is None else str(s.passes_to_adapt),
+             " → ".join(fmt_fraction(x) for x in s.cooled_resident_fraction)] for s in shifts]
+    return _grid(["pass", "pages became hot", "pages went cold", "passes to adapt", "went-cold pages resident after "
+                  "each pass"], rows, (3, 4),
+                 caption="passes to adapt: passes from the move (its own pass counts as 1) until at most 1 % of the "
+                         "pages that went cold were still resident.")
 
 
 def _tasks_table(report: Report) -> str:
@@ -436,7 +463,8 @@ def report_sections(report: Report, prefix: str = "") -> list[str]:
     """Headline, facts and plots of one report (``prefix`` keeps element ids unique on a page of several)."""
     parts = ["<h2>Headline</h2>", _headline(report)]
     for title, table in ((f"Repeats: {len(report.repeats)} runs", _repeats_table(report)),
-                         ("Ager passes", _passes_table(report)), ("Aging by task", _tasks_table(report))):
+                         ("Ager passes", _passes_table(report)), ("Moves of the hot set", _shifts_table(report)),
+                         ("Aging by task", _tasks_table(report))):
         if table:
             parts += [f"<h2>{escape(title)}</h2>", table]
     parts += ["<h2>Host, fallback verdict, ground truth</h2>", _facts(report), "<h2>Plots</h2>"]

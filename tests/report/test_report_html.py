@@ -10,7 +10,7 @@ import pytest
 
 from kvmctl.report import locks
 from kvmctl.report.html import plots, render_html
-from kvmctl.report.schema import AgingSample, Report
+from kvmctl.report.schema import AgingSample, PassResult, Report, Shift
 from kvmctl.report.textual import time_buckets
 from tests.helpers.pages import chromium, parse, run_chromium
 from tests.helpers.reports import make_report, with_repeats
@@ -157,7 +157,7 @@ def test_passes_tasks_and_epochs_are_tables_and_repeats_too():
     r = make_report()
     page = render_html(r)
     passes = _table_after(page, "Ager passes")
-    assert passes[0][:3] == ["pass", "ager", "window"] and "re-faults" in passes[0]
+    assert passes[0][:4] == ["pass", "ager", "result", "window"] and "re-faults" in passes[0]
     rows = [row for row in passes[1:] if row[0].isdigit()]
     assert [int(row[0]) for row in rows] == [p.pass_no for p in r.passes]
     assert [row[passes[0].index("aging calls")] for row in rows] == [f"{p.aging_calls:,}" for p in r.passes]
@@ -175,9 +175,21 @@ def test_a_pass_that_did_nothing_says_so_in_its_row():
     r = make_report()
     p = r.passes[1]
     p.aging_calls, p.evicted_pages = 0, 0
-    r.notes.append(f"pass {p.pass_no}: nothing to reclaim")
+    p.result, p.result_reason = PassResult.DID_NOTHING, "nothing to reclaim: usage 290M is below the target 300M"
+    r.notes.append(f"pass {p.pass_no}: the limit was already set")
     page = render_html(r)
-    assert "did nothing: no aging call and no page evicted; nothing to reclaim" in page
+    rows = _table_after(page, "Ager passes")
+    (row,) = [x for x in rows if x[0] == str(p.pass_no)]
+    assert row[2] == "did nothing"
+    assert ("DID NOTHING: nothing to reclaim: usage 290M is below the target 300M; the limit was already set"
+            in page)
+
+
+def test_moves_of_the_hot_set_are_a_table():
+    r = make_report()
+    r.ground_truth.shifts = [Shift(2, 32_768, 32_768, 2, [0.5, 0.0]), Shift(3, 32_768, 32_768, None, [0.9])]
+    rows = _table_after(render_html(r), "Moves of the hot set")
+    assert rows[1][:4] == ["2", "32,768", "32,768", "2"] and rows[2][3] == "not within the run"
 
 
 def test_pass_markers_on_every_time_axis():

@@ -14,8 +14,8 @@ from kvmctl.errors import Interrupted, UsageError
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
 # Flags that set the spec field of the same name; None: not given (the TOML file or the default holds).
-_FLAG_KEYS = vm_shape_keys() + ("ager", "passes", "mode", "epochs_per_pass", "settle", "interval", "epoch_timeout",
-                                "repeat", "vm_nice", "vm_cpus", "ager_cpus", "nested", "populate", "trace")
+_FLAG_KEYS = vm_shape_keys() + ("ager", "passes", "mode", "epochs_per_pass", "settle", "settle_runs", "interval",
+                                "epoch_timeout", "repeat", "vm_nice", "vm_cpus", "ager_cpus", "nested", "populate", "trace")
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,11 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--nested", action="store_true", default=None,
                    help="nested-VM fallback on SVM hosts: an L2 guest touches the memory after pass 0 "
                         "(needs --mode between --pattern seq)")
-    a.add_argument("--settle", help=f"--mode concurrent: guest runs this long before each pass (default {d.settle})")
+    a.add_argument("--settle-runs", type=int, metavar="N",
+                   help="--mode concurrent: before each pass the guest runs its epoch once whole, then N more times "
+                        f"(default {d.settle_runs})")
+    a.add_argument("--settle", help="--mode concurrent: then it runs at least this long before the pass "
+                                    f"(default {d.settle})")
     t = parser.add_argument_group("tracing and output")
     t.add_argument("--no-trace", dest="trace", action="store_false", default=None, help="attach no BPF programs")
     t.add_argument("--interval", help=f"aging time-series bucket (default {d.interval})")

@@ -78,7 +78,7 @@ def pass_row(index: int, outcome: PassOutcome, prev_hot: np.ndarray | None, repo
     record, phase = outcome.record, outcome.phase
     row = PassRow(pass_no=index, ager=record.ager, start_ns=record.start_ns, end_ns=record.end_ns,
                   touched_pages=int(phase.touched.sum()), cold_pages=int((~phase.touched).sum()),
-                  cpu_ns=outcome.cpu_ns, ager_ns=record.end_ns - record.start_ns)
+                  cpu_ns=outcome.cpu_ns, ager_ns=record.end_ns - record.start_ns, settle_ns=outcome.settle_ns)
     scored = None
     if harvest is not None and outcome.harvest_flags is not None:
         scored = harvest.score(outcome.harvest_flags, HarvestFlag.AGED_MAPPED, HarvestFlag.CLEARED)

@@ -55,6 +55,7 @@ class PassOutcome:
     aging_before: dict[str, Any] | None
     aging_after: dict[str, Any] | None
     cpu_ns: int = 0  # CPU time of this thread (the ager's) during the pass
+    settle_ns: int | None = None  # mode concurrent: the guest ran this long (settle runs + time) before the pass
     harvest_flags: np.ndarray | None = None  # per page, HarvestFlag bits since the previous pass
 
 
@@ -72,6 +73,7 @@ class PassLoop:
         self.touch_counts: np.ndarray | None = None
         self.last_phase: Phase | None = None
         self.harvest = HarvestTracker(self.total_pages)
+        self.settle_ns: int | None = None  # the last concurrent phase: from its start to the pass's
         self.resident_last: np.ndarray | None = None  # the latest residency read: where the next phase starts
 
     @property
@@ -115,10 +117,12 @@ class PassLoop:
     def concurrently(self, during: Callable[[], Any]) -> tuple[Phase, Any]:
         """The next epoch over and over while ``during()`` runs in this thread."""
         vm = self.session.vm
-        # One whole run first: a moved hot set is faulted in before the settle time counts.
-        vm.loop_start(str(self.pattern), self.write, self.spec.seed, min_runs=1)
+        # One whole run first (a moved hot set is faulted in), then the settle runs and time.
+        start = time.monotonic_ns()
+        vm.loop_start(str(self.pattern), self.write, self.spec.seed, min_runs=1 + int(self.spec.settle_runs))
         try:
             time.sleep(parse_duration(self.spec.settle))
+            self.settle_ns = time.monotonic_ns() - start
             result = during()
         finally:
             s = vm.loop_stop()
@@ -165,5 +169,6 @@ class PassLoop:
             phase, outcome = self.concurrently(one_pass)
         record, before, after, aging_before, aging_after, cpu = outcome
         self.resident_last = after
+        settle = self.settle_ns if self.spec.mode == "concurrent" else None
         return PassOutcome(phase, record, at_phase_start, before, after, aging_before, aging_after, cpu_ns=cpu,
-                           harvest_flags=session.harvest_take())
+                           settle_ns=settle, harvest_flags=session.harvest_take())

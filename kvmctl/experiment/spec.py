@@ -46,7 +46,12 @@ class ExperimentSpec:
     passes: int = 5  # four moves of the hot set, the first two followed long enough to see them evicted
     mode: str = "concurrent"  # ager passes run while the guest touches memory, or between epochs
     epochs_per_pass: int = 1  # mode "between": epochs before each pass
-    settle: str = "1s"  # mode "concurrent": guest runs this long before each pass starts
+    # Mode "concurrent": before each pass the guest runs its epoch once whole (every page of the hot
+    # set touched: after the populate's writeback, or a move of the hot set, that first run faults
+    # them all back and takes seconds for a large guest), then ``settle_runs`` more times, then for
+    # ``settle``. Counted in runs, the settle scales with the guest; the time is a floor.
+    settle_runs: int = 2
+    settle: str = "1s"
     interval: str = "100ms"  # aging time-series bucket
     epoch_timeout: str = "600s"
     # Nice value of the VM process. Reclaim keeps a page only if the guest
@@ -77,6 +82,8 @@ class ExperimentSpec:
                              "use --nested with --mode between --pattern seq")
         if self.mode not in MODES:
             raise UsageError(f"mode {self.mode!r} is unknown", f"use one of {', '.join(MODES)}")
+        if int(self.settle_runs) < 0:
+            raise UsageError(f"settle-runs must be 0 or more, got {self.settle_runs}", "use --settle-runs 2")
         for name in ("passes", "epochs_per_pass", "repeat"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}",

@@ -312,6 +312,7 @@ class PassRow:
     cpu_ns: int | None = None  # CPU time of the ager's thread during the pass
     mmu_lock_acquisitions: int | None = None  # aging requests that took mmu_lock during the pass
     ager_ns: int | None = None  # wall time of the ager's own pass, inside start_ns..end_ns
+    settle_ns: int | None = None  # mode concurrent: how long the guest ran its epoch before the pass began
     result: PassResult = PassResult.WORKED
     result_reason: str | None = None  # why a pass did nothing or failed, in words
     ours_calls: int | None = None  # aging calls our ager made in the window

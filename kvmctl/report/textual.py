@@ -281,9 +281,10 @@ def writeback_words(report: Report) -> str | None:
     dropped = sp.pages_4k_after_populate - sp.pages_4k_after_writeback
     if dropped <= 0:
         return None
-    return (f"the populate's fsync wrote the guest's file pages back, which write-protects them, and KVM dropped "
-            f"{dropped:,} SPTEs before the first pass: a page the guest did not touch again (the cold ones) had no "
-            "SPTE when aging began, so aging had no accessed bit of it to test")
+    return (f"writing the populated file pages back write-protects them and KVM drops their SPTEs: "
+            f"{sp.pages_4k_after_populate:,} were present after the populate, {sp.pages_4k_after_writeback:,} after "
+            "its fsync, before the first pass. A page the guest did not touch again (the cold ones) had no SPTE "
+            "when aging began, so aging had no accessed bit of it to test")
 
 
 def _elided(rows: list, fmt: str, cells, what: str, head: int = _LIST_HEAD) -> list[str]:

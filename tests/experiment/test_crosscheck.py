@@ -145,10 +145,12 @@ def test_per_gfn_mappings_reconcile_with_pages_4k(traced):
     assert m.set_spte is not None, "the experiment recorded no set_spte counts"
     assert m.gfns_mapped == total, f"{total - m.gfns_mapped} data gfns never mapped"
     assert m.set_spte == m.gfns_mapped + m.remapped  # one vCPU: no two first mappings race
-    system = m.pages_4k_after_populate - total
+    # After the populate's fsync no data page keeps an SPTE: what is left are the system pages. (Read
+    # right after the populate instead, background writeback may already have zapped some data pages.)
+    system = m.pages_4k_after_writeback
     assert m.pages_4k_at_build <= system <= m.pages_4k_at_build + exp.spec.vcpus, (m, system)
+    assert m.pages_4k_after_populate <= system + total, m
     assert m.remapped >= gt.hot_pages  # every hot page mapped again after the fsync zap
-    assert m.pages_4k_after_writeback == system  # the fsync zapped every data page's SPTE
     assert m.pages_4k_at_end == system + gt.hot_pages, (
         f"pages_4k {m.pages_4k_at_end} != system {system} + hot {gt.hot_pages}: a zap or mapping unaccounted")
     assert exp.report.vm_stats["pages_4k"] == m.pages_4k_at_end

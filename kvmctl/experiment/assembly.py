@@ -42,6 +42,10 @@ def host_facts(report: Report, caps: HostCaps) -> None:
     lockless = caps.paging.lockless_aging.value
     h.lockless_aging = lockless if isinstance(lockless, bool) else None
     h.lockdown = caps.bpf.lockdown.value if caps.bpf.lockdown else None
+    hook = caps.test_clear_young
+    h.test_clear_young = hook.value if hook else None
+    if not hook:
+        report.probes.not_observable["host.test_clear_young"] = hook.reason
     h.cpus = os.cpu_count()
     h.memory_bytes = host_memory_bytes()
 

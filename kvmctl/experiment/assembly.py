@@ -21,7 +21,7 @@ from kvmctl.experiment.spec import ExperimentSpec
 from kvmctl.experiment.observations import ExperimentTracer
 from kvmctl.placement import CpuPlacement, format_cpu_list, thread_affinities
 from kvmctl.probe import HostCaps, MmuMode
-from kvmctl.probe.memory import host_memory_bytes
+from kvmctl.probe.memory import LRU_GEN_ENABLED, host_memory_bytes
 from kvmctl.report.figures import REQUIRED_FIGURES, get_figure
 from kvmctl.report.schema import HarvestDisagreement, Headers, Mmu, PassResult, PassRow, Report, Shift
 from kvmctl.trace.records import HarvestFlag, SpteCounts
@@ -201,7 +201,7 @@ def ager_settings(report: Report, settings: dict[str, str]) -> None:
     """Host settings the ager chose for its passes: in the notes, and the hook's cap where it applies."""
     if "lru_gen_cap" in settings:
         report.aging.test_clear_young.lru_gen_cap = settings["lru_gen_cap"]
-        report.notes.append(f"the mglru ager ran its passes with lru_gen/enabled {settings.get('lru_gen_enabled')}: "
+        report.notes.append(f"the mglru ager ran its passes with {LRU_GEN_ENABLED} {settings.get('lru_gen_enabled')}: "
                             f"test_clear_young cap 0x0008 {settings['lru_gen_cap']} (restored afterwards; "
                             "--ager-opt test_clear_young=on|off|keep)")
     for key, value in settings.items():

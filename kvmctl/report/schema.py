@@ -139,7 +139,7 @@ class ClearYoungHook:
     cleared: int | None = None  # accessed bits cleared through the hook
     refused_nested: int | None = None  # requests refused: the VM has shadow roots (a nested guest ran)
     refused_mmu: int | None = None  # requests refused: no TDP MMU or no accessed bits
-    lru_gen_cap: str | None = None  # "on"/"off": lru_gen/enabled cap 0x0008 while the passes ran
+    lru_gen_cap: str | None = None  # "on"/"off": MGLRU's cap 0x0008 while the passes ran
     nested_mode: str | None = None  # kvm.test_clear_young_nested: "v1" or "fixed"
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from kvmctl import cleanup
 from kvmctl.agers.memcg import TARGET_OPTIONS
-from kvmctl.commands.flags import EPOCH_TIMEOUT, add_flags, add_vm_shape, flag_hints, vm_shape_keys
+from kvmctl.commands.flags import EPOCH_TIMEOUT, add_flags, add_vm_shape, flag_hints, print_report, vm_shape_keys
 from kvmctl.errors import Interrupted, UsageError
 from kvmctl.experiment.spec import ExperimentSpec, parse_ager_options
 
@@ -131,7 +131,6 @@ def _run(args) -> int:
         from kvmctl.experiment.runner import Experiment
         from kvmctl.report.figures import headline_figures
         from kvmctl.report.files import write_report
-        from kvmctl.report.textual import render_text
 
         for i in range(spec.repeat):
             if spec.repeat > 1:
@@ -160,13 +159,7 @@ def _run(args) -> int:
             _mark_interrupted(report, error)
             path = write_report(report, args.output)
         late.clear()  # `error` carries it
-        if args.json:
-            import json
-
-            json.dump(report.to_dict(), sys.stdout, indent=2)
-            print()
-        elif error is None:
-            sys.stdout.write(render_text(report))
+        print_report(report, args.json, error)
         progress(f"report written to {path}" + ("" if report.complete else " (incomplete)"))
     if error:
         raise error

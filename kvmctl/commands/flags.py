@@ -81,3 +81,18 @@ def flag_hints() -> Iterator[None]:
         if hint:
             err.hint = hint
         raise
+
+
+def print_report(report, as_json: bool, error: BaseException | None) -> None:
+    """What ``--json`` chooses: the report's JSON, else its text summary (not after an error, whose
+    one line says what happened and where the partial report went)."""
+    import json
+    import sys
+
+    if as_json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    elif error is None:
+        from kvmctl.report.textual import render_text
+
+        sys.stdout.write(render_text(report))

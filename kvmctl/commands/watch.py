@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from kvmctl import cleanup
+from kvmctl.commands.flags import print_report
 from kvmctl.errors import Interrupted
 from kvmctl.units import parse_duration
 
@@ -33,7 +33,6 @@ def main(args) -> int:
     with signals_deferred() as late:
         from kvmctl.report.files import write_report
         from kvmctl.report.output import check_writable
-        from kvmctl.report.textual import render_text
         from kvmctl.watch.runner import Watch, WatchOptions
 
         check_writable(args.output)
@@ -62,11 +61,7 @@ def main(args) -> int:
             report.incomplete_reason = report.incomplete_reason or error.one_line()
         if _measured(report):
             path = write_report(report, args.output)
-            if args.json:
-                json.dump(report.to_dict(), sys.stdout, indent=2)
-                print()
-            elif error is None:
-                sys.stdout.write(render_text(report))
+            print_report(report, args.json, error)
             say(f"report written to {path}" + ("" if report.complete else " (incomplete)"))
         late.clear()
     if error:

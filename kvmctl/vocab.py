@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import faulthandler
+import io
 import signal
 from dataclasses import dataclass
 
@@ -20,7 +21,11 @@ STACK_SIGNAL = signal.SIGUSR2
 
 
 def dump_stacks_on_signal() -> None:
-    faulthandler.register(STACK_SIGNAL, all_threads=True)
+    """Register the stack dump, where stderr is a real file (not when a caller captured it in memory)."""
+    try:
+        faulthandler.register(STACK_SIGNAL, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass  # the dump is a debugging aid: a stderr without a file descriptor goes without it
 
 
 class _Coded(str, enum.Enum):

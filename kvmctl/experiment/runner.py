@@ -51,8 +51,9 @@ class Experiment:
 
     @property
     def started(self) -> bool:
-        """Whether the VM was built: from then on a run has figures worth a (partial) report."""
-        return self.session.built is not None
+        """Whether the VM ran: from then on a run has figures worth a (partial) report. A guest that
+        faulted while the VM was built ran too: its registers are the report's figures."""
+        return self.session.built is not None or self.report.guest_fault is not None
 
     @property
     def total_pages(self) -> int:

@@ -32,18 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import psutil
-
 import kvmctl
 from kvmctl.errors import GuestError, KvmctlError, UsageError
 from kvmctl.lab.inside import FACTS_FILE, READY_MARKER
 from kvmctl.lab.kernel import KernelSource, LabKernel
-from kvmctl.lab.watchdog import STALL_FILE
+from kvmctl.lab.watchdog import STALL_FILE, end_tree
 
 KVMCTL_ROOT = Path(kvmctl.__file__).resolve().parent.parent
 # qemu64 plus the two features the lab exists for; TCG implements both.
 LAB_CPU = "max,+svm,+npt"
-_KILL_GRACE_S = 3.0
 # the command's stdout, stderr and exit status, written by the lab's shell into the scratch dir
 OUT_FILE, ERR_FILE, STATUS_FILE = "cmd.out", "cmd.err", "cmd.status"
 _TAIL_POLL_S = 0.1
@@ -173,26 +170,6 @@ def vng_argv(spec: LabSpec, vng: Path, scratch: Path) -> list[str]:
     return argv
 
 
-def _kill_tree(pid: int) -> None:
-    """End the vng process and what it started (virtme-run, QEMU), by PID."""
-    try:
-        root = psutil.Process(pid)
-        procs = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=_KILL_GRACE_S)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def _pump(src: BinaryIO, dst: BinaryIO) -> None:
     # Forward line by line: QEMU must write into a pipe (not a file it would truncate).
     for line in iter(src.readline, b""):
@@ -272,11 +249,11 @@ def run_lab(spec: LabSpec, vng: Path, stdout: BinaryIO | None = None, stderr: Bi
                         unanswered = True
                     else:
                         continue
-                    _kill_tree(proc.pid)
+                    end_tree(proc.pid)
                     rc = proc.wait()
                     break
         except BaseException:
-            _kill_tree(proc.pid)  # Ctrl-C or SIGTERM: leave no QEMU behind
+            end_tree(proc.pid)  # Ctrl-C or SIGTERM: leave no QEMU behind
             proc.wait()
             raise
         finally:

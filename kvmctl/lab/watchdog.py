@@ -132,7 +132,8 @@ def stall_report(root_pid: int, stalled_s: float, kernel_log: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _end_tree(root_pid: int) -> None:
+def end_tree(root_pid: int) -> None:
+    """End a process and everything it started, by PID: SIGTERM, then SIGKILL after a grace period."""
     try:
         root = psutil.Process(root_pid)
         procs = [*root.children(recursive=True), root]
@@ -194,6 +195,6 @@ def run_watched(command: list[str], env: dict[str, str], stall_s: float, scratch
             sys.stderr.write(report)
             sys.stderr.flush()
             (scratch / STALL_FILE).write_text(report)
-            _end_tree(proc.pid)
+            end_tree(proc.pid)
             proc.wait()
             return STALL_EXIT

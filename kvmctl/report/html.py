@@ -20,7 +20,8 @@ from kvmctl.report.schema import PassResult, PassRow, Report
 from kvmctl.report.figures import HEADLINE, get_figure
 from kvmctl.report.fmt import (fmt_count, fmt_fraction, fmt_ns, fmt_ns_short, fmt_seconds, fmt_value, hist_name,
                                hist_unit_label, null_text)
-from kvmctl.report.textual import epoch_cells, render_text, spread, time_buckets
+from kvmctl.report.hist import time_buckets
+from kvmctl.report.textual import epoch_cells, render_text, spread
 from kvmctl.units import format_size
 
 

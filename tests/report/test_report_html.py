@@ -11,7 +11,7 @@ import pytest
 from kvmctl.report import locks
 from kvmctl.report.html import plots, render_html
 from kvmctl.report.schema import AgingSample, PassResult, Report, Shift
-from kvmctl.report.textual import time_buckets
+from kvmctl.report.hist import time_buckets
 from tests.helpers.pages import chromium, parse, run_chromium
 from tests.helpers.reports import make_report, with_repeats
 

@@ -11,7 +11,8 @@ import pytest
 from kvmctl.trace.hist import log2_buckets
 from kvmctl.report.schema import Bucket, EpochRow, GuestFault, Report
 from kvmctl.report.fmt import fmt_ns, hist_name, hist_unit_label
-from kvmctl.report.textual import WIDTH, contention_lines, log2_hist_lines, render_text, time_buckets
+from kvmctl.report.hist import log2_hist_lines, time_buckets
+from kvmctl.report.textual import WIDTH, contention_lines, render_text
 from tests.helpers.reports import make_report, with_repeats
 
 

@@ -118,10 +118,19 @@ def _start(*args: str, **kw) -> subprocess.Popen:
 ROW = re.compile(r" *\d+ +\d+ +\d+ +[\d.]+ +[\d.]+ +[\d.]+")  # epoch, pages, distinct, guest ms, wall ms, rate
 
 
+def _readline(proc: subprocess.Popen) -> str:
+    """One line of stdout, a byte at a time: a buffered readline would take later rows along with it,
+    which communicate() (reading the pipe's descriptor) then never sees."""
+    fd, buf = proc.stdout.fileno(), bytearray()
+    while not buf.endswith(b"\n") and (byte := os.read(fd, 1)):
+        buf += byte
+    return buf.decode()
+
+
 def _first_row(proc: subprocess.Popen) -> str:
     """Lines up to the first epoch row, read while the run goes on."""
     for _ in range(3):
-        line = proc.stdout.readline()
+        line = _readline(proc)
         if ROW.fullmatch(line.rstrip("\n")):
             return line
     raise AssertionError(f"no epoch row in the first lines (last: {line!r})")

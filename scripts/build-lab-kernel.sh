@@ -104,9 +104,10 @@ base_tree() {
 
 # A worktree of the base tree at `base` plus the series; reuses an existing one.
 series_tree() {
-    local base=$1 name=$2 tree=$LAB_DIR/src/$src_pkg+$2
+    local base=$1 name=$2 tree=$LAB_DIR/src/$src_pkg+$2 created=0
     if [[ ! -e $tree/.git ]]; then
         log "creating the tree $tree"
+        created=1
         {
             "${GIT[@]}" -C "$base" worktree prune
             "${GIT[@]}" -C "$base" worktree add -q --detach "$tree" base
@@ -123,9 +124,15 @@ series_tree() {
         for p in "${patches[@]}"; do
             if ! "${GIT[@]}" -C "$tree" am -q "$p" >/dev/null 2>&1; then
                 "${GIT[@]}" -C "$tree" am --abort >/dev/null 2>&1 || true
-                "${GIT[@]}" -C "$tree" reset -q --hard base
+                local left="the tree was reset to base"
+                if [[ $created -eq 1 ]]; then  # a tree made for this series alone goes with it
+                    "${GIT[@]}" -C "$base" worktree remove --force "$tree" >&2
+                    left="the tree made for it was removed"
+                else
+                    "${GIT[@]}" -C "$tree" reset -q --hard base
+                fi
                 die "$(basename "$p") does not apply to $src_pkg" \
-                    "rebase the series on $("${GIT[@]}" -C "$tree" log -1 --format=%s base); the tree was reset to base" 2
+                    "rebase the series on $("${GIT[@]}" -C "$base" log -1 --format=%s base); $left" 2
             fi
         done
         echo "$want" >"$tree/.kvmctl-series"

@@ -165,6 +165,11 @@ CASES = [
     case("info-bad-flag", "info --bogus", USAGE, "unrecognized arguments"),
     case("lab-cpus-zero", "lab --cpus 0 -- true", USAGE, "--cpus must be at least 1"),
     case("lab-kernel-missing", "lab --kernel /nonexistent/bzImage -- true", USAGE, "does not exist"),
+    case("lab-kernel-not-a-build", "lab --kernel {tmp} -- true", USAGE, "has no arch/x86/boot/bzImage"),
+    case("lab-compare-set-garbage", "lab compare --set lru_gen=banana -- kvmctl experiment", USAGE,
+         "--set lru_gen=banana: not a number"),
+    case("lab-compare-cap-lacking", "lab compare --kernel stock --set lru_gen=0x000f -- kvmctl experiment --ager mglru",
+         UNSUPPORTED, "needs the test_clear_young series", marks=(pytest.mark.lab,)),
     case("unknown-command", "bogus", USAGE, "invalid choice"),
     # agers this host lacks, DAMON owned by someone else
     case("ager-mglru-absent", f"{EXP} --mem 64M --ager mglru", UNSUPPORTED, "MGLRU", marks=(root,)),

@@ -65,7 +65,7 @@ class PagingCaps:
     npt: Item
     ad_bits: Item
     nested: Item
-    lockless_aging: Item  # CONFIG_KVM_MMU_LOCKLESS_AGING: value True/False, "unknown" without a config
+    lockless_aging: Item  # CONFIG_KVM_MMU_LOCKLESS_AGING: True/False; "unknown" without a config on >= 6.15
     test_clear_young_nested: Item  # the test_clear_young series' nested mode: "v1" or "fixed"
 
 
@@ -203,10 +203,13 @@ def _nested(sys_module: Path, module: str | None) -> Item:
 def _lockless_aging(config: KernelConfig, version: tuple[int, int, int]) -> Item:
     since = ".".join(map(str, LOCKLESS_AGING_SINCE))
     if config.source is None:
-        newer = version >= LOCKLESS_AGING_SINCE
-        return missing(f"no kernel config to read; kernel {version[0]}.{version[1]} {'>=' if newer else '<'} "
-                       f"{since}, so {'likely on' if newer else 'likely off'}",
-                       "enable CONFIG_IKCONFIG_PROC or install /boot/config-$(uname -r)", "unknown")
+        remedy = "enable CONFIG_IKCONFIG_PROC or install /boot/config-$(uname -r)"
+        if version < LOCKLESS_AGING_SINCE:  # the option did not exist yet: every aging call takes mmu_lock
+            return missing(f"no kernel config to read, but {LOCKLESS_AGING} was added in {since} and this kernel "
+                           f"is {version[0]}.{version[1]}: aging takes mmu_lock (unless a vendor backported it)",
+                           remedy, False, "kernel version")
+        return missing(f"no kernel config to read; kernel {version[0]}.{version[1]} >= {since}, so likely on",
+                       remedy, "unknown")
     if config.get(LOCKLESS_AGING) == "y":
         return ok(True, source=config.source, reason="aging walks SPTEs without taking mmu_lock")
     if LOCKLESS_AGING in config.options:

@@ -266,3 +266,14 @@ def test_fentry_without_a_btf_entry_is_not_called_a_refusal():
     text = fentry_failure_remedy("kvm_age_gfn", err, "REFUSED")
     assert "no BTF entry for kvm_age_gfn" in text and "lockdown" not in text
     assert fentry_failure_remedy("kvm_age_gfn", "Operation not permitted", "REFUSED") == "REFUSED"
+
+
+def test_lockless_aging_without_a_config_follows_the_kernel_version():
+    from kvmctl.probe.kvm import _lockless_aging
+
+    old = _lockless_aging(KernelConfig({}, None), (6, 1, 0))
+    assert old.value is False and old.source == "kernel version" and "added in 6.15" in old.reason
+    new = _lockless_aging(KernelConfig({}, None), (6, 18, 0))
+    assert new.value == "unknown" and "likely on" in new.reason
+    built = _lockless_aging(KernelConfig({"CONFIG_KVM": "y"}, "/proc/config.gz"), (6, 1, 0))
+    assert built.value is False and "unknown to this kernel" in built.reason

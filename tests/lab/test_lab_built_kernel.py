@@ -64,7 +64,7 @@ def test_page_idle_tests_and_experiment_on_a_built_kernel(tree, tmp_path):
               f" {experiment} --mem 256M -o idle.json && {experiment} --mem 32M --backing thp -o idle_thp.json")
     res = lab(tmp_path, "sh", "-c", script, kernel=tree, timeout_s=1200)
     summary = SUMMARY_RE.search(res.stderr)
-    assert summary and summary.group(1).endswith("-kvmctl-lab"), res.stderr[-3000:]
+    assert summary and "-kvmctl-lab" in summary.group(1), res.stderr[-3000:]  # a built tree, not stock
     log = (tmp_path / "page_idle_tests.txt").read_text()
     print(log)
     assert (tmp_path / "page_idle_tests.rc").read_text().strip() == "0", log[-3000:]

@@ -65,7 +65,7 @@ def test_lab_nested_experiment_shows_aging_fall_back_to_rmap(tmp_path):
     assert before["tdp"] > 0 and before["rmap"] == before["both"] == 0, before
     assert after["rmap"] + after["both"] > 0, after
     assert report["fallback"]["verdict"] == "rmap (nested)"
-    assert report["fallback"]["evidence"][0].startswith("before the nested guest ran (pass 0): tdp")
+    assert report["fallback"]["evidence"][0].startswith("aging_paths: before the nested guest ran (pass 0): tdp")
 
 
 def test_lab_harvest_scores_kvms_accessed_bits_against_the_guest(tmp_path):

@@ -163,12 +163,9 @@ static __always_inline u64 our_pages(u32 kind, u64 start, u64 end)
 		struct slot_range *r = ranges.lookup(&k);
 		if (!r)
 			break;
-		u64 lo = start > r->hva_start ? start : r->hva_start;
-		u64 hi = end < r->hva_end ? end : r->hva_end;
-		if (lo >= hi)
+		u64 first, n = range_pages(r, start, end, &first);
+		if (!n)
 			continue;
-		u64 first = (lo - r->hva_start) >> KVMCTL_PAGE_SHIFT;
-		u64 n = ((hi - r->hva_start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT) - first;
 		if (!gfn_pages) {
 			gfn_first = r->index_base + first;
 			gfn_pages = n;

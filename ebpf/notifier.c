@@ -137,12 +137,8 @@ static __always_inline u64 our_pages(u64 start, u64 end)
 		struct slot_range *r = range_lookup(i);
 		if (!r)
 			break;
-		u64 lo = start > r->hva_start ? start : r->hva_start;
-		u64 hi = end < r->hva_end ? end : r->hva_end;
-		if (lo >= hi)
-			continue;
-		u64 first = (lo - r->hva_start) >> KVMCTL_PAGE_SHIFT;
-		pages += ((hi - r->hva_start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT) - first;
+		u64 first;
+		pages += range_pages(r, start, end, &first);
 	}
 	return pages;
 }

@@ -32,6 +32,18 @@ struct slot_range {
 	u64 index_base;
 };
 
+/* The pages of [start, end) inside range r: how many (0 if none), and in
+ * *first the index within r of the first of them. */
+static __always_inline u64 range_pages(struct slot_range *r, u64 start, u64 end, u64 *first)
+{
+	u64 lo = start > r->hva_start ? start : r->hva_start;
+	u64 hi = end < r->hva_end ? end : r->hva_end;
+	if (lo >= hi)
+		return 0;
+	*first = (lo - r->hva_start) >> KVMCTL_PAGE_SHIFT;
+	return ((hi - r->hva_start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT) - *first;
+}
+
 /* Configuration words, written from Python. Events count only while
  * CFG_START_NS <= bpf_ktime_get_ns() < CFG_END_NS, so the trace window is
  * exact on the CLOCK_MONOTONIC scale whatever the attach/detach latency. */

@@ -189,13 +189,10 @@ static __always_inline void harvest_range(u64 start, u64 end, bool unmap)
 		struct slot_range *r = range_lookup(i);
 		if (!r)
 			break;
-		u64 lo = start > r->hva_start ? start : r->hva_start;
-		u64 hi = end < r->hva_end ? end : r->hva_end;
-		if (lo >= hi)
+		n = range_pages(r, start, end, &first);
+		if (!n)
 			continue;
-		first = r->index_base + ((lo - r->hva_start) >> KVMCTL_PAGE_SHIFT);
-		n = ((hi - r->hva_start + KVMCTL_PAGE_SIZE - 1) >> KVMCTL_PAGE_SHIFT) -
-		    ((lo - r->hva_start) >> KVMCTL_PAGE_SHIFT);
+		first += r->index_base;
 		break;
 	}
 	if (n > MAX_PAGES_PER_EVENT) {

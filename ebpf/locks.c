@@ -70,11 +70,22 @@ enum locks_lost {
 	NR_LOCKS_LOST = 4,
 };
 
+/* A wait is the waiter's thread and the lock; every CPU's idle task is tid
+ * 0, and an interrupt that contends while a CPU idles runs as it, so those
+ * waits are told apart by their CPU (a spinning wait does not migrate). */
 struct start_key {
 	u32 tid;
-	u32 pad;
+	u32 idle_cpu;	/* CPU + 1 for tid 0, else 0 */
 	u64 lock;
 };
+
+static __always_inline struct start_key start_key_of(u64 lock)
+{
+	struct start_key sk = {.tid = bpf_get_current_pid_tgid(), .lock = lock};
+	if (!sk.tid)
+		sk.idle_cpu = bpf_get_smp_processor_id() + 1;
+	return sk;
+}
 
 struct tstamp {
 	u64 ts;
@@ -209,7 +220,7 @@ static __always_inline u32 waiter_class(u32 tid, u32 tgid)
  * the window opened is still paired; ends count only inside the window. */
 TRACEPOINT_PROBE(lock, contention_begin)
 {
-	struct start_key sk = {.tid = bpf_get_current_pid_tgid(), .lock = (u64)args->lock_addr};
+	struct start_key sk = start_key_of((u64)args->lock_addr);
 	/* a mutex spins, then sleeps: two begins, one end; keep the first */
 	if (starts.lookup(&sk))
 		return 0;
@@ -233,7 +244,7 @@ TRACEPOINT_PROBE(lock, contention_begin)
 
 TRACEPOINT_PROBE(lock, contention_end)
 {
-	struct start_key sk = {.tid = bpf_get_current_pid_tgid(), .lock = (u64)args->lock_addr};
+	struct start_key sk = start_key_of((u64)args->lock_addr);
 	struct tstamp *t = starts.lookup(&sk);
 	u64 now = bpf_ktime_get_ns();
 	bool in_window = now >= cfg_get(CFG_START_NS) && now < cfg_get(CFG_END_NS);

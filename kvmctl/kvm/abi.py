@@ -74,13 +74,8 @@ class kvm_userspace_memory_region(ctypes.Structure):
 
 
 class kvm_userspace_memory_region2(ctypes.Structure):
-    # Spelled out, not derived from kvm_userspace_memory_region: the C check walks each struct's own fields.
-    _fields_ = [
-        ("slot", c_uint32),
-        ("flags", c_uint32),
-        ("guest_phys_addr", c_uint64),
-        ("memory_size", c_uint64),
-        ("userspace_addr", c_uint64),
+    # The first five fields are kvm_userspace_memory_region's; the C check still walks the whole list.
+    _fields_ = kvm_userspace_memory_region._fields_ + [
         ("guest_memfd_offset", c_uint64),
         ("guest_memfd", c_uint32),
         ("pad1", c_uint32),

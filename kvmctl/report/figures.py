@@ -4,7 +4,7 @@ A figure is a dotted path into the report (``"ground_truth.refaults"``);
 the functions here walk any report tree by it, so the schema can use them.
 Required figures are in every report, null with a reason when unknown; the
 headline is what ``report show`` leads with, ``report diff`` compares and
-``--repeat`` records. A new headline figure is one line in ``HEADLINE``.
+``--repeat`` records. A new headline figure is one line in its section of ``HEADLINE``.
 """
 
 from __future__ import annotations
@@ -46,27 +46,36 @@ class Figure:
     lower_is_better: bool | None = None  # None: neither direction is "better"
 
 
-# The headline: what `report show` leads with, `report diff` compares and repeats record.
-HEADLINE: tuple[Figure, ...] = (
+# The headline, by report section: what `report show` leads with, `report diff`
+# compares and repeats record, in this order.
+_AGING = (
     Figure("aging.calls", "aging calls, all tasks", Unit.COUNT),
     Figure("aging.ours_calls", "aging calls, our ager", Unit.COUNT),
     Figure("aging.background_calls", "aging calls, background", Unit.COUNT),
     Figure("aging.pages", "pages aged, all tasks", Unit.COUNT),
     Figure("aging.bits_cleared", "accessed bits cleared", Unit.COUNT),
+)
+_GROUND_TRUTH = (
     Figure("ground_truth.hot_resident_fraction", "hot pages resident", Unit.FRACTION, False),
     Figure("ground_truth.evicted_cold_fraction", "evicted pages that were cold", Unit.FRACTION, False),
     Figure("ground_truth.refaults", "re-faults of evicted pages", Unit.COUNT, True),
     Figure("ground_truth.passes_to_adapt", "passes to evict old hot set", Unit.COUNT, True),
     Figure("ground_truth.precision", "young/idle precision", Unit.FRACTION, False),
     Figure("ground_truth.recall", "young/idle recall", Unit.FRACTION, False),
+)
+_LOCKS_AND_HOOK = (
     Figure("contention.mmu_lock_wait_ns", "mmu_lock wait", Unit.NS, True),
     Figure("aging.lockless_share", "lockless aging share", Unit.FRACTION),
     Figure("aging.test_clear_young.cleared", "bits cleared by the hook", Unit.COUNT),
     Figure("contention.aging_mmu_lock_acquisitions", "mmu_lock taken by aging", Unit.COUNT, True),
     Figure("contention.vcpu_wait_behind_aging_ns", "vCPU wait behind aging", Unit.NS, True),
+)
+_HARVEST = (
     Figure("aging.harvest.precision", "harvest precision", Unit.FRACTION, False),
     Figure("aging.harvest.recall", "harvest recall", Unit.FRACTION, False),
     Figure("aging.pass_cost.ns_per_page", "aging pass cost per page", Unit.NS, True),
+)
+HEADLINE: tuple[Figure, ...] = _AGING + _GROUND_TRUTH + _LOCKS_AND_HOOK + _HARVEST + (
     Figure("fallback.rmap_share", "aging calls on the rmap path", Unit.FRACTION),
     Figure("lost_events", "lost events", Unit.COUNT, True),
 )

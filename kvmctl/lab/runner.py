@@ -41,6 +41,12 @@ from kvmctl.lab.watchdog import STALL_FILE, end_tree
 KVMCTL_ROOT = Path(kvmctl.__file__).resolve().parent.parent
 # qemu64 plus the two features the lab exists for; TCG implements both.
 LAB_CPU = "max,+svm,+npt"
+# One TCG thread for all lab CPUs. With a thread per CPU (QEMU's default), a
+# CPU could keep running a stale translation of code another CPU had just
+# patched: the kernel's int3-based text patching (a static key flipped when a
+# BPF program attaches) then left it re-executing the int3 for ever, with the
+# whole lab stuck (rcu_preempt starved, the CPU at asm_exc_int3).
+LAB_ACCEL = "tcg,thread=single"
 # the command's stdout, stderr and exit status, written by the lab's shell into the scratch dir
 OUT_FILE, ERR_FILE, STATUS_FILE = "cmd.out", "cmd.err", "cmd.status"
 _TAIL_POLL_S = 0.1
@@ -159,7 +165,7 @@ def vng_argv(spec: LabSpec, vng: Path, scratch: Path) -> list[str]:
         "--disable-kvm",
         "--cpus", str(spec.cpus),
         "--memory", f"{spec.memory >> 20}M",
-        f"--qemu-opts=-cpu {LAB_CPU}",
+        f"--qemu-opts=-cpu {LAB_CPU} -accel {LAB_ACCEL}",
         f"--rwdir={scratch}",
         f"--rwdir={outdir}",
         *(f"--rwdir={d}" for d in spec.share if not d.is_relative_to(outdir)),

@@ -75,10 +75,11 @@ _HARVEST = (
     Figure("aging.harvest.recall", "harvest recall", Unit.FRACTION, False),
     Figure("aging.pass_cost.ns_per_page", "aging pass cost per page", Unit.NS, True),
 )
-HEADLINE: tuple[Figure, ...] = _AGING + _GROUND_TRUTH + _LOCKS_AND_HOOK + _HARVEST + (
+_FALLBACK_AND_LOSS = (
     Figure("fallback.rmap_share", "aging calls on the rmap path", Unit.FRACTION),
     Figure("lost_events", "lost events", Unit.COUNT, True),
 )
+HEADLINE: tuple[Figure, ...] = _AGING + _GROUND_TRUTH + _LOCKS_AND_HOOK + _HARVEST + _FALLBACK_AND_LOSS
 
 
 def get_figure(report: Any, key: str) -> Any:

@@ -9,8 +9,8 @@ guest's ground truth.
 A manual run: set $KVMCTL_LAB_KERNEL to a build tree with idle page tracking
 (scripts/build-lab-kernel.sh prints one). It is not in CI because twice, on
 a tree that other lab tests boot every time, this test's lab did not come up
-(no lab facts after 14 minutes, QEMU idle; cause not known, see
-docs/lab.md). Both guests must score precision and recall of
+(no lab facts after 14 minutes, QEMU idle; before the lab ran TCG on one
+thread, so probably the stale translation docs/lab.md describes). Both guests must score precision and recall of
 at least 0.99: the file-backed one at 256 MiB, whose PFNs span several 4 KiB
 reads of /sys/kernel/mm/page_idle/bitmap (the kernel serves at most one page
 of bitmap per read or write; before the ager looped on short reads and
